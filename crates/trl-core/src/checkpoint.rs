@@ -1,0 +1,227 @@
+//! Checkpoint files: single and sharded safetensors (read and write), legacy PyTorch `.bin` (read).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{DType, TensorData};
+use safetensors::{Dtype, SafeTensors};
+
+use crate::atomic::{write_atomic_with, write_json_atomic};
+use crate::error::{io_err, Error, Result};
+use crate::state_dict::StateDict;
+
+pub const SAFE_WEIGHTS: &str = "model.safetensors";
+pub const SAFE_INDEX: &str = "model.safetensors.index.json";
+pub const BIN_WEIGHTS: &str = "pytorch_model.bin";
+pub const BIN_INDEX: &str = "pytorch_model.bin.index.json";
+
+/// transformers' default `max_shard_size` ("5GB").
+pub const DEFAULT_MAX_SHARD_SIZE: usize = 5_000_000_000;
+
+/// The weight files of a model directory, in the order transformers prefers them.
+pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    for single in [SAFE_WEIGHTS, BIN_WEIGHTS] {
+        let p = dir.join(single);
+        if p.is_file() {
+            return Ok(vec![p]);
+        }
+        let index = dir.join(if single == SAFE_WEIGHTS { SAFE_INDEX } else { BIN_INDEX });
+        if index.is_file() {
+            return shard_files(&index);
+        }
+    }
+    Err(Error::ModelNotFound {
+        id: dir.display().to_string(),
+        tried: [SAFE_WEIGHTS, SAFE_INDEX, BIN_WEIGHTS, BIN_INDEX].iter().map(|f| dir.join(f)).collect(),
+    })
+}
+
+/// Reads every tensor of a model directory (single file or sharded, safetensors or `.bin`).
+pub fn load_dir(dir: &Path) -> Result<StateDict> {
+    let mut sd = StateDict::new();
+    for f in weight_files(dir)? {
+        sd.extend(load_file(&f)?);
+    }
+    Ok(sd)
+}
+
+/// Reads one weight file, by its extension: `.safetensors` or PyTorch `.bin`/`.pt`.
+pub fn load_file(path: &Path) -> Result<StateDict> {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("safetensors") => load_safetensors(path),
+        _ => crate::pickle::load_bin(path),
+    }
+}
+
+/// The distinct shard files an index lists, in order, each checked to exist.
+pub fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
+    let map = read_index(index)?;
+    let dir = index.parent().unwrap_or(Path::new("."));
+    let mut files: Vec<String> = map.into_values().collect();
+    files.sort();
+    files.dedup();
+    files
+        .into_iter()
+        .map(|f| {
+            let p = dir.join(&f);
+            if p.is_file() {
+                Ok(p)
+            } else {
+                Err(Error::MissingShard { index: index.to_path_buf(), shard: f })
+            }
+        })
+        .collect()
+}
+
+/// An index's `weight_map`: parameter name → shard file name.
+pub fn read_index(index: &Path) -> Result<BTreeMap<String, String>> {
+    let text = std::fs::read_to_string(index).map_err(io_err(index))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::Json { path: index.to_path_buf(), reason: e.to_string() })?;
+    let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::Json {
+        path: index.to_path_buf(),
+        reason: "no `weight_map` object".into(),
+    })?;
+    map.iter()
+        .map(|(k, v)| match v.as_str() {
+            Some(s) => Ok((k.clone(), s.to_string())),
+            None => Err(Error::Json { path: index.to_path_buf(), reason: format!("weight_map[`{k}`] is not a string") }),
+        })
+        .collect()
+}
+
+fn dtype_from_safetensors(d: Dtype) -> Option<DType> {
+    Some(match d {
+        Dtype::F32 => DType::F32,
+        Dtype::F16 => DType::F16,
+        Dtype::BF16 => DType::BF16,
+        Dtype::F64 => DType::F64,
+        Dtype::I64 => DType::I64,
+        Dtype::I32 => DType::I32,
+        Dtype::I16 => DType::I16,
+        Dtype::I8 => DType::I8,
+        Dtype::U8 => DType::U8,
+        Dtype::BOOL => DType::Bool(burn::tensor::BoolStore::Native),
+        _ => return None,
+    })
+}
+
+fn dtype_to_safetensors(d: DType) -> Option<Dtype> {
+    Some(match d {
+        DType::F32 | DType::Flex32 => Dtype::F32,
+        DType::F16 => Dtype::F16,
+        DType::BF16 => Dtype::BF16,
+        DType::F64 => Dtype::F64,
+        DType::I64 => Dtype::I64,
+        DType::I32 => Dtype::I32,
+        DType::I16 => Dtype::I16,
+        DType::I8 => Dtype::I8,
+        DType::U8 => Dtype::U8,
+        DType::Bool(_) => Dtype::BOOL,
+        _ => return None,
+    })
+}
+
+/// Reads a `.safetensors` file through a memory map.
+pub fn load_safetensors(path: &Path) -> Result<StateDict> {
+    let file = std::fs::File::open(path).map_err(io_err(path))?;
+    // SAFETY: the map is read-only and dropped before this function returns; a concurrent
+    // truncation by another process is the only hazard, as for every mmap reader.
+    let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err(path))?;
+    let st = SafeTensors::deserialize(&mmap)
+        .map_err(|e| Error::Safetensors { path: path.to_path_buf(), reason: e.to_string() })?;
+    let mut sd = StateDict::new();
+    for (name, view) in st.iter() {
+        let dtype = dtype_from_safetensors(view.dtype()).ok_or_else(|| Error::UnsupportedDtype {
+            path: path.to_path_buf(),
+            key: name.to_string(),
+            dtype: format!("{:?}", view.dtype()),
+        })?;
+        let data = TensorData::from_bytes_vec(view.data().to_vec(), view.shape().to_vec(), dtype);
+        sd.insert(name, data);
+    }
+    Ok(sd)
+}
+
+struct View<'a>(&'a TensorData, Dtype);
+
+impl safetensors::View for View<'_> {
+    fn dtype(&self) -> Dtype {
+        self.1
+    }
+    fn shape(&self) -> &[usize] {
+        &self.0.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Borrowed(&self.0.bytes)
+    }
+    fn data_len(&self) -> usize {
+        self.0.bytes.len()
+    }
+}
+
+/// Writes tensors to one `.safetensors` file (atomically), with `{"format": "pt"}` metadata
+/// so that transformers accepts it.
+pub fn save_safetensors(sd: &StateDict, path: &Path) -> Result<()> {
+    let views = sd
+        .tensors
+        .iter()
+        .map(|(k, t)| {
+            let d = dtype_to_safetensors(t.dtype).ok_or_else(|| Error::UnsupportedDtype {
+                path: path.to_path_buf(),
+                key: k.clone(),
+                dtype: format!("{:?}", t.dtype),
+            })?;
+            Ok((k.as_str(), View(t, d)))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let meta = Some(std::collections::HashMap::from([("format".to_string(), "pt".to_string())]));
+    let bytes = safetensors::serialize(views, meta)
+        .map_err(|e| Error::Safetensors { path: path.to_path_buf(), reason: e.to_string() })?;
+    write_atomic_with(path, |f| std::io::Write::write_all(f, &bytes))
+}
+
+/// Writes a model's weights into `dir` as transformers does: one `model.safetensors`, or
+/// shards `model-0000N-of-0000M.safetensors` plus `model.safetensors.index.json` when the
+/// total exceeds `max_shard_size` bytes. Stale weight files of the other layout are removed.
+pub fn save_weights(sd: &StateDict, dir: &Path, max_shard_size: usize) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let mut shards: Vec<StateDict> = vec![StateDict::new()];
+    let mut size = 0usize;
+    for (k, t) in &sd.tensors {
+        let n = t.bytes.len();
+        if size > 0 && size + n > max_shard_size {
+            shards.push(StateDict::new());
+            size = 0;
+        }
+        size += n;
+        shards.last_mut().expect("one shard").insert(k.clone(), t.clone());
+    }
+    let remove = |name: &str| {
+        let p = dir.join(name);
+        if p.exists() {
+            std::fs::remove_file(&p).map_err(io_err(&p))
+        } else {
+            Ok(())
+        }
+    };
+    if shards.len() == 1 {
+        save_safetensors(&shards[0], &dir.join(SAFE_WEIGHTS))?;
+        return remove(SAFE_INDEX);
+    }
+    let total = shards.len();
+    let mut weight_map = serde_json::Map::new();
+    for (i, shard) in shards.iter().enumerate() {
+        let name = format!("model-{:05}-of-{:05}.safetensors", i + 1, total);
+        save_safetensors(shard, &dir.join(&name))?;
+        for k in shard.keys() {
+            weight_map.insert(k.to_string(), serde_json::Value::String(name.clone()));
+        }
+    }
+    let index = serde_json::json!({
+        "metadata": { "total_size": sd.nbytes() },
+        "weight_map": weight_map,
+    });
+    write_json_atomic(&dir.join(SAFE_INDEX), &index)?;
+    remove(SAFE_WEIGHTS)
+}

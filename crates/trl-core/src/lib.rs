@@ -1,0 +1,24 @@
+//! # trl-core
+//!
+//! The foundation every other trl-rs crate stands on: reading and writing Hugging Face
+//! checkpoints (single and sharded safetensors, legacy PyTorch `.bin`), the state dict with its
+//! prefix logic and missing/unexpected-key reports, loading a state dict into any burn module
+//! by parameter path, `config.json` in both transformers 4 and 5 spellings, resolving a model
+//! from a local directory or the Hugging Face hub cache, tokenizers, atomic writes, the
+//! backend chosen by cargo feature, and the one error type of the crate. It knows nothing of
+//! particular architectures or heads.
+
+pub mod atomic;
+pub mod backend;
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod module_io;
+pub mod pickle;
+pub mod source;
+pub mod state_dict;
+
+pub use config::HfConfig;
+pub use error::{Error, LoadReport, Result};
+pub use module_io::{load_module, module_state_dict, Strictness};
+pub use state_dict::StateDict;

@@ -1,0 +1,168 @@
+//! State dict ↔ burn module, by parameter path.
+//!
+//! A module's field names mirror the Hugging Face parameter path, so the path burn reports for
+//! a parameter (`h.0.attn.c_attn.weight`) *is* the checkpoint key. The one systematic change is
+//! PyTorch `nn.Linear`'s weight, stored `[out, in]` by PyTorch and `[in, out]` by burn's
+//! `Linear`: it is transposed on the way in and out. Everything else is taken as stored.
+
+use std::collections::BTreeSet;
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::prelude::*;
+use burn::tensor::TensorData;
+
+use crate::error::{Error, LoadReport, Result};
+use crate::state_dict::{is_float, StateDict};
+
+/// How strictly [`load_module`] treats a state dict that does not match the module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strictness {
+    /// Any missing, unexpected or mis-shaped key is an error.
+    Strict,
+    /// Missing keys keep their initial values and unexpected keys are ignored, but reported;
+    /// a shape mismatch is still an error.
+    Partial,
+}
+
+struct Loader<'a> {
+    sd: &'a StateDict,
+    path: Vec<(String, String)>,
+    used: BTreeSet<String>,
+    report: LoadReport,
+}
+
+impl Loader<'_> {
+    fn key(&self) -> String {
+        self.path.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(".")
+    }
+
+    /// True when the parameter being visited is a burn `Linear` weight (stored transposed).
+    fn is_linear_weight(path: &[(String, String)]) -> bool {
+        // burn reports each field with the type of the struct that holds it.
+        matches!(path.last(), Some((name, holder)) if name == "weight" && holder == "Struct:Linear")
+    }
+}
+
+impl<B: Backend> ModuleMapper<B> for Loader<'_> {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.push((name.to_string(), container_type.to_string()));
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let key = self.key();
+        let Some(data) = self.sd.get(&key) else {
+            self.report.missing.push(key);
+            return param;
+        };
+        self.used.insert(key.clone());
+        let transpose = D == 2 && Loader::is_linear_weight(&self.path);
+        let mut found: Vec<usize> = data.shape.to_vec();
+        if transpose {
+            found.reverse();
+        }
+        let expected = param.lazy_shape().to_vec();
+        if found != expected || !is_float(data.dtype) {
+            let mut exp = expected;
+            if transpose {
+                exp.reverse();
+            }
+            self.report.mismatched.push((key, exp, data.shape.to_vec()));
+            return param;
+        }
+        let device = param.lazy_device();
+        let data = data.clone().convert::<f32>();
+        let tensor = if transpose {
+            Tensor::<B, 2>::from_data(data, &device).transpose().reshape(expected_dims::<D>(&found))
+        } else {
+            Tensor::<B, D>::from_data(data, &device)
+        };
+        let id = param.id;
+        param.transform_for_load(tensor, id)
+    }
+}
+
+fn expected_dims<const D: usize>(v: &[usize]) -> [usize; D] {
+    let mut a = [0; D];
+    a.copy_from_slice(v);
+    a
+}
+
+/// Loads `sd` into `module` by parameter path, returning the module and what did not match.
+///
+/// With [`Strictness::Strict`] any mismatch is an [`Error::Load`]; with
+/// [`Strictness::Partial`] only shape mismatches are, and missing keys keep the module's
+/// initial values (see the returned report). Mismatched shapes are always errors, so a
+/// module never silently runs on random weights where the checkpoint had something else.
+pub fn load_module<B: Backend, M: Module<B>>(module: M, sd: &StateDict, strict: Strictness) -> Result<(M, LoadReport)> {
+    let mut loader = Loader { sd, path: Vec::new(), used: BTreeSet::new(), report: LoadReport::default() };
+    let module = module.map(&mut loader);
+    let mut report = loader.report;
+    report.unexpected = sd.keys().filter(|k| !loader.used.contains(*k)).map(String::from).collect();
+    let fatal = match strict {
+        Strictness::Strict => !report.is_clean(),
+        Strictness::Partial => !report.mismatched.is_empty(),
+    };
+    if fatal {
+        return Err(Error::Load(report));
+    }
+    Ok((module, report))
+}
+
+struct Saver {
+    path: Vec<(String, String)>,
+    sd: StateDict,
+}
+
+impl<B: Backend> ModuleVisitor<B> for Saver {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.push((name.to_string(), container_type.to_string()));
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let key = self.path.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(".");
+        let t = param.val();
+        let data: TensorData = if D == 2 && Loader::is_linear_weight(&self.path) {
+            let t2: Tensor<B, 2> = t.reshape(expected_dims::<2>(&param.lazy_shape().to_vec()));
+            t2.transpose().into_data()
+        } else {
+            t.into_data()
+        };
+        self.sd.insert(key, data.convert::<f32>());
+    }
+}
+
+/// Every float parameter of `module` under its Hugging Face key, as f32 (Linear weights
+/// transposed back to PyTorch's `[out, in]`).
+pub fn module_state_dict<B: Backend, M: Module<B>>(module: &M) -> StateDict {
+    let mut saver = Saver { path: Vec::new(), sd: StateDict::new() };
+    module.visit(&mut saver);
+    saver.sd
+}
+
+/// The ids of every float parameter of `module`, by key (for freezing or per-group optimisers).
+pub fn param_ids<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, ParamId)> {
+    struct Ids(Vec<(String, String)>, Vec<(String, ParamId)>);
+    impl<B: Backend> ModuleVisitor<B> for Ids {
+        fn enter_module(&mut self, name: &str, c: &str) {
+            self.0.push((name.to_string(), c.to_string()));
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.0.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let key = self.0.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(".");
+            self.1.push((key, param.id));
+        }
+    }
+    let mut v = Ids(Vec::new(), Vec::new());
+    module.visit(&mut v);
+    v.1
+}
