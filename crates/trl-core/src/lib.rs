@@ -17,8 +17,10 @@ pub mod module_io;
 pub mod pickle;
 pub mod source;
 pub mod state_dict;
+pub mod tokenizer;
 
 pub use config::HfConfig;
 pub use error::{Error, LoadReport, Result};
 pub use module_io::{load_module, module_state_dict, Strictness};
 pub use state_dict::StateDict;
+pub use tokenizer::Tokenizer;

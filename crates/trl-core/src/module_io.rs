@@ -31,9 +31,19 @@ struct Loader<'a> {
     report: LoadReport,
 }
 
+/// The checkpoint key of a parameter path. Enum variants (burn reports them as path
+/// components) are skipped, so a model held in an enum of architectures keeps its HF keys.
+fn key_of(path: &[(String, String)]) -> String {
+    path.iter()
+        .filter(|(_, holder)| !holder.starts_with("Enum:"))
+        .map(|(n, _)| n.as_str())
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
 impl Loader<'_> {
     fn key(&self) -> String {
-        self.path.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(".")
+        key_of(&self.path)
     }
 
     /// True when the parameter being visited is a burn `Linear` weight (stored transposed).
@@ -127,7 +137,7 @@ impl<B: Backend> ModuleVisitor<B> for Saver {
     }
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        let key = self.path.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(".");
+        let key = key_of(&self.path);
         let t = param.val();
         let data: TensorData = if D == 2 && Loader::is_linear_weight(&self.path) {
             let t2: Tensor<B, 2> = t.reshape(expected_dims::<2>(&param.lazy_shape().to_vec()));
@@ -158,8 +168,7 @@ pub fn param_ids<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, ParamId)>
             self.0.pop();
         }
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            let key = self.0.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(".");
-            self.1.push((key, param.id));
+            self.1.push((key_of(&self.0), param.id));
         }
     }
     let mut v = Ids(Vec::new(), Vec::new());

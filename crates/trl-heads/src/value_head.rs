@@ -1,0 +1,185 @@
+//! TRL's `ValueHead` and `AutoModelForCausalLMWithValueHead`.
+
+use std::path::Path;
+
+use burn::module::Module;
+use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
+use burn::prelude::*;
+use serde_json::Value;
+
+use trl_core::{checkpoint, load_module, module_state_dict, HfConfig, StateDict, Strictness};
+use trl_models::{AnyCausalLm, KvCache, TokenBatch};
+
+use crate::error::{HeadError, Result};
+
+/// Prefix of the value head's keys in a TRL checkpoint.
+pub const V_HEAD_PREFIX: &str = "v_head.";
+
+/// How to initialise a fresh value head (TRL's `v_head_init_strategy`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum VHeadInit {
+    /// `nn.Linear`'s default (kaiming-uniform weight and bias), TRL's `None`.
+    Default,
+    /// weight ~ N(0, std) and bias 0 (TRL's `"normal"`; `v_head_initializer_range` default 0.2).
+    Normal { std: f64 },
+}
+
+/// Options of [`CausalLmWithValueHead::from_pretrained`] (TRL's supported kwargs).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValueHeadOptions {
+    /// `summary_dropout_prob`; `None` reads the config, else TRL's default 0.1.
+    pub summary_dropout_prob: Option<f64>,
+    pub init: VHeadInit,
+}
+
+impl Default for ValueHeadOptions {
+    fn default() -> Self {
+        Self { summary_dropout_prob: None, init: VHeadInit::Default }
+    }
+}
+
+/// Hidden size by TRL 1.x priority: `word_embed_proj_dim` > `hidden_size` (or its GPT-2 / T5
+/// aliases `n_embd`, `d_model`) > `text_config.hidden_size` > `decoder.hidden_size` when
+/// `is_encoder_decoder`.
+pub fn head_hidden_size(cfg: &HfConfig) -> Result<usize> {
+    let nested = |outer: &str| cfg.get(outer).and_then(|c| c.get("hidden_size")).and_then(Value::as_u64).map(|v| v as usize);
+    cfg.get_usize("word_embed_proj_dim")
+        .or_else(|| cfg.get_usize("hidden_size"))
+        .or_else(|| cfg.get_usize("n_embd"))
+        .or_else(|| cfg.get_usize("d_model"))
+        .or_else(|| nested("text_config"))
+        .or_else(|| cfg.get("is_encoder_decoder").and_then(Value::as_bool).filter(|&e| e).and_then(|_| nested("decoder")))
+        .ok_or_else(|| HeadError::Config {
+            path: cfg.path.display().to_string(),
+            reason: "cannot find the hidden size (word_embed_proj_dim, hidden_size, text_config.hidden_size or decoder.hidden_size)".into(),
+        })
+}
+
+/// Dropout then `Linear(hidden, 1)` with bias, kept in f32.
+#[derive(Module, Debug)]
+pub struct ValueHead<B: Backend> {
+    pub summary: Linear<B>,
+    pub dropout: Option<Dropout>,
+}
+
+impl<B: Backend> ValueHead<B> {
+    pub fn new(hidden: usize, dropout: f64, init: VHeadInit, device: &B::Device) -> Self {
+        let mut cfg = LinearConfig::new(hidden, 1);
+        if let VHeadInit::Normal { std } = init {
+            cfg = cfg.with_initializer(Initializer::Normal { mean: 0.0, std });
+        }
+        let mut summary = cfg.init(device);
+        if matches!(init, VHeadInit::Normal { .. }) {
+            summary.bias = Some(Initializer::Zeros.init([1], device));
+        }
+        let dropout = (dropout > 0.0).then(|| DropoutConfig::new(dropout).init());
+        Self { summary, dropout }
+    }
+
+    /// `[batch, seq, hidden]` → values `[batch, seq]`.
+    pub fn forward(&self, hidden: Tensor<B, 3>) -> Tensor<B, 2> {
+        let h = match &self.dropout {
+            Some(d) => d.forward(hidden),
+            None => hidden,
+        };
+        self.summary.forward(h).squeeze_dim(2)
+    }
+}
+
+/// What a forward pass of a value-head model returns (TRL's `(lm_logits, loss, value)`).
+#[derive(Debug, Clone)]
+pub struct ValueHeadOutput<B: Backend> {
+    /// `[batch, seq, vocab]`, f32.
+    pub logits: Tensor<B, 3>,
+    /// Causal LM loss when labels were given.
+    pub loss: Option<Tensor<B, 1>>,
+    /// `[batch, seq]`
+    pub values: Tensor<B, 2>,
+}
+
+/// A causal LM with a scalar value per token (TRL's `AutoModelForCausalLMWithValueHead`).
+#[derive(Module, Debug)]
+pub struct CausalLmWithValueHead<B: Backend> {
+    pub pretrained_model: AnyCausalLm<B>,
+    pub v_head: ValueHead<B>,
+}
+
+/// How the value head was obtained at load time.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VHeadSource {
+    /// Restored from the checkpoint's `v_head.*` keys.
+    Restored,
+    /// No `v_head` weights found: a fresh head (expected unless resuming PPO training).
+    Fresh,
+}
+
+impl<B: Backend> CausalLmWithValueHead<B> {
+    /// Loads a causal LM and its value head from a model directory.
+    ///
+    /// A plain LM checkpoint gives a fresh head ([`VHeadSource::Fresh`]); a TRL checkpoint
+    /// (single file or local shards) restores `v_head.summary.weight`/`bias`; head keys that
+    /// are present but malformed are an error, never a silently random head.
+    pub fn from_pretrained(dir: &Path, opts: &ValueHeadOptions, device: &B::Device) -> Result<(Self, HfConfig, VHeadSource)> {
+        let config = HfConfig::load(dir)?;
+        let mut sd = checkpoint::load_dir(dir)?;
+        let head_sd = sd.split_off_by(|k| k.starts_with(V_HEAD_PREFIX)).strip_prefix(V_HEAD_PREFIX);
+        let (model, _) = AnyCausalLm::init(&config, device)?.load(&sd, Strictness::Strict)?;
+        let dropout = opts
+            .summary_dropout_prob
+            .or_else(|| config.get_f64("summary_dropout_prob"))
+            .unwrap_or(0.1);
+        let head = ValueHead::new(head_hidden_size(&config)?, dropout, opts.init, device);
+        let (v_head, source) = if head_sd.is_empty() {
+            (head, VHeadSource::Fresh)
+        } else {
+            let (h, _) = load_module(head, &head_sd, Strictness::Strict)
+                .map_err(|e| prefix_error(e, V_HEAD_PREFIX))?;
+            (h, VHeadSource::Restored)
+        };
+        Ok((Self { pretrained_model: model, v_head }, config, source))
+    }
+
+    /// Logits (f32), optional LM loss and per-token values for a padded batch.
+    pub fn forward(&self, batch: &TokenBatch, labels: Option<&[i64]>) -> Result<ValueHeadOutput<B>> {
+        let out = self.pretrained_model.forward(batch, true)?;
+        let logits = out.logits.expect("logits were requested");
+        let loss = labels.map(|l| trl_models::loss::lm_loss(logits.clone(), l));
+        Ok(ValueHeadOutput { values: self.v_head.forward(out.hidden), logits, loss })
+    }
+
+    /// Forward of new tokens on a KV cache (the value head takes part; generation does not need it).
+    pub fn forward_cached(&self, ids: &[i64], mask: &[i64], q_len: usize, cache: &mut KvCache<B>) -> Result<(Tensor<B, 3>, Tensor<B, 2>)> {
+        let hidden = self.pretrained_model.forward_cached(ids, mask, q_len, cache)?;
+        Ok((self.pretrained_model.logits(hidden.clone()), self.v_head.forward(hidden)))
+    }
+
+    /// The merged state dict TRL saves: backbone keys plus `v_head.summary.weight` `[1, H]`
+    /// and `v_head.summary.bias` `[1]`.
+    pub fn state_dict(&self) -> StateDict {
+        let mut sd = module_state_dict(&self.pretrained_model);
+        sd.extend(module_state_dict(&self.v_head).add_prefix(V_HEAD_PREFIX));
+        sd
+    }
+
+    /// Writes `config.json` and the merged weights (sharded above `max_shard_size` bytes),
+    /// loadable by TRL's `AutoModelForCausalLMWithValueHead.from_pretrained`.
+    pub fn save_pretrained(&self, config: &HfConfig, dir: &Path, max_shard_size: usize) -> Result<()> {
+        config.save(dir)?;
+        checkpoint::save_weights(&self.state_dict(), dir, max_shard_size)?;
+        Ok(())
+    }
+}
+
+/// Puts the prefix back on key names in a load report of a sub-module.
+pub(crate) fn prefix_error(e: trl_core::Error, prefix: &str) -> HeadError {
+    match e {
+        trl_core::Error::Load(mut r) => {
+            let fix = |v: &mut Vec<String>| v.iter_mut().for_each(|k| *k = format!("{prefix}{k}"));
+            fix(&mut r.missing);
+            fix(&mut r.unexpected);
+            r.mismatched.iter_mut().for_each(|m| m.0 = format!("{prefix}{}", m.0));
+            HeadError::Core(trl_core::Error::Load(r))
+        }
+        other => HeadError::Core(other),
+    }
+}

@@ -1,0 +1,131 @@
+//! A tokenized batch on the host, and what every layer of a forward pass shares: the attention
+//! mask and the position ids, built once per batch (not once per layer).
+
+use burn::prelude::*;
+
+use crate::error::{ModelError, Result};
+
+/// Token ids and attention mask of a padded batch, row-major `[batch, seq]`, on the host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenBatch {
+    pub input_ids: Vec<i64>,
+    /// 1 for real tokens, 0 for padding.
+    pub attention_mask: Vec<i64>,
+    pub batch: usize,
+    pub seq: usize,
+    /// Explicit position ids; when `None` they come from the mask (`cumsum(mask) - 1`, pads 0),
+    /// as transformers' `generate` does, so left padding works for absolute positions too.
+    pub position_ids: Option<Vec<i64>>,
+}
+
+/// Which side padding goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Padding {
+    #[default]
+    Right,
+    Left,
+}
+
+impl TokenBatch {
+    /// Pads token sequences to the longest (rounded up to `multiple_of`, if any) with `pad_id`.
+    pub fn pad(rows: &[Vec<i64>], pad_id: i64, side: Padding, multiple_of: Option<usize>) -> Result<Self> {
+        if rows.is_empty() {
+            return Err(ModelError::Input("empty batch: no sequences given".into()));
+        }
+        if let Some(i) = rows.iter().position(|r| r.is_empty()) {
+            return Err(ModelError::Input(format!("row {i} has no tokens")));
+        }
+        let mut seq = rows.iter().map(Vec::len).max().unwrap_or(0);
+        if let Some(m) = multiple_of.filter(|&m| m > 1) {
+            seq = seq.div_ceil(m) * m;
+        }
+        let mut input_ids = Vec::with_capacity(rows.len() * seq);
+        let mut attention_mask = Vec::with_capacity(rows.len() * seq);
+        for r in rows {
+            let pad = seq - r.len();
+            if side == Padding::Left {
+                input_ids.extend(std::iter::repeat_n(pad_id, pad));
+                attention_mask.extend(std::iter::repeat_n(0, pad));
+            }
+            input_ids.extend_from_slice(r);
+            attention_mask.extend(std::iter::repeat_n(1, r.len()));
+            if side == Padding::Right {
+                input_ids.extend(std::iter::repeat_n(pad_id, pad));
+                attention_mask.extend(std::iter::repeat_n(0, pad));
+            }
+        }
+        Ok(Self { input_ids, attention_mask, batch: rows.len(), seq, position_ids: None })
+    }
+
+    /// A batch with every token real (no padding).
+    pub fn unpadded(input_ids: Vec<i64>, batch: usize, seq: usize) -> Self {
+        let attention_mask = vec![1; input_ids.len()];
+        Self { input_ids, attention_mask, batch, seq, position_ids: None }
+    }
+
+    /// Index of the rightmost real token of each row (where a reward is read).
+    pub fn last_token_index(&self) -> Vec<usize> {
+        (0..self.batch)
+            .map(|b| {
+                let row = &self.attention_mask[b * self.seq..(b + 1) * self.seq];
+                row.iter().rposition(|&m| m != 0).unwrap_or(self.seq - 1)
+            })
+            .collect()
+    }
+
+    /// Number of real tokens.
+    pub fn num_tokens(&self) -> usize {
+        self.attention_mask.iter().filter(|&&m| m != 0).count()
+    }
+
+    pub fn ids_tensor<B: Backend>(&self, device: &B::Device) -> Tensor<B, 2, Int> {
+        Tensor::from_data(TensorData::new(self.input_ids.clone(), [self.batch, self.seq]), device)
+    }
+}
+
+/// What every layer of one forward pass shares.
+pub struct Context<B: Backend> {
+    /// `[batch, 1, q_len, kv_len]`, true where attention is blocked (future or padding keys).
+    pub mask: Tensor<B, 4, Bool>,
+    /// Position of each query token, `[batch, q_len]` on the host (row-major).
+    pub positions: Vec<i64>,
+    pub batch: usize,
+    pub q_len: usize,
+    pub kv_len: usize,
+}
+
+impl<B: Backend> Context<B> {
+    /// Builds mask and positions for `q_len` new tokens whose keys are the last `q_len` of
+    /// `kv_mask` (`[batch, kv_len]`, the mask of cached plus new tokens).
+    ///
+    /// A query never has every key blocked: its own position stays visible, so padded rows
+    /// give finite (ignored) values instead of NaN, in the forward and the backward pass.
+    pub fn new(kv_mask: &[i64], batch: usize, kv_len: usize, q_len: usize, position_ids: Option<&[i64]>, sliding_window: Option<usize>, device: &B::Device) -> Self {
+        let past = kv_len - q_len;
+        let mut positions = Vec::with_capacity(batch * q_len);
+        let mut mask = Vec::with_capacity(batch * q_len * kv_len);
+        for b in 0..batch {
+            let row = &kv_mask[b * kv_len..(b + 1) * kv_len];
+            let mut count = row[..past].iter().filter(|&&m| m != 0).count() as i64;
+            for i in 0..q_len {
+                let qi = past + i;
+                count += (row[qi] != 0) as i64;
+                positions.push(match position_ids {
+                    Some(p) => p[b * q_len + i],
+                    None => (count - 1).max(0),
+                });
+                for (j, &m) in row.iter().enumerate() {
+                    let outside = sliding_window.is_some_and(|w| qi >= w && j <= qi - w);
+                    mask.push(j != qi && (j > qi || m == 0 || outside));
+                }
+            }
+        }
+        let mask = Tensor::from_data(TensorData::new(mask, [batch, 1, q_len, kv_len]), device);
+        Self { mask, positions, batch, q_len, kv_len }
+    }
+
+    /// The context of a whole (uncached) batch.
+    pub fn for_batch(batch: &TokenBatch, sliding_window: Option<usize>, device: &B::Device) -> Self {
+        Self::new(&batch.attention_mask, batch.batch, batch.seq, batch.seq, batch.position_ids.as_deref(), sliding_window, device)
+    }
+}

@@ -1,0 +1,27 @@
+//! Errors of trl-models.
+
+/// What can go wrong building or running a backbone.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Core(#[from] trl_core::Error),
+    #[error("unsupported architecture `{found}`; supported model_type values: {}", crate::SUPPORTED.join(", "))]
+    Unsupported { found: String },
+    #[error("bad config: {0}")]
+    Config(String),
+    #[error("sequence of {len} tokens is longer than the model's {max} positions; shorten or truncate the input")]
+    TooLong { len: usize, max: usize },
+    #[error("invalid input: {0}")]
+    Input(String),
+}
+
+impl From<ModelError> for trl_core::Error {
+    fn from(e: ModelError) -> Self {
+        match e {
+            ModelError::Core(c) => c,
+            other => trl_core::Error::Invalid(other.to_string()),
+        }
+    }
+}
+
+pub type Result<T, E = ModelError> = std::result::Result<T, E>;

@@ -1,0 +1,214 @@
+//! GPT-2 (`GPT2Model`, `GPT2LMHeadModel`): learned positions, Conv1D projections, `gelu_new`,
+//! pre-LayerNorm blocks and an lm_head tied to the token embedding.
+
+use burn::module::Module;
+use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear};
+use burn::prelude::*;
+use burn::tensor::activation;
+use serde::Deserialize;
+
+use crate::batch::Context;
+use crate::error::{ModelError, Result};
+use crate::layers::{attend, split_heads, Conv1D, KvCache, LayerNorm};
+
+fn yes() -> bool {
+    true
+}
+
+/// The fields of GPT-2's `config.json` that the model uses (others are kept by `HfConfig`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Gpt2Config {
+    pub vocab_size: usize,
+    pub n_positions: usize,
+    pub n_embd: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    #[serde(default)]
+    pub n_inner: Option<usize>,
+    #[serde(default = "gelu_new")]
+    pub activation_function: String,
+    #[serde(default = "ln_eps")]
+    pub layer_norm_epsilon: f64,
+    #[serde(default = "yes")]
+    pub scale_attn_weights: bool,
+    #[serde(default)]
+    pub scale_attn_by_inverse_layer_idx: bool,
+    #[serde(default = "yes")]
+    pub tie_word_embeddings: bool,
+    #[serde(default = "init_range")]
+    pub initializer_range: f64,
+}
+
+fn gelu_new() -> String {
+    "gelu_new".into()
+}
+fn ln_eps() -> f64 {
+    1e-5
+}
+fn init_range() -> f64 {
+    0.02
+}
+
+/// The activation functions GPT-2 configs name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    GeluNew,
+    Gelu,
+    Relu,
+    Silu,
+}
+
+impl Activation {
+    pub fn parse(name: &str) -> Result<Self> {
+        Ok(match name {
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Self::GeluNew,
+            "gelu" => Self::Gelu,
+            "relu" => Self::Relu,
+            "silu" | "swish" => Self::Silu,
+            other => {
+                return Err(ModelError::Config(format!(
+                    "activation `{other}` is not supported (gelu_new, gelu_pytorch_tanh, gelu, relu, silu)"
+                )))
+            }
+        })
+    }
+
+    pub fn apply<B: Backend, const D: usize>(self, x: Tensor<B, D>) -> Tensor<B, D> {
+        match self {
+            Self::GeluNew => activation::gelu_approximate(x),
+            Self::Gelu => activation::gelu(x),
+            Self::Relu => activation::relu(x),
+            Self::Silu => activation::silu(x),
+        }
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Gpt2Attention<B: Backend> {
+    pub c_attn: Conv1D<B>,
+    pub c_proj: Conv1D<B>,
+    pub n_head: usize,
+    pub scale: f64,
+}
+
+#[derive(Module, Debug)]
+pub struct Gpt2Mlp<B: Backend> {
+    pub c_fc: Conv1D<B>,
+    pub c_proj: Conv1D<B>,
+    #[module(skip)]
+    pub act: Activation,
+}
+
+#[derive(Module, Debug)]
+pub struct Gpt2Block<B: Backend> {
+    pub ln_1: LayerNorm<B>,
+    pub attn: Gpt2Attention<B>,
+    pub ln_2: LayerNorm<B>,
+    pub mlp: Gpt2Mlp<B>,
+}
+
+/// `GPT2Model`: embeddings, blocks and the final LayerNorm.
+#[derive(Module, Debug)]
+pub struct Gpt2Model<B: Backend> {
+    pub wte: Embedding<B>,
+    pub wpe: Embedding<B>,
+    pub h: Vec<Gpt2Block<B>>,
+    pub ln_f: LayerNorm<B>,
+}
+
+/// `GPT2LMHeadModel`: the model plus an lm_head (absent when tied to `wte`).
+#[derive(Module, Debug)]
+pub struct Gpt2LMHeadModel<B: Backend> {
+    pub transformer: Gpt2Model<B>,
+    pub lm_head: Option<Linear<B>>,
+    pub n_positions: usize,
+}
+
+impl Gpt2Config {
+    /// A randomly initialised model (normal(0, initializer_range) weights, as transformers).
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Result<Gpt2LMHeadModel<B>> {
+        if self.n_head == 0 || self.n_embd % self.n_head != 0 {
+            return Err(ModelError::Config(format!("n_embd {} is not divisible by n_head {}", self.n_embd, self.n_head)));
+        }
+        let act = Activation::parse(&self.activation_function)?;
+        let (d, std) = (self.n_embd, self.initializer_range);
+        let inner = self.n_inner.unwrap_or(4 * d);
+        let emb = |n: usize| {
+            EmbeddingConfig::new(n, d).with_initializer(Initializer::Normal { mean: 0.0, std }).init(device)
+        };
+        let h = (0..self.n_layer)
+            .map(|i| {
+                let mut scale = if self.scale_attn_weights { 1.0 / ((d / self.n_head) as f64).sqrt() } else { 1.0 };
+                if self.scale_attn_by_inverse_layer_idx {
+                    scale /= (i + 1) as f64;
+                }
+                Gpt2Block {
+                    ln_1: LayerNorm::new(d, self.layer_norm_epsilon, device),
+                    attn: Gpt2Attention {
+                        c_attn: Conv1D::new(d, 3 * d, std, device),
+                        c_proj: Conv1D::new(d, d, std, device),
+                        n_head: self.n_head,
+                        scale,
+                    },
+                    ln_2: LayerNorm::new(d, self.layer_norm_epsilon, device),
+                    mlp: Gpt2Mlp { c_fc: Conv1D::new(d, inner, std, device), c_proj: Conv1D::new(inner, d, std, device), act },
+                }
+            })
+            .collect();
+        Ok(Gpt2LMHeadModel {
+            transformer: Gpt2Model {
+                wte: emb(self.vocab_size),
+                wpe: emb(self.n_positions),
+                h,
+                ln_f: LayerNorm::new(d, self.layer_norm_epsilon, device),
+            },
+            lm_head: (!self.tie_word_embeddings).then(|| crate::layers::linear(d, self.vocab_size, false, std, device)),
+            n_positions: self.n_positions,
+        })
+    }
+}
+
+impl<B: Backend> Gpt2Block<B> {
+    fn forward(&self, x: Tensor<B, 3>, ctx: &Context<B>, cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>) -> Tensor<B, 3> {
+        let [b, t, d] = x.dims();
+        let qkv = self.attn.c_attn.forward(self.ln_1.forward(x.clone()));
+        let heads = self.attn.n_head;
+        let part = |i: usize| split_heads(qkv.clone().slice([0..b, 0..t, i * d..(i + 1) * d]), heads);
+        let a = attend(part(0), part(1), part(2), ctx, cache, self.attn.scale);
+        let x = x + self.attn.c_proj.forward(a);
+        let m = self.mlp.c_proj.forward(self.mlp.act.apply(self.mlp.c_fc.forward(self.ln_2.forward(x.clone()))));
+        x + m
+    }
+}
+
+impl<B: Backend> Gpt2LMHeadModel<B> {
+    /// Last hidden state after `ln_f`, `[batch, q_len, n_embd]`, for `ids` `[batch, q_len]`.
+    pub fn forward_hidden(&self, ids: Tensor<B, 2, Int>, ctx: &Context<B>, mut cache: Option<&mut KvCache<B>>) -> Result<Tensor<B, 3>> {
+        let device = ids.device();
+        if let Some(&p) = ctx.positions.iter().max() {
+            if p as usize >= self.n_positions {
+                return Err(ModelError::TooLong { len: p as usize + 1, max: self.n_positions });
+            }
+        }
+        let pos = Tensor::<B, 2, Int>::from_data(TensorData::new(ctx.positions.clone(), [ctx.batch, ctx.q_len]), &device);
+        let tr = &self.transformer;
+        let mut x = tr.wte.forward(ids) + tr.wpe.forward(pos);
+        for (i, block) in tr.h.iter().enumerate() {
+            let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            x = block.forward(x, ctx, slot);
+        }
+        Ok(tr.ln_f.forward(x))
+    }
+
+    /// `[batch, seq, n_embd]` → `[batch, seq, vocab]`
+    pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            None => hidden.matmul(self.transformer.wte.weight.val().transpose().unsqueeze()),
+        }
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.transformer.h.len()
+    }
+}

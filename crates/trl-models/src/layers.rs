@@ -1,0 +1,234 @@
+//! Building blocks shared by every architecture: norms, GPT-2's Conv1D, rotary embeddings,
+//! multi-head attention with grouped KV heads, and the KV cache.
+//!
+//! Field names follow PyTorch (`weight`, `bias`), so checkpoint keys load without a table.
+
+use burn::module::{Module, Param};
+use burn::nn::Initializer;
+use burn::prelude::*;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::TensorPrimitive;
+
+use crate::batch::Context;
+
+/// `torch.nn.LayerNorm` (weight and bias), through burn's fused kernel.
+#[derive(Module, Debug)]
+pub struct LayerNorm<B: Backend> {
+    pub weight: Param<Tensor<B, 1>>,
+    pub bias: Param<Tensor<B, 1>>,
+    pub eps: f64,
+}
+
+impl<B: Backend> LayerNorm<B> {
+    pub fn new(dim: usize, eps: f64, device: &B::Device) -> Self {
+        Self {
+            weight: Initializer::Ones.init([dim], device),
+            bias: Initializer::Zeros.init([dim], device),
+            eps,
+        }
+    }
+
+    /// `[..., dim]` → `[..., dim]`
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        Tensor::from_primitive(TensorPrimitive::Float(B::layer_norm(
+            x.into_primitive().tensor(),
+            self.weight.val().into_primitive().tensor(),
+            Some(self.bias.val().into_primitive().tensor()),
+            self.eps,
+        )))
+    }
+}
+
+/// RMSNorm as Llama computes it: `weight * x / sqrt(mean(x²) + eps)`.
+#[derive(Module, Debug)]
+pub struct RmsNorm<B: Backend> {
+    pub weight: Param<Tensor<B, 1>>,
+    pub eps: f64,
+}
+
+impl<B: Backend> RmsNorm<B> {
+    pub fn new(dim: usize, eps: f64, device: &B::Device) -> Self {
+        Self { weight: Initializer::Ones.init([dim], device), eps }
+    }
+
+    /// `[..., dim]` → `[..., dim]`
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let inv = (x.clone().square().mean_dim(D - 1) + self.eps).sqrt().recip();
+        x * inv * self.weight.val().unsqueeze()
+    }
+}
+
+/// GPT-2's `Conv1D`: a linear layer whose weight is stored `[in, out]` (no transpose on load).
+#[derive(Module, Debug)]
+pub struct Conv1D<B: Backend> {
+    pub weight: Param<Tensor<B, 2>>,
+    pub bias: Param<Tensor<B, 1>>,
+}
+
+impl<B: Backend> Conv1D<B> {
+    pub fn new(d_in: usize, d_out: usize, std: f64, device: &B::Device) -> Self {
+        Self {
+            weight: Initializer::Normal { mean: 0.0, std }.init([d_in, d_out], device),
+            bias: Initializer::Zeros.init([d_out], device),
+        }
+    }
+
+    /// `[..., d_in]` → `[..., d_out]`
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        burn::tensor::module::linear(x, self.weight.val(), Some(self.bias.val()))
+    }
+}
+
+/// A `torch.nn.Linear` (weight loaded transposed into burn's `[in, out]`).
+pub fn linear<B: Backend>(d_in: usize, d_out: usize, bias: bool, std: f64, device: &B::Device) -> burn::nn::Linear<B> {
+    burn::nn::LinearConfig::new(d_in, d_out)
+        .with_bias(bias)
+        .with_initializer(Initializer::Normal { mean: 0.0, std })
+        .init(device)
+}
+
+/// Rotary position embedding: inverse frequencies fixed at build time; cos/sin tables made
+/// once per forward pass from the batch's positions.
+#[derive(Debug, Clone)]
+pub struct Rope {
+    pub inv_freq: Vec<f32>,
+    pub attention_scaling: f32,
+}
+
+/// The cos and sin tables of one forward pass, `[batch, 1, q_len, head_dim]`.
+pub struct RopeTables<B: Backend> {
+    pub cos: Tensor<B, 4>,
+    pub sin: Tensor<B, 4>,
+}
+
+impl Rope {
+    /// Default RoPE: `inv_freq[i] = base^(-2i/dim)`, computed in f32 as transformers does.
+    pub fn new(head_dim: usize, base: f64) -> Self {
+        let inv_freq = (0..head_dim / 2)
+            .map(|i| 1.0 / (base as f32).powf((2 * i) as f32 / head_dim as f32))
+            .collect();
+        Self { inv_freq, attention_scaling: 1.0 }
+    }
+
+    /// Tables for the positions of `ctx`.
+    pub fn tables<B: Backend>(&self, ctx: &Context<B>, device: &B::Device) -> RopeTables<B> {
+        let half = self.inv_freq.len();
+        let dim = 2 * half;
+        let n = ctx.positions.len();
+        let mut cos = Vec::with_capacity(n * dim);
+        let mut sin = Vec::with_capacity(n * dim);
+        for &p in &ctx.positions {
+            let start = cos.len();
+            for &f in &self.inv_freq {
+                let a = p as f32 * f;
+                cos.push(a.cos() * self.attention_scaling);
+                sin.push(a.sin() * self.attention_scaling);
+            }
+            cos.extend_from_within(start..start + half);
+            sin.extend_from_within(start..start + half);
+        }
+        let shape = [ctx.batch, 1, ctx.q_len, dim];
+        RopeTables {
+            cos: Tensor::from_data(TensorData::new(cos, shape), device),
+            sin: Tensor::from_data(TensorData::new(sin, shape), device),
+        }
+    }
+}
+
+impl<B: Backend> RopeTables<B> {
+    /// Rotates `[batch, heads, q_len, head_dim]` (the `rotate_half` convention of transformers).
+    pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [b, h, t, d] = x.dims();
+        let x1 = x.clone().slice([0..b, 0..h, 0..t, 0..d / 2]);
+        let x2 = x.clone().slice([0..b, 0..h, 0..t, d / 2..d]);
+        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+        x * self.cos.clone() + rotated * self.sin.clone()
+    }
+}
+
+/// Keys and values of the tokens seen so far, per layer, plus their attention mask.
+#[derive(Debug, Clone)]
+pub struct KvCache<B: Backend> {
+    pub layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+    /// `[batch, len]` mask of every token in the cache, row-major, on the host.
+    pub mask: Vec<i64>,
+    pub batch: usize,
+    pub len: usize,
+}
+
+impl<B: Backend> KvCache<B> {
+    pub fn new(num_layers: usize, batch: usize) -> Self {
+        Self { layers: vec![None; num_layers], mask: Vec::new(), batch, len: 0 }
+    }
+
+    /// Appends the mask of `q_len` new tokens and returns the mask of cache plus new tokens.
+    pub fn extend_mask(&mut self, new_mask: &[i64], q_len: usize) -> Vec<i64> {
+        let kv = self.len + q_len;
+        let mut full = Vec::with_capacity(self.batch * kv);
+        for b in 0..self.batch {
+            full.extend_from_slice(&self.mask[b * self.len..(b + 1) * self.len]);
+            full.extend_from_slice(&new_mask[b * q_len..(b + 1) * q_len]);
+        }
+        self.mask.clone_from(&full);
+        self.len = kv;
+        full
+    }
+
+    /// Keeps only the rows in `keep` (finished sequences dropped from a batch).
+    pub fn select_rows(&mut self, keep: &[usize], device: &B::Device) {
+        let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(keep.iter().map(|&i| i as i64).collect::<Vec<_>>(), [keep.len()]), device);
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.clone().select(0, idx.clone());
+            *v = v.clone().select(0, idx.clone());
+        }
+        self.mask = keep.iter().flat_map(|&b| self.mask[b * self.len..(b + 1) * self.len].to_vec()).collect();
+        self.batch = keep.len();
+    }
+}
+
+/// Scaled dot-product attention of one layer.
+///
+/// `q`: `[batch, heads, q_len, head_dim]`; `k`, `v`: `[batch, kv_heads, q_len, head_dim]` for
+/// the new tokens. With a cache slot, new keys/values are appended to it first. KV heads are
+/// shared by `heads / kv_heads` query heads (grouped-query attention).
+/// Returns `[batch, q_len, heads * head_dim]`.
+pub fn attend<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    ctx: &Context<B>,
+    cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+    scale: f64,
+) -> Tensor<B, 3> {
+    let (k, v) = match cache {
+        Some(slot) => {
+            let kv = match slot.take() {
+                Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+                None => (k, v),
+            };
+            *slot = Some(kv.clone());
+            kv
+        }
+        None => (k, v),
+    };
+    let [b, heads, t, d] = q.dims();
+    let kv_heads = k.dims()[1];
+    let (k, v) = if kv_heads == heads {
+        (k, v)
+    } else {
+        let groups = heads / kv_heads;
+        let s = k.dims()[2];
+        let rep = |x: Tensor<B, 4>| x.unsqueeze_dim::<5>(2).expand([b, kv_heads, groups, s, d]).reshape([b, heads, s, d]);
+        (rep(k), rep(v))
+    };
+    let options = AttentionModuleOptions { scale: Some(scale), softcap: None, is_causal: false };
+    let out = attention(q, k, v, Some(ctx.mask.clone()), None, options);
+    out.swap_dims(1, 2).reshape([b, t, heads * d])
+}
+
+/// `[batch, seq, heads * head_dim]` → `[batch, heads, seq, head_dim]`
+pub fn split_heads<B: Backend>(x: Tensor<B, 3>, heads: usize) -> Tensor<B, 4> {
+    let [b, t, hd] = x.dims();
+    x.reshape([b, t, heads, hd / heads]).swap_dims(1, 2)
+}

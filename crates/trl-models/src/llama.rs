@@ -1,0 +1,291 @@
+//! The Llama family in one implementation: Llama (incl. `llama3` RoPE scaling), Mistral,
+//! Qwen2 (q/k/v bias) and Qwen3 (q/k RMSNorm, explicit `head_dim`). Grouped-query attention,
+//! rotary positions, RMSNorm, SwiGLU MLP, tied or untied lm_head.
+
+use burn::module::Module;
+use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear};
+use burn::prelude::*;
+use burn::tensor::activation::silu;
+use serde::Deserialize;
+
+use trl_core::HfConfig;
+
+use crate::batch::Context;
+use crate::error::{ModelError, Result};
+use crate::layers::{attend, linear, split_heads, KvCache, RmsNorm, Rope, RopeTables};
+
+/// The fields of a Llama-family `config.json` that the model uses.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LlamaConfig {
+    pub model_type: String,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    #[serde(default = "rms_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default = "max_pos")]
+    pub max_position_embeddings: usize,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    #[serde(default)]
+    pub attention_bias: Option<bool>,
+    #[serde(default)]
+    pub mlp_bias: bool,
+    #[serde(default = "silu_name")]
+    pub hidden_act: String,
+    #[serde(default)]
+    pub sliding_window: Option<usize>,
+    #[serde(default)]
+    pub use_sliding_window: Option<bool>,
+    #[serde(default = "init_range")]
+    pub initializer_range: f64,
+    /// Filled from `rope_theta` or `rope_parameters.rope_theta` by [`LlamaConfig::from_hf`].
+    #[serde(skip)]
+    pub rope: Option<Rope>,
+}
+
+fn rms_eps() -> f64 {
+    1e-6
+}
+fn max_pos() -> usize {
+    2048
+}
+fn silu_name() -> String {
+    "silu".into()
+}
+fn init_range() -> f64 {
+    0.02
+}
+
+/// Model types this file implements.
+pub const LLAMA_TYPES: &[&str] = &["llama", "mistral", "qwen2", "qwen3"];
+
+impl LlamaConfig {
+    /// Parses and validates a Llama-family config, building the RoPE frequencies.
+    pub fn from_hf(cfg: &HfConfig) -> Result<Self> {
+        let mut c: LlamaConfig = cfg.parse()?;
+        if !LLAMA_TYPES.contains(&c.model_type.as_str()) {
+            return Err(ModelError::Config(format!("model_type `{}` is not a Llama-family model", c.model_type)));
+        }
+        if c.hidden_act != "silu" {
+            return Err(ModelError::Config(format!("hidden_act `{}` is not supported (silu)", c.hidden_act)));
+        }
+        let heads = c.num_attention_heads;
+        let kv = c.num_key_value_heads.unwrap_or(heads);
+        if heads == 0 || kv == 0 || heads % kv != 0 || (c.head_dim.is_none() && c.hidden_size % heads != 0) {
+            return Err(ModelError::Config(format!(
+                "num_attention_heads {heads} must be a multiple of num_key_value_heads {kv} and divide hidden_size {}",
+                c.hidden_size
+            )));
+        }
+        let theta = cfg.rope_theta().unwrap_or(10000.0);
+        let mut rope = Rope::new(c.head_dim(), theta);
+        if let Some(scaling) = cfg.rope_scaling() {
+            let get = |k: &str| scaling.get(k).and_then(|v| v.as_f64());
+            match cfg.rope_type() {
+                Some("linear") => {
+                    let f = get("factor").unwrap_or(1.0) as f32;
+                    rope.inv_freq.iter_mut().for_each(|x| *x /= f);
+                }
+                Some("llama3") => {
+                    let need = |k: &str| get(k).ok_or_else(|| ModelError::Config(format!("llama3 rope scaling needs `{k}`")));
+                    llama3_scaling(&mut rope.inv_freq, need("factor")?, need("low_freq_factor")?, need("high_freq_factor")?, need("original_max_position_embeddings")?);
+                }
+                Some(other) => {
+                    return Err(ModelError::Config(format!("rope type `{other}` is not supported (default, linear, llama3)")))
+                }
+                None => {}
+            }
+        }
+        c.rope = Some(rope);
+        Ok(c)
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads)
+    }
+
+    fn kv_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    /// Bias on q/k/v and on o: Qwen2 always has q/k/v bias; others follow `attention_bias`.
+    fn biases(&self) -> (bool, bool) {
+        match self.model_type.as_str() {
+            "qwen2" => (true, false),
+            "mistral" => (false, false),
+            _ => {
+                let b = self.attention_bias.unwrap_or(false);
+                (b, b)
+            }
+        }
+    }
+
+    fn window(&self) -> Option<usize> {
+        match self.model_type.as_str() {
+            "mistral" => self.sliding_window,
+            "qwen2" | "qwen3" if self.use_sliding_window == Some(true) => self.sliding_window,
+            _ => None,
+        }
+    }
+
+    /// A randomly initialised model.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> LlamaForCausalLM<B> {
+        let (h, hd, std) = (self.hidden_size, self.head_dim(), self.initializer_range);
+        let (heads, kv) = (self.num_attention_heads, self.kv_heads());
+        let (qkv_bias, o_bias) = self.biases();
+        let qk_norm = self.model_type == "qwen3";
+        let layers = (0..self.num_hidden_layers)
+            .map(|_| LlamaDecoderLayer {
+                self_attn: LlamaAttention {
+                    q_proj: linear(h, heads * hd, qkv_bias, std, device),
+                    k_proj: linear(h, kv * hd, qkv_bias, std, device),
+                    v_proj: linear(h, kv * hd, qkv_bias, std, device),
+                    o_proj: linear(heads * hd, h, o_bias, std, device),
+                    q_norm: qk_norm.then(|| RmsNorm::new(hd, self.rms_norm_eps, device)),
+                    k_norm: qk_norm.then(|| RmsNorm::new(hd, self.rms_norm_eps, device)),
+                    num_heads: heads,
+                    num_kv_heads: kv,
+                },
+                mlp: LlamaMlp {
+                    gate_proj: linear(h, self.intermediate_size, self.mlp_bias, std, device),
+                    up_proj: linear(h, self.intermediate_size, self.mlp_bias, std, device),
+                    down_proj: linear(self.intermediate_size, h, self.mlp_bias, std, device),
+                },
+                input_layernorm: RmsNorm::new(h, self.rms_norm_eps, device),
+                post_attention_layernorm: RmsNorm::new(h, self.rms_norm_eps, device),
+            })
+            .collect();
+        LlamaForCausalLM {
+            model: LlamaModel {
+                embed_tokens: EmbeddingConfig::new(self.vocab_size, h)
+                    .with_initializer(Initializer::Normal { mean: 0.0, std })
+                    .init(device),
+                layers,
+                norm: RmsNorm::new(h, self.rms_norm_eps, device),
+            },
+            lm_head: (!self.tie_word_embeddings).then(|| linear(h, self.vocab_size, false, std, device)),
+            rope_inv_freq: self.rope.clone().unwrap_or_else(|| Rope::new(hd, 10000.0)).inv_freq,
+            head_dim: hd,
+            sliding_window: self.window(),
+            max_position_embeddings: self.max_position_embeddings,
+        }
+    }
+}
+
+/// Llama 3's frequency-dependent RoPE scaling (transformers' `_compute_llama3_parameters`).
+fn llama3_scaling(inv_freq: &mut [f32], factor: f64, low: f64, high: f64, old_ctx: f64) {
+    let low_wavelen = old_ctx / low;
+    let high_wavelen = old_ctx / high;
+    for f in inv_freq.iter_mut() {
+        let freq = *f as f64;
+        let wavelen = 2.0 * std::f64::consts::PI / freq;
+        let scaled = if wavelen > low_wavelen { freq / factor } else { freq };
+        let medium = wavelen >= high_wavelen && wavelen <= low_wavelen;
+        *f = if medium {
+            let smooth = (old_ctx / wavelen - low) / (high - low);
+            ((1.0 - smooth) * scaled / factor + smooth * scaled) as f32
+        } else {
+            scaled as f32
+        };
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct LlamaAttention<B: Backend> {
+    pub q_proj: Linear<B>,
+    pub k_proj: Linear<B>,
+    pub v_proj: Linear<B>,
+    pub o_proj: Linear<B>,
+    pub q_norm: Option<RmsNorm<B>>,
+    pub k_norm: Option<RmsNorm<B>>,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+}
+
+#[derive(Module, Debug)]
+pub struct LlamaMlp<B: Backend> {
+    pub gate_proj: Linear<B>,
+    pub up_proj: Linear<B>,
+    pub down_proj: Linear<B>,
+}
+
+#[derive(Module, Debug)]
+pub struct LlamaDecoderLayer<B: Backend> {
+    pub self_attn: LlamaAttention<B>,
+    pub mlp: LlamaMlp<B>,
+    pub input_layernorm: RmsNorm<B>,
+    pub post_attention_layernorm: RmsNorm<B>,
+}
+
+/// `LlamaModel` (and Mistral / Qwen2 / Qwen3): embeddings, decoder layers, final norm.
+#[derive(Module, Debug)]
+pub struct LlamaModel<B: Backend> {
+    pub embed_tokens: Embedding<B>,
+    pub layers: Vec<LlamaDecoderLayer<B>>,
+    pub norm: RmsNorm<B>,
+}
+
+/// `LlamaForCausalLM`: the model plus an lm_head (absent when tied to `embed_tokens`).
+#[derive(Module, Debug)]
+pub struct LlamaForCausalLM<B: Backend> {
+    pub model: LlamaModel<B>,
+    pub lm_head: Option<Linear<B>>,
+    #[module(skip)]
+    pub rope_inv_freq: Vec<f32>,
+    pub head_dim: usize,
+    pub sliding_window: Option<usize>,
+    pub max_position_embeddings: usize,
+}
+
+impl<B: Backend> LlamaDecoderLayer<B> {
+    fn forward(&self, x: Tensor<B, 3>, ctx: &Context<B>, rope: &RopeTables<B>, cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>) -> Tensor<B, 3> {
+        let a = &self.self_attn;
+        let h = self.input_layernorm.forward(x.clone());
+        let mut q = split_heads(a.q_proj.forward(h.clone()), a.num_heads);
+        let mut k = split_heads(a.k_proj.forward(h.clone()), a.num_kv_heads);
+        let v = split_heads(a.v_proj.forward(h), a.num_kv_heads);
+        if let (Some(qn), Some(kn)) = (&a.q_norm, &a.k_norm) {
+            q = qn.forward(q);
+            k = kn.forward(k);
+        }
+        let head_dim = q.dims()[3];
+        let out = attend(rope.apply(q), rope.apply(k), v, ctx, cache, 1.0 / (head_dim as f64).sqrt());
+        let x = x + a.o_proj.forward(out);
+        let h = self.post_attention_layernorm.forward(x.clone());
+        let m = &self.mlp;
+        x + m.down_proj.forward(silu(m.gate_proj.forward(h.clone())) * m.up_proj.forward(h))
+    }
+}
+
+impl<B: Backend> LlamaForCausalLM<B> {
+    /// Last hidden state after the final norm, `[batch, q_len, hidden]`.
+    pub fn forward_hidden(&self, ids: Tensor<B, 2, Int>, ctx: &Context<B>, mut cache: Option<&mut KvCache<B>>) -> Result<Tensor<B, 3>> {
+        let device = ids.device();
+        let rope = Rope { inv_freq: self.rope_inv_freq.clone(), attention_scaling: 1.0 }.tables(ctx, &device);
+        let mut x = self.model.embed_tokens.forward(ids);
+        for (i, layer) in self.model.layers.iter().enumerate() {
+            let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            x = layer.forward(x, ctx, &rope, slot);
+        }
+        Ok(self.model.norm.forward(x))
+    }
+
+    /// `[batch, seq, hidden]` → `[batch, seq, vocab]`
+    pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            None => hidden.matmul(self.model.embed_tokens.weight.val().transpose().unsqueeze()),
+        }
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.model.layers.len()
+    }
+}

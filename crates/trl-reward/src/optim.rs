@@ -1,0 +1,165 @@
+//! AdamW with PyTorch's semantics (decoupled weight decay, eps added after the bias-corrected
+//! square root), global-norm gradient clipping as `torch.nn.utils.clip_grad_norm_`, and the
+//! linear warmup/decay schedule of transformers. State is saved by parameter key, so a
+//! resumed run continues exactly.
+
+use std::collections::HashMap;
+
+use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use serde::{Deserialize, Serialize};
+
+use trl_core::StateDict;
+
+/// AdamW hyper-parameters (transformers' defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct AdamWConfig {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        Self { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }
+    }
+}
+
+/// Per-parameter moments, flattened, on the inner (non-autodiff) backend.
+pub struct AdamW<B: Backend> {
+    pub config: AdamWConfig,
+    pub step: u64,
+    state: HashMap<ParamId, (Tensor<B, 1>, Tensor<B, 1>)>,
+}
+
+impl<B: Backend> AdamW<B> {
+    pub fn new(config: AdamWConfig) -> Self {
+        Self { config, step: 0, state: HashMap::new() }
+    }
+
+    /// Applies one update with learning rate `lr` to every parameter that has a gradient.
+    pub fn step<AB, M>(&mut self, module: M, lr: f64, grads: &mut GradientsParams) -> M
+    where
+        AB: AutodiffBackend<InnerBackend = B>,
+        M: AutodiffModule<AB>,
+    {
+        self.step += 1;
+        let mut mapper = Step::<AB> { opt: self, lr, grads };
+        module.map(&mut mapper)
+    }
+
+    /// Moments as a state dict keyed `exp_avg.<param key>` / `exp_avg_sq.<param key>`.
+    pub fn state_dict(&self, keys: &[(String, ParamId)]) -> StateDict {
+        let mut sd = StateDict::new();
+        for (key, id) in keys {
+            if let Some((m, v)) = self.state.get(id) {
+                sd.insert(format!("exp_avg.{key}"), m.to_data());
+                sd.insert(format!("exp_avg_sq.{key}"), v.to_data());
+            }
+        }
+        sd
+    }
+
+    /// Restores moments saved by [`AdamW::state_dict`] for the parameters in `keys`.
+    pub fn load_state_dict(&mut self, sd: &StateDict, keys: &[(String, ParamId)], step: u64, device: &B::Device) {
+        self.step = step;
+        for (key, id) in keys {
+            if let (Some(m), Some(v)) = (sd.get(&format!("exp_avg.{key}")), sd.get(&format!("exp_avg_sq.{key}"))) {
+                let m = Tensor::from_data(m.clone().convert::<f32>(), device);
+                let v = Tensor::from_data(v.clone().convert::<f32>(), device);
+                self.state.insert(*id, (m, v));
+            }
+        }
+    }
+}
+
+struct Step<'a, AB: AutodiffBackend> {
+    opt: &'a mut AdamW<AB::InnerBackend>,
+    lr: f64,
+    grads: &'a mut GradientsParams,
+}
+
+impl<AB: AutodiffBackend> ModuleMapper<AB> for Step<'_, AB> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<AB, D>>) -> Param<Tensor<AB, D>> {
+        let (id, tensor, mapper) = param.consume();
+        let Some(grad) = self.grads.remove::<AB::InnerBackend, D>(id) else {
+            return Param::from_mapped_value(id, tensor, mapper);
+        };
+        let c = self.opt.config;
+        let shape = tensor.shape();
+        let n = shape.num_elements();
+        let p = tensor.inner().reshape([n]);
+        let g = grad.reshape([n]);
+        let (m, v) = match self.opt.state.remove(&id) {
+            Some((m, v)) => (m * c.beta1 + g.clone() * (1.0 - c.beta1), v * c.beta2 + g.square() * (1.0 - c.beta2)),
+            None => (g.clone() * (1.0 - c.beta1), g.square() * (1.0 - c.beta2)),
+        };
+        let t = self.opt.step as i32;
+        let bc1 = 1.0 - c.beta1.powi(t);
+        let bc2 = 1.0 - c.beta2.powi(t);
+        let p = if c.weight_decay != 0.0 { p * (1.0 - self.lr * c.weight_decay) } else { p };
+        let denom = v.clone().sqrt() / bc2.sqrt() + c.eps;
+        let p = p - m.clone() / denom * (self.lr / bc1);
+        self.opt.state.insert(id, (m, v));
+        let new = Tensor::<AB, D>::from_inner(p.reshape(shape)).require_grad();
+        Param::from_mapped_value(id, new, mapper)
+    }
+}
+
+/// Global L2 norm of all gradients, and scales them so it is at most `max_norm`
+/// (`clip_grad_norm_`: coefficient `max_norm / (norm + 1e-6)`, clamped to 1). Returns the norm
+/// before clipping.
+pub fn clip_grad_norm<AB: AutodiffBackend, M: AutodiffModule<AB>>(module: &M, grads: &mut GradientsParams, max_norm: Option<f64>) -> f64 {
+    struct Norm<'a, AB: AutodiffBackend> {
+        grads: &'a GradientsParams,
+        sum: Option<Tensor<AB::InnerBackend, 1>>,
+        ids: Vec<(ParamId, usize)>,
+    }
+    impl<AB: AutodiffBackend> ModuleVisitor<AB> for Norm<'_, AB> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AB, D>>) {
+            if let Some(g) = self.grads.get::<AB::InnerBackend, D>(param.id) {
+                let s = g.square().sum();
+                self.sum = Some(match self.sum.take() {
+                    Some(acc) => acc + s,
+                    None => s,
+                });
+                self.ids.push((param.id, D));
+            }
+        }
+    }
+    let mut v = Norm::<AB> { grads, sum: None, ids: Vec::new() };
+    module.visit(&mut v);
+    let Some(sum) = v.sum else { return 0.0 };
+    let norm = sum.into_scalar().elem::<f64>().sqrt();
+    if let Some(max) = max_norm {
+        let coef = max / (norm + 1e-6);
+        if coef < 1.0 {
+            struct Scale<'a> {
+                grads: &'a mut GradientsParams,
+                coef: f64,
+            }
+            impl<AB: AutodiffBackend> ModuleVisitor<AB> for Scale<'_> {
+                fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AB, D>>) {
+                    if let Some(g) = self.grads.remove::<AB::InnerBackend, D>(param.id) {
+                        self.grads.register(param.id, g * self.coef);
+                    }
+                }
+            }
+            module.visit(&mut Scale { grads, coef });
+        }
+    }
+    norm
+}
+
+/// transformers' `get_linear_schedule_with_warmup`: learning rate for optimizer step `step`
+/// (0-based) out of `total`.
+pub fn linear_schedule(base_lr: f64, step: u64, warmup: u64, total: u64) -> f64 {
+    if step < warmup {
+        return base_lr * step as f64 / warmup.max(1) as f64;
+    }
+    let rest = total.saturating_sub(warmup).max(1);
+    base_lr * (total.saturating_sub(step) as f64 / rest as f64).max(0.0)
+}
