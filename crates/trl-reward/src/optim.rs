@@ -163,3 +163,23 @@ pub fn linear_schedule(base_lr: f64, step: u64, warmup: u64, total: u64) -> f64 
     let rest = total.saturating_sub(warmup).max(1);
     base_lr * (total.saturating_sub(step) as f64 / rest as f64).max(0.0)
 }
+
+/// Adds every gradient of `new` into `acc` (gradient accumulation).
+pub fn add_grads<AB: AutodiffBackend, M: AutodiffModule<AB>>(module: &M, acc: &mut GradientsParams, mut new: GradientsParams) {
+    struct Add<'a> {
+        acc: &'a mut GradientsParams,
+        new: &'a mut GradientsParams,
+    }
+    impl<AB: AutodiffBackend> ModuleVisitor<AB> for Add<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AB, D>>) {
+            if let Some(g) = self.new.remove::<AB::InnerBackend, D>(param.id) {
+                let sum = match self.acc.remove::<AB::InnerBackend, D>(param.id) {
+                    Some(a) => a + g,
+                    None => g,
+                };
+                self.acc.register(param.id, sum);
+            }
+        }
+    }
+    module.visit(&mut Add { acc, new: &mut new });
+}

@@ -1,0 +1,137 @@
+//! `RewardConfig`: TRL 1.x's defaults, under transformers' field names so a TRL config file
+//! reads as is (TOML or JSON; unknown fields are an error naming them).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{RewardError, Result};
+
+/// Training settings (TRL 1.x `RewardConfig` defaults).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RewardConfig {
+    pub output_dir: PathBuf,
+    /// Peak learning rate (TRL 1.x: 1e-4).
+    pub learning_rate: f64,
+    pub num_train_epochs: f64,
+    /// Overrides `num_train_epochs` when set.
+    pub max_steps: Option<u64>,
+    pub per_device_train_batch_size: usize,
+    pub per_device_eval_batch_size: usize,
+    pub gradient_accumulation_steps: usize,
+    /// Rows with a side longer than this are dropped (and counted), not truncated.
+    pub max_length: Option<usize>,
+    pub center_rewards_coefficient: Option<f64>,
+    pub logging_steps: u64,
+    /// Evaluate every N optimizer steps (and at the end) when an eval set is given.
+    pub eval_steps: Option<u64>,
+    pub save_steps: u64,
+    pub seed: u64,
+    pub warmup_steps: u64,
+    pub warmup_ratio: f64,
+    /// Global-norm clipping (`None` disables it).
+    pub max_grad_norm: Option<f64>,
+    pub weight_decay: f64,
+    pub adam_beta1: f64,
+    pub adam_beta2: f64,
+    pub adam_epsilon: f64,
+    pub pad_to_multiple_of: Option<usize>,
+    /// Zero every dropout (our backbones run without dropout; kept for config compatibility).
+    pub disable_dropout: bool,
+    /// EOS string appended to plain text (default: the tokenizer's).
+    pub eos_token: Option<String>,
+    /// Skip malformed rows (counted) instead of failing.
+    pub skip_bad_rows: bool,
+    /// Rows shown in the sample-prediction table.
+    pub num_print_samples: usize,
+    /// Fraction of the training file held out for evaluation when no eval file is given.
+    pub eval_split: f64,
+}
+
+impl Default for RewardConfig {
+    fn default() -> Self {
+        Self {
+            output_dir: PathBuf::from("runs/reward"),
+            learning_rate: 1e-4,
+            num_train_epochs: 3.0,
+            max_steps: None,
+            per_device_train_batch_size: 8,
+            per_device_eval_batch_size: 8,
+            gradient_accumulation_steps: 1,
+            max_length: Some(1024),
+            center_rewards_coefficient: None,
+            logging_steps: 10,
+            eval_steps: None,
+            save_steps: 500,
+            seed: 42,
+            warmup_steps: 0,
+            warmup_ratio: 0.0,
+            max_grad_norm: Some(1.0),
+            weight_decay: 0.0,
+            adam_beta1: 0.9,
+            adam_beta2: 0.999,
+            adam_epsilon: 1e-8,
+            pad_to_multiple_of: None,
+            disable_dropout: true,
+            eos_token: None,
+            skip_bad_rows: false,
+            num_print_samples: 4,
+            eval_split: 0.0,
+        }
+    }
+}
+
+impl RewardConfig {
+    /// Reads a `.toml` or `.json` config file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| RewardError::io(path, e))?;
+        let bad = |reason: String| RewardError::Data { path: path.to_path_buf(), reason };
+        let cfg: Self = match path.extension().and_then(|e| e.to_str()) {
+            Some("toml") => toml::from_str(&text).map_err(|e| bad(e.to_string()))?,
+            _ => serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Rejects settings that cannot train.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: &str| Err(RewardError::Config(m.into()));
+        if self.per_device_train_batch_size == 0 || self.per_device_eval_batch_size == 0 {
+            return bad("batch sizes must be at least 1");
+        }
+        if self.gradient_accumulation_steps == 0 {
+            return bad("gradient_accumulation_steps must be at least 1");
+        }
+        if !(self.learning_rate > 0.0) {
+            return bad("learning_rate must be positive");
+        }
+        if self.max_steps.is_none() && !(self.num_train_epochs > 0.0) {
+            return bad("set num_train_epochs > 0 or max_steps");
+        }
+        if !(0.0..1.0).contains(&self.eval_split) {
+            return bad("eval_split must be in [0, 1)");
+        }
+        if self.logging_steps == 0 || self.save_steps == 0 || self.eval_steps == Some(0) {
+            return bad("logging_steps, save_steps and eval_steps must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// Optimizer steps in total for `n_pairs` training pairs (transformers' arithmetic).
+    pub fn total_steps(&self, n_pairs: usize) -> u64 {
+        let batches = n_pairs.div_ceil(self.per_device_train_batch_size) as u64;
+        let per_epoch = (batches / self.gradient_accumulation_steps as u64).max(1);
+        self.max_steps.unwrap_or_else(|| (self.num_train_epochs * per_epoch as f64).ceil() as u64)
+    }
+
+    /// Warmup steps: `warmup_steps` if set, else `ceil(warmup_ratio · total)`.
+    pub fn warmup(&self, total: u64) -> u64 {
+        if self.warmup_steps > 0 {
+            self.warmup_steps
+        } else {
+            (self.warmup_ratio * total as f64).ceil() as u64
+        }
+    }
+}

@@ -1,0 +1,30 @@
+//! Errors of trl-reward.
+
+use std::path::PathBuf;
+
+/// What can go wrong reading preference data or training.
+#[derive(Debug, thiserror::Error)]
+pub enum RewardError {
+    #[error(transparent)]
+    Core(#[from] trl_core::Error),
+    #[error(transparent)]
+    Model(#[from] trl_models::ModelError),
+    #[error(transparent)]
+    Head(#[from] trl_heads::HeadError),
+    #[error("{path}:{line}: {reason}")]
+    Row { path: PathBuf, line: usize, reason: String },
+    #[error("{path}: {reason}")]
+    Data { path: PathBuf, reason: String },
+    #[error("bad training config: {0}")]
+    Config(String),
+    #[error("chat template: {0}")]
+    Template(String),
+}
+
+impl RewardError {
+    pub(crate) fn io(path: &std::path::Path, e: std::io::Error) -> Self {
+        Self::Core(trl_core::Error::Io { path: path.to_path_buf(), source: e })
+    }
+}
+
+pub type Result<T, E = RewardError> = std::result::Result<T, E>;

@@ -1,0 +1,362 @@
+//! The reward trainer: TRL 1.x's `RewardTrainer` loop with exact resume.
+//!
+//! One optimizer step = `gradient_accumulation_steps` micro-batches of
+//! `per_device_train_batch_size` pairs, each scored in one forward pass (chosen ++ rejected),
+//! loss divided by the number of micro-batches, gradients summed, clipped by global norm, then
+//! AdamW at the linearly scheduled learning rate. Checkpoints hold the model in HF layout plus
+//! optimizer moments and the data position, so `resume` continues bit for bit.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use serde::{Deserialize, Serialize};
+
+use trl_core::atomic::{write_atomic, write_json_atomic};
+use trl_core::checkpoint::{self, DEFAULT_MAX_SHARD_SIZE};
+use trl_core::module_io::param_ids;
+use trl_core::{HfConfig, Tokenizer};
+use trl_heads::ForSequenceClassification;
+
+use crate::collate::{collate, epoch_order};
+use crate::config::RewardConfig;
+use crate::data::TokenizedPair;
+use crate::error::{RewardError, Result};
+use crate::loss::{bradley_terry, preference_probability, PairMetrics};
+use crate::optim::{add_grads, clip_grad_norm, linear_schedule, AdamW, AdamWConfig};
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogEntry {
+    pub step: u64,
+    pub epoch: f64,
+    /// `train` or `eval`.
+    pub split: String,
+    pub loss: f64,
+    #[serde(flatten)]
+    pub metrics: PairMetrics,
+    pub num_tokens: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learning_rate: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_norm: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pairs_per_sec: Option<f64>,
+}
+
+/// Where training stands; saved in every checkpoint as `trainer_state.json`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    pub global_step: u64,
+    pub total_steps: u64,
+    /// Epoch being read and the next micro-batch within it.
+    pub epoch: u64,
+    pub batch_in_epoch: usize,
+    pub num_tokens: u64,
+    pub log_history: Vec<LogEntry>,
+}
+
+/// What a finished run reports (`summary.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub global_step: u64,
+    pub train_loss: f64,
+    pub final_eval: Option<LogEntry>,
+    pub train_pairs: usize,
+    pub eval_pairs: usize,
+    pub dropped_too_long: usize,
+    pub seconds: f64,
+    pub pairs_per_sec: f64,
+}
+
+/// One row of the sample-prediction table (TRL's `visualize_samples`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    pub chosen_text: String,
+    pub rejected_text: String,
+    pub chosen_reward: f32,
+    pub rejected_reward: f32,
+    /// `P(chosen ≻ rejected)`.
+    pub probability: f32,
+}
+
+/// Events the trainer reports while it runs (for progress bars and logs).
+pub enum Event<'a> {
+    Step { step: u64, total: u64, loss: f64 },
+    Log(&'a LogEntry),
+    Checkpoint(&'a Path),
+}
+
+/// A reward model under training, with its optimizer and position.
+pub struct RewardTrainer<B: AutodiffBackend> {
+    pub config: RewardConfig,
+    pub model: ForSequenceClassification<B>,
+    pub hf_config: HfConfig,
+    pub tokenizer: Option<Tokenizer>,
+    pub state: TrainerState,
+    pub pad_id: i64,
+    optimizer: AdamW<B::InnerBackend>,
+}
+
+const STATE_FILE: &str = "trainer_state.json";
+const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+
+impl<B: AutodiffBackend> RewardTrainer<B> {
+    pub fn new(config: RewardConfig, model: ForSequenceClassification<B>, hf_config: HfConfig, tokenizer: Option<Tokenizer>, pad_id: i64) -> Result<Self> {
+        config.validate()?;
+        let adam = AdamWConfig { beta1: config.adam_beta1, beta2: config.adam_beta2, eps: config.adam_epsilon, weight_decay: config.weight_decay };
+        Ok(Self { config, model, hf_config, tokenizer, state: TrainerState::default(), pad_id, optimizer: AdamW::new(adam) })
+    }
+
+    /// The newest `checkpoint-N` directory under `output_dir`, if any.
+    pub fn latest_checkpoint(output_dir: &Path) -> Option<PathBuf> {
+        std::fs::read_dir(output_dir)
+            .ok()?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let step: u64 = name.strip_prefix("checkpoint-")?.parse().ok()?;
+                e.path().join(STATE_FILE).is_file().then_some((step, e.path()))
+            })
+            .max_by_key(|(s, _)| *s)
+            .map(|(_, p)| p)
+    }
+
+    /// Restores weights, optimizer moments and position from a checkpoint directory.
+    pub fn resume_from(&mut self, dir: &Path) -> Result<()> {
+        let device = self.model.backbone.device();
+        let (model, _, _) = ForSequenceClassification::<B>::from_pretrained(dir, None, &device)?;
+        self.model = model;
+        let text = std::fs::read_to_string(dir.join(STATE_FILE)).map_err(|e| RewardError::io(&dir.join(STATE_FILE), e))?;
+        self.state = serde_json::from_str(&text).map_err(|e| RewardError::Data { path: dir.join(STATE_FILE), reason: e.to_string() })?;
+        let sd = checkpoint::load_safetensors(&dir.join(OPTIMIZER_FILE))?;
+        self.optimizer.load_state_dict(&sd, &param_ids(&self.model), self.state.global_step, &device);
+        Ok(())
+    }
+
+    fn score(model: &ForSequenceClassification<B>, pairs: &[&TokenizedPair], pad_id: i64, multiple: Option<usize>) -> Result<(Tensor<B, 1>, Tensor<B, 1>, Option<Tensor<B, 1>>, u64)> {
+        let (batch, margins) = collate(pairs, pad_id, multiple)?;
+        let n = pairs.len();
+        let r = model.forward(&batch, false)?.rewards.slice([0..2 * n, 0..1]).reshape([2 * n]);
+        let device = r.device();
+        let margin = margins.map(|m| Tensor::from_data(TensorData::new(m, [n]), &device));
+        Ok((r.clone().slice([0..n]), r.slice([n..2 * n]), margin, batch.num_tokens() as u64))
+    }
+
+    /// Trains on `train` until `total_steps`, evaluating on `eval`; calls `on_event` as it goes.
+    pub fn train(&mut self, train: &[TokenizedPair], eval: &[TokenizedPair], dropped: usize, on_event: &mut dyn FnMut(Event)) -> Result<Summary> {
+        if train.is_empty() {
+            return Err(RewardError::Config("no training pairs left (all dropped by max_length?)".into()));
+        }
+        let cfg = self.config.clone();
+        let total = cfg.total_steps(train.len());
+        let warmup = cfg.warmup(total);
+        self.state.total_steps = total;
+        let bs = cfg.per_device_train_batch_size;
+        let batches_per_epoch = train.len().div_ceil(bs);
+        let start = Instant::now();
+        let (mut window_loss, mut window_metrics, mut window_steps) = (0.0, Vec::new(), 0u64);
+        let mut pairs_done = 0usize;
+        let mut train_loss_sum = 0.0;
+        let first_step = self.state.global_step;
+        while self.state.global_step < total {
+            let lr = linear_schedule(cfg.learning_rate, self.state.global_step, warmup, total);
+            let mut grads: Option<GradientsParams> = None;
+            let mut step_loss = 0.0;
+            let mut step_metrics = Vec::new();
+            for _ in 0..cfg.gradient_accumulation_steps {
+                if self.state.batch_in_epoch >= batches_per_epoch {
+                    self.state.epoch += 1;
+                    self.state.batch_in_epoch = 0;
+                }
+                let order = epoch_order(train.len(), cfg.seed, self.state.epoch);
+                let lo = self.state.batch_in_epoch * bs;
+                let idx = &order[lo..(lo + bs).min(train.len())];
+                let pairs: Vec<&TokenizedPair> = idx.iter().map(|&i| &train[i]).collect();
+                let (rc, rr, margin, tokens) = Self::score(&self.model, &pairs, self.pad_id, cfg.pad_to_multiple_of)?;
+                let loss = bradley_terry(rc.clone(), rr.clone(), margin, cfg.center_rewards_coefficient) / cfg.gradient_accumulation_steps as f64;
+                let host = Tensor::cat(vec![rc.inner(), rr.inner(), loss.clone().inner()], 0).into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default();
+                let n = pairs.len();
+                step_loss += host[2 * n] as f64;
+                step_metrics.push(PairMetrics::from_rewards(&host[..n], &host[n..2 * n]));
+                let g = GradientsParams::from_grads(loss.backward(), &self.model);
+                grads = Some(match grads {
+                    Some(mut acc) => {
+                        add_grads(&self.model, &mut acc, g);
+                        acc
+                    }
+                    None => g,
+                });
+                self.state.batch_in_epoch += 1;
+                self.state.num_tokens += tokens;
+                pairs_done += n;
+            }
+            let mut grads = grads.expect("at least one micro-batch");
+            let norm = clip_grad_norm(&self.model, &mut grads, cfg.max_grad_norm);
+            self.model = self.optimizer.step(self.model.clone(), lr, &mut grads);
+            self.state.global_step += 1;
+            let step = self.state.global_step;
+            train_loss_sum += step_loss;
+            window_loss += step_loss;
+            window_metrics.extend(step_metrics);
+            window_steps += 1;
+            on_event(Event::Step { step, total, loss: step_loss });
+            if step % cfg.logging_steps == 0 || step == total {
+                let secs = start.elapsed().as_secs_f64().max(1e-9);
+                let entry = LogEntry {
+                    step,
+                    epoch: self.epoch_float(batches_per_epoch),
+                    split: "train".into(),
+                    loss: window_loss / window_steps as f64,
+                    metrics: PairMetrics::merge(&window_metrics),
+                    num_tokens: self.state.num_tokens,
+                    learning_rate: Some(lr),
+                    grad_norm: Some(norm),
+                    pairs_per_sec: Some(pairs_done as f64 / secs),
+                };
+                self.log(entry, on_event)?;
+                (window_loss, window_steps) = (0.0, 0);
+                window_metrics.clear();
+            }
+            if !eval.is_empty() && (cfg.eval_steps.is_some_and(|e| step % e == 0) || step == total) {
+                let entry = self.evaluate(eval)?;
+                self.log(entry, on_event)?;
+            }
+            if step % cfg.save_steps == 0 || step == total {
+                let dir = self.save_checkpoint()?;
+                on_event(Event::Checkpoint(&dir));
+            }
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        let steps_run = (self.state.global_step - first_step).max(1);
+        let summary = Summary {
+            global_step: self.state.global_step,
+            train_loss: train_loss_sum / steps_run as f64,
+            final_eval: self.state.log_history.iter().rev().find(|e| e.split == "eval").cloned(),
+            train_pairs: train.len(),
+            eval_pairs: eval.len(),
+            dropped_too_long: dropped,
+            seconds,
+            pairs_per_sec: pairs_done as f64 / seconds.max(1e-9),
+        };
+        self.save_final(&summary, if eval.is_empty() { train } else { eval })?;
+        Ok(summary)
+    }
+
+    fn epoch_float(&self, batches_per_epoch: usize) -> f64 {
+        self.state.epoch as f64 + self.state.batch_in_epoch as f64 / batches_per_epoch.max(1) as f64
+    }
+
+    fn log(&mut self, entry: LogEntry, on_event: &mut dyn FnMut(Event)) -> Result<()> {
+        use std::io::Write;
+        let path = self.config.output_dir.join("metrics.jsonl");
+        std::fs::create_dir_all(&self.config.output_dir).map_err(|e| RewardError::io(&self.config.output_dir, e))?;
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| RewardError::io(&path, e))?;
+        let line = serde_json::to_string(&entry).expect("log entries serialise");
+        writeln!(f, "{line}").map_err(|e| RewardError::io(&path, e))?;
+        on_event(Event::Log(&entry));
+        self.state.log_history.push(entry);
+        Ok(())
+    }
+
+    /// Loss and metrics on `eval` with the current weights (no gradients).
+    pub fn evaluate(&self, eval: &[TokenizedPair]) -> Result<LogEntry> {
+        let model = self.model.valid();
+        let (mut loss_sum, mut parts, mut tokens) = (0.0, Vec::new(), 0u64);
+        for chunk in eval.chunks(self.config.per_device_eval_batch_size) {
+            let pairs: Vec<&TokenizedPair> = chunk.iter().collect();
+            let (rc, rr, margin, t) = RewardTrainer::<B>::score_inner(&model, &pairs, self.pad_id, self.config.pad_to_multiple_of)?;
+            let loss = bradley_terry(rc.clone(), rr.clone(), margin, self.config.center_rewards_coefficient);
+            let host = Tensor::cat(vec![rc, rr, loss], 0).into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default();
+            let n = pairs.len();
+            loss_sum += host[2 * n] as f64 * n as f64;
+            parts.push(PairMetrics::from_rewards(&host[..n], &host[n..2 * n]));
+            tokens += t;
+        }
+        let metrics = PairMetrics::merge(&parts);
+        Ok(LogEntry {
+            step: self.state.global_step,
+            epoch: self.state.epoch as f64,
+            split: "eval".into(),
+            loss: loss_sum / eval.len().max(1) as f64,
+            metrics,
+            num_tokens: tokens,
+            learning_rate: None,
+            grad_norm: None,
+            pairs_per_sec: None,
+        })
+    }
+
+    fn score_inner(model: &ForSequenceClassification<B::InnerBackend>, pairs: &[&TokenizedPair], pad_id: i64, multiple: Option<usize>) -> Result<(Tensor<B::InnerBackend, 1>, Tensor<B::InnerBackend, 1>, Option<Tensor<B::InnerBackend, 1>>, u64)> {
+        let (batch, margins) = collate(pairs, pad_id, multiple)?;
+        let n = pairs.len();
+        let r = model.forward(&batch, false)?.rewards.slice([0..2 * n, 0..1]).reshape([2 * n]);
+        let device = r.device();
+        let margin = margins.map(|m| Tensor::from_data(TensorData::new(m, [n]), &device));
+        Ok((r.clone().slice([0..n]), r.slice([n..2 * n]), margin, batch.num_tokens() as u64))
+    }
+
+    /// Rewards of the first `n` pairs, for the sample table.
+    pub fn samples(&self, pairs: &[TokenizedPair], n: usize) -> Result<Vec<Sample>> {
+        let model = self.model.valid();
+        let take: Vec<&TokenizedPair> = pairs.iter().take(n).collect();
+        if take.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (rc, rr, _, _) = RewardTrainer::<B>::score_inner(&model, &take, self.pad_id, None)?;
+        let rc = rc.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default();
+        let rr = rr.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default();
+        Ok(take
+            .iter()
+            .zip(rc.iter().zip(&rr))
+            .map(|(p, (&c, &r))| Sample { chosen_text: p.chosen_text.clone(), rejected_text: p.rejected_text.clone(), chosen_reward: c, rejected_reward: r, probability: preference_probability(c, r) })
+            .collect())
+    }
+
+    /// Writes the model in HF layout (config, weights, tokenizer) into `dir`.
+    pub fn save_model(&self, dir: &Path) -> Result<()> {
+        self.model.save_pretrained(&self.hf_config, dir, DEFAULT_MAX_SHARD_SIZE)?;
+        if let Some(t) = &self.tokenizer {
+            t.save(dir)?;
+        }
+        Ok(())
+    }
+
+    /// Writes `checkpoint-<step>` (model, optimizer, state) via a temp directory and a rename.
+    pub fn save_checkpoint(&self) -> Result<PathBuf> {
+        let out = &self.config.output_dir;
+        let dir = out.join(format!("checkpoint-{}", self.state.global_step));
+        let tmp = out.join(format!(".checkpoint-{}.tmp", self.state.global_step));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(|e| RewardError::io(&tmp, e))?;
+        }
+        self.save_model(&tmp)?;
+        let opt = self.optimizer.state_dict(&param_ids(&self.model));
+        checkpoint::save_safetensors(&opt, &tmp.join(OPTIMIZER_FILE))?;
+        write_json_atomic(&tmp.join(STATE_FILE), &self.state)?;
+        write_json_atomic(&tmp.join("training_config.json"), &self.config)?;
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| RewardError::io(&dir, e))?;
+        }
+        std::fs::rename(&tmp, &dir).map_err(|e| RewardError::io(&dir, e))?;
+        Ok(dir)
+    }
+
+    fn save_final(&self, summary: &Summary, sample_from: &[TokenizedPair]) -> Result<()> {
+        let out = &self.config.output_dir;
+        self.save_model(out)?;
+        write_json_atomic(&out.join("training_config.json"), &self.config)?;
+        write_json_atomic(&out.join("summary.json"), summary)?;
+        let lines: Vec<String> = self.state.log_history.iter().map(|e| serde_json::to_string(e).expect("serialisable")).collect();
+        write_atomic(&out.join("metrics.jsonl"), (lines.join("\n") + "\n").as_bytes())?;
+        let samples = self.samples(sample_from, self.config.num_print_samples)?;
+        let jsonl: Vec<String> = samples.iter().map(|s| serde_json::to_string(s).expect("serialisable")).collect();
+        write_atomic(&out.join("samples.jsonl"), (jsonl.join("\n") + "\n").as_bytes())?;
+        write_atomic(&out.join("samples.md"), crate::report::samples_table(&samples).as_bytes())?;
+        crate::report::plot_history(&self.state.log_history, out)?;
+        Ok(())
+    }
+}

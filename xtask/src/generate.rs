@@ -1,0 +1,221 @@
+//! `cargo xtask generate`: completions for a JSONL file of prompts, from one model or from the
+//! geometric mixture of a policy and a reference (Nash-MD), streamed as JSONL.
+//!
+//! Input lines: `{"prompt": "..."}` or a bare JSON string; blank lines are skipped. Output
+//! lines: `{"prompt", "completion", "token_ids", "logprobs", "sampling_logprobs",
+//! "finish_reason"}`, one per prompt in input order; `logprobs` are under the model's (or the
+//! mixture's) unprocessed distribution, `sampling_logprobs` under the processed one the token
+//! was drawn from. Batch `k` (0-based) samples with seed `seed + k`.
+
+use std::error::Error;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+use trl_core::backend::{self, Default as Backend};
+use trl_core::{checkpoint, HfConfig, Strictness, Tokenizer};
+use trl_gen::{generate, FinishReason, GeometricMixture, NextTokenLogits, SamplingConfig, DEFAULT_MIXTURE_COEF};
+use trl_models::AnyCausalLm;
+
+type Result<T, E = Box<dyn Error>> = std::result::Result<T, E>;
+
+/// Generate completions for a JSONL file of prompts, from one model or from the geometric
+/// mixture of --model and --ref-model (Nash-MD).
+#[derive(clap::Args, Debug, Clone)]
+pub struct GenerateArgs {
+    /// Model directory (or a hub id already in the local cache); its tokenizer is used.
+    #[arg(long)]
+    pub model: String,
+    /// Reference model: sample from the geometric mixture of --model and this one.
+    #[arg(long)]
+    pub ref_model: Option<String>,
+    /// Weight β of the reference in the mixture (needs --ref-model) [default: 0.5].
+    #[arg(long)]
+    pub mixture_coef: Option<f64>,
+    /// JSONL file of prompts: `{"prompt": "..."}` or a JSON string per line.
+    #[arg(long)]
+    pub prompts: PathBuf,
+    #[arg(long, default_value_t = 64)]
+    pub max_new_tokens: usize,
+    /// Sample (otherwise greedy).
+    #[arg(long)]
+    pub do_sample: bool,
+    /// Sampling temperature (ignored when greedy).
+    #[arg(long, default_value_t = 0.9)]
+    pub temperature: f32,
+    /// Keep the k most likely tokens; 0 is off.
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Nucleus sampling mass.
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Keep tokens at least this fraction as likely as the most likely one.
+    #[arg(long)]
+    pub min_p: Option<f32>,
+    #[arg(long, default_value_t = 1.0)]
+    pub repetition_penalty: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Prompts decoded together.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Output file (written atomically); stdout when absent.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// Runs `cargo xtask generate`.
+pub fn run(args: GenerateArgs) -> Result<()> {
+    if args.mixture_coef.is_some() && args.ref_model.is_none() {
+        return Err("--mixture-coef needs --ref-model".into());
+    }
+    if args.batch_size == 0 {
+        return Err("--batch-size must be at least 1".into());
+    }
+    let device = backend::device();
+    let dir = trl_core::source::resolve(&args.model)?;
+    let tokenizer = Tokenizer::from_dir(&dir)?;
+    let cfg = sampling_config(&args, &dir, &tokenizer)?;
+    cfg.validate()?;
+    let prompts = read_prompts(&args.prompts)?;
+    let policy = load_lm(&dir, &device)?;
+    let reference = match &args.ref_model {
+        Some(r) => Some(load_lm(&trl_core::source::resolve(r)?, &device)?),
+        None => None,
+    };
+    let job = Job { tokenizer: &tokenizer, prompts: &prompts, cfg: &cfg, batch_size: args.batch_size };
+    let write = |sink: &mut dyn Write| match &reference {
+        Some(r) => job.emit(&GeometricMixture::new(&policy, r, args.mixture_coef.unwrap_or(DEFAULT_MIXTURE_COEF))?, sink),
+        None => job.emit(&policy, sink),
+    };
+    match &args.out {
+        None => write(&mut std::io::stdout().lock()),
+        Some(path) => {
+            let mut failure = None;
+            let written = trl_core::atomic::write_atomic_with(path, |f| {
+                let mut w = BufWriter::new(f);
+                match write(&mut w) {
+                    Ok(()) => w.flush(),
+                    Err(e) => {
+                        failure = Some(e);
+                        Err(std::io::Error::other("generation failed"))
+                    }
+                }
+            });
+            match failure {
+                Some(e) => Err(e),
+                None => Ok(written?),
+            }
+        }
+    }
+}
+
+/// The flags as a [`SamplingConfig`], with EOS and pad ids from the model directory.
+fn sampling_config(args: &GenerateArgs, dir: &Path, tokenizer: &Tokenizer) -> Result<SamplingConfig> {
+    let gen_cfg = read_json_if_exists(&dir.join("generation_config.json"))?;
+    let model_cfg = HfConfig::load(dir)?;
+    let ids = |v: Option<&Value>| -> Option<Vec<i64>> {
+        match v? {
+            Value::Number(n) => n.as_i64().map(|i| vec![i]),
+            Value::Array(a) => Some(a.iter().filter_map(Value::as_i64).collect()),
+            _ => None,
+        }
+    };
+    let eos = ids(gen_cfg.as_ref().and_then(|g| g.get("eos_token_id")))
+        .or_else(|| ids(model_cfg.get("eos_token_id")))
+        .or_else(|| tokenizer.eos_id().map(|e| vec![e]));
+    let pad = gen_cfg
+        .as_ref()
+        .and_then(|g| g.get("pad_token_id"))
+        .and_then(Value::as_i64)
+        .or_else(|| tokenizer.pad_id());
+    Ok(SamplingConfig {
+        max_new_tokens: args.max_new_tokens,
+        do_sample: args.do_sample,
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        min_p: args.min_p,
+        repetition_penalty: args.repetition_penalty,
+        seed: args.seed,
+        eos_token_id: eos,
+        pad_token_id: pad,
+    })
+}
+
+fn read_json_if_exists(path: &Path) -> Result<Option<Value>> {
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(Some(serde_json::from_str(&text).map_err(|e| format!("{}: invalid JSON ({e})", path.display()))?))
+}
+
+/// Prompts of a JSONL file, naming the line of any bad row.
+fn read_prompts(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut prompts = Vec::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let at = || format!("{}:{}", path.display(), i + 1);
+        let prompt = match serde_json::from_str::<Value>(line).map_err(|e| format!("{}: invalid JSON ({e})", at()))? {
+            Value::String(s) => s,
+            Value::Object(o) => match o.get("prompt") {
+                Some(Value::String(s)) => s.clone(),
+                _ => return Err(format!("{}: expected a string field \"prompt\"", at()).into()),
+            },
+            _ => return Err(format!("{}: expected {{\"prompt\": \"...\"}} or a JSON string", at()).into()),
+        };
+        prompts.push(prompt);
+    }
+    if prompts.is_empty() {
+        return Err(format!("{}: no prompts", path.display()).into());
+    }
+    Ok(prompts)
+}
+
+/// A causal LM from `dir`; the `v_head.*` keys of a TRL value-head checkpoint are ignored.
+fn load_lm(dir: &Path, device: &burn::tensor::Device<Backend>) -> Result<AnyCausalLm<Backend>> {
+    let config = HfConfig::load(dir)?;
+    let mut sd = checkpoint::load_dir(dir)?;
+    sd.split_off_by(|k| k.starts_with("v_head."));
+    Ok(AnyCausalLm::init(&config, device)?.load(&sd, Strictness::Strict)?.0)
+}
+
+/// What every batch shares.
+struct Job<'a> {
+    tokenizer: &'a Tokenizer,
+    prompts: &'a [String],
+    cfg: &'a SamplingConfig,
+    batch_size: usize,
+}
+
+impl Job<'_> {
+    /// Generates batch by batch, writing (and flushing) each batch's lines as it finishes.
+    fn emit<M: NextTokenLogits<Backend>>(&self, model: &M, sink: &mut dyn Write) -> Result<()> {
+        for (k, chunk) in self.prompts.chunks(self.batch_size).enumerate() {
+            let first = k * self.batch_size;
+            let ids = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, p)| match self.tokenizer.encode(p, true)? {
+                    ids if ids.is_empty() => Err(format!("prompt {} encodes to no tokens", first + i + 1).into()),
+                    ids => Ok(ids),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let cfg = SamplingConfig { seed: self.cfg.seed.wrapping_add(k as u64), ..self.cfg.clone() };
+            for (prompt, g) in chunk.iter().zip(generate(model, &ids, &cfg)?) {
+                let line = json!({
+                    "prompt": prompt,
+                    "completion": self.tokenizer.decode(&g.token_ids, true)?,
+                    "token_ids": g.token_ids,
+                    "logprobs": g.raw_logprobs,
+                    "sampling_logprobs": g.logprobs,
+                    "finish_reason": match g.finish { FinishReason::Eos => "stop", FinishReason::Length => "length" },
+                });
+                writeln!(sink, "{line}")?;
+            }
+            sink.flush()?;
+        }
+        Ok(())
+    }
+}
