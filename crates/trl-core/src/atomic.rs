@@ -30,10 +30,8 @@ pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut std::fs::File) -> s
 
 /// Serialises `value` as pretty JSON and writes it atomically.
 pub fn write_json_atomic(path: &Path, value: &impl serde::Serialize) -> Result<()> {
-    let mut text = serde_json::to_string_pretty(value).map_err(|e| crate::Error::Json {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
+    let mut text = serde_json::to_string_pretty(value)
+        .map_err(|e| crate::Error::Json { path: path.to_path_buf(), reason: e.to_string() })?;
     text.push('\n');
     write_atomic(path, text.as_bytes())
 }

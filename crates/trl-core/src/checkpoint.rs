@@ -78,14 +78,16 @@ pub fn read_index(index: &Path) -> Result<BTreeMap<String, String>> {
     let text = std::fs::read_to_string(index).map_err(io_err(index))?;
     let json: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| Error::Json { path: index.to_path_buf(), reason: e.to_string() })?;
-    let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::Json {
-        path: index.to_path_buf(),
-        reason: "no `weight_map` object".into(),
-    })?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| Error::Json { path: index.to_path_buf(), reason: "no `weight_map` object".into() })?;
     map.iter()
         .map(|(k, v)| match v.as_str() {
             Some(s) => Ok((k.clone(), s.to_string())),
-            None => Err(Error::Json { path: index.to_path_buf(), reason: format!("weight_map[`{k}`] is not a string") }),
+            None => {
+                Err(Error::Json { path: index.to_path_buf(), reason: format!("weight_map[`{k}`] is not a string") })
+            }
         })
         .collect()
 }

@@ -46,54 +46,54 @@ pub fn load_bin(path: &Path) -> Result<StateDict> {
         }
     }
     let pkl = read_entry(&mut zip, &pkl_name).map_err(&err)?;
-    let root = Vm::new(&pkl).run().map_err(&err)?;
+    state_dict_from(path, &pkl, |key| read_entry(&mut zip, &format!("{prefix}data/{key}")))
+}
+
+/// Evaluates the pickle `pkl` and materialises its tensors; `storage(key)` reads a storage's
+/// bytes. `path` is only used in errors.
+fn state_dict_from(
+    path: &Path,
+    pkl: &[u8],
+    mut storage: impl FnMut(&str) -> Result<Vec<u8>, String>,
+) -> Result<StateDict> {
+    let err = |reason: String| Error::Pickle { path: path.to_path_buf(), reason };
+    let root = Vm::new(pkl).run().map_err(&err)?;
     let Value::Dict(items) = root else {
         return Err(err(format!("the pickle holds {}, not a dict of tensors", root.kind())));
     };
-    let items = items.borrow();
-    let mut entries = Vec::new();
-    let mut uses: HashMap<&str, usize> = HashMap::new();
-    for (k, v) in items.iter() {
+    let mut sd = StateDict::new();
+    let mut nested = Vec::new();
+    for (k, v) in items.borrow().iter() {
         let Value::Str(key) = k else { return Err(err(format!("a dict key is {}, not a string", k.kind()))) };
-        match v {
-            Value::Tensor(t) => {
-                *uses.entry(&t.storage.key).or_default() += 1;
-                entries.push((key, t));
-            }
+        let t = match v {
+            Value::Tensor(t) => t,
             Value::Object(name) if name.starts_with("torch") => {
                 return Err(err(format!("`{key}` is a `{name}`, which is not a plain dense tensor")))
             }
-            _ => {} // non-tensor entries (ints, nested metadata) are not weights
-        }
-    }
-    let mut cache: HashMap<&str, Rc<Vec<u8>>> = HashMap::new();
-    let mut sd = StateDict::new();
-    for (key, t) in entries {
-        let skey = t.storage.key.as_str();
+            Value::Dict(_) => {
+                nested.push(key.to_string());
+                continue;
+            }
+            _ => continue, // non-tensor entries (ints, strings) are not weights
+        };
         let (dtype, esize) = dtype_of(&t.dtype).ok_or_else(|| Error::UnsupportedDtype {
             path: path.to_path_buf(),
             key: key.to_string(),
             dtype: t.dtype.clone(),
         })?;
-        let bytes = match cache.get(skey) {
-            Some(b) => b.clone(),
-            None => {
-                let b = read_entry(&mut zip, &format!("{prefix}data/{skey}"))
-                    .map_err(|e| err(format!("`{key}`: storage `{skey}`: {e}")))?;
-                cache.entry(skey).or_insert(Rc::new(b)).clone()
-            }
-        };
+        // Each view reads its storage afresh (tied weights read it twice) so that at most one
+        // storage is held besides the tensors already built.
+        let skey = &t.storage.key;
+        let bytes = storage(skey).map_err(|e| err(format!("`{key}`: storage `{skey}`: {e}")))?;
         let mut data = materialise(t, &bytes, esize).map_err(|e| err(format!("`{key}`: {e}")))?;
         if dtype == DType::Bool(BoolStore::Native) {
             data.iter_mut().for_each(|b| *b = (*b != 0) as u8); // a bool must be 0 or 1
         }
-        if let Some(left) = uses.get_mut(skey) {
-            *left -= 1;
-            if *left == 0 {
-                cache.remove(skey); // free each storage after its last view
-            }
-        }
         sd.insert(key.to_string(), TensorData::from_bytes_vec(data, t.size.clone(), dtype));
+    }
+    if sd.is_empty() && !nested.is_empty() {
+        let hint = "a training checkpoint? save its model state dict on its own";
+        return Err(err(format!("no tensors at the top level, only the dicts {nested:?} ({hint})")));
     }
     Ok(sd)
 }
@@ -105,40 +105,28 @@ fn read_entry<R: Read + std::io::Seek>(zip: &mut zip::ZipArchive<R>, name: &str)
     Ok(buf)
 }
 
-/// The burn dtype and element size of a torch dtype name, for the dtypes trl-rs holds.
+/// Legacy storage class, torch dtype name, burn dtype, element size: the dtypes trl-rs holds.
+#[rustfmt::skip]
+const DTYPES: &[(&str, &str, DType, usize)] = &[
+    ("FloatStorage", "float32", DType::F32, 4), ("HalfStorage", "float16", DType::F16, 2),
+    ("BFloat16Storage", "bfloat16", DType::BF16, 2), ("DoubleStorage", "float64", DType::F64, 8),
+    ("LongStorage", "int64", DType::I64, 8), ("IntStorage", "int32", DType::I32, 4),
+    ("ShortStorage", "int16", DType::I16, 2), ("CharStorage", "int8", DType::I8, 1),
+    ("ByteStorage", "uint8", DType::U8, 1), ("BoolStorage", "bool", DType::Bool(BoolStore::Native), 1),
+];
+
+/// The burn dtype and element size of a torch dtype name (`float32`).
 fn dtype_of(torch: &str) -> Option<(DType, usize)> {
-    Some(match torch {
-        "float32" => (DType::F32, 4),
-        "float16" => (DType::F16, 2),
-        "bfloat16" => (DType::BF16, 2),
-        "float64" => (DType::F64, 8),
-        "int64" => (DType::I64, 8),
-        "int32" => (DType::I32, 4),
-        "int16" => (DType::I16, 2),
-        "int8" => (DType::I8, 1),
-        "uint8" => (DType::U8, 1),
-        "bool" => (DType::Bool(BoolStore::Native), 1),
-        _ => return None,
-    })
+    DTYPES.iter().find(|d| d.1 == torch).map(|d| (d.2, d.3))
 }
 
-/// The torch dtype name of a legacy typed storage class (`torch.FloatStorage` → `float32`).
+/// The torch dtype name of a storage class (`torch.FloatStorage` → `float32`); an untyped
+/// storage is bytes (`_rebuild_tensor_v3` then names the dtype), and an unknown class keeps
+/// its name so that the error can show it.
 fn storage_dtype(class: &str) -> String {
     let name = class.strip_prefix("torch.").unwrap_or(class);
-    match name {
-        "FloatStorage" => "float32",
-        "HalfStorage" => "float16",
-        "BFloat16Storage" => "bfloat16",
-        "DoubleStorage" => "float64",
-        "LongStorage" => "int64",
-        "IntStorage" => "int32",
-        "ShortStorage" => "int16",
-        "CharStorage" => "int8",
-        "ByteStorage" | "storage.UntypedStorage" => "uint8",
-        "BoolStorage" => "bool",
-        other => other,
-    }
-    .to_string()
+    let found = DTYPES.iter().find(|d| d.0 == name).map(|d| d.1);
+    found.unwrap_or(if name == "storage.UntypedStorage" { "uint8" } else { name }).to_string()
 }
 
 /// Copies a strided view of `bytes` into contiguous row-major order.
@@ -154,13 +142,8 @@ fn materialise(t: &TensorRef, bytes: &[u8], esize: usize) -> Result<Vec<u8>, Str
     }
     let need = last.checked_add(1).and_then(|x| x.checked_mul(esize)).ok_or_else(overflow)?;
     if need > bytes.len() {
-        return Err(format!(
-            "view (offset {}, size {:?}, stride {:?}) needs {need} bytes, storage has {}",
-            t.offset,
-            t.size,
-            t.stride,
-            bytes.len()
-        ));
+        let (o, sz, st, have) = (t.offset, &t.size, &t.stride, bytes.len());
+        return Err(format!("view (offset {o}, size {sz:?}, stride {st:?}) needs {need} bytes, storage has {have}"));
     }
     let total = numel.checked_mul(esize).ok_or_else(overflow)?;
     let mut out = Vec::new();
@@ -175,17 +158,20 @@ fn materialise(t: &TensorRef, bytes: &[u8], esize: usize) -> Result<Vec<u8>, Str
         out.extend_from_slice(&bytes[t.offset * esize..t.offset * esize + total]);
         return Ok(out);
     }
+    // The stride of a size-1 dim is never used (and may be anything); with it zeroed, every
+    // position below stays within `last + stride ≤ 2 · last`.
+    let stride: Vec<usize> = t.size.iter().zip(&t.stride).map(|(&d, &s)| if d == 1 { 0 } else { s }).collect();
     let mut idx = vec![0usize; t.size.len()];
     let mut pos = t.offset;
     'outer: loop {
         out.extend_from_slice(&bytes[pos * esize..(pos + 1) * esize]);
         for d in (0..idx.len()).rev() {
             idx[d] += 1;
-            pos += t.stride[d];
+            pos += stride[d];
             if idx[d] < t.size[d] {
                 continue 'outer;
             }
-            pos -= t.stride[d] * t.size[d];
+            pos -= stride[d] * t.size[d];
             idx[d] = 0;
         }
         return Ok(out);
@@ -227,20 +213,21 @@ enum Value {
 }
 
 impl Value {
+    /// What the value is, for error messages.
     fn kind(&self) -> String {
         match self {
-            Value::None => "None".into(),
             Value::Bool(b) => format!("the bool {b}"),
             Value::Int(i) => format!("the int {i}"),
             Value::Float(f) => format!("the float {f}"),
+            Value::Global(g) => format!("the global `{g}`"),
+            Value::Object(g) => format!("a `{g}` object"),
             Value::Str(_) => "a string".into(),
+            Value::None => "None".into(),
             Value::Tuple(_) => "a tuple".into(),
             Value::List(_) => "a list".into(),
             Value::Dict(_) => "a dict".into(),
-            Value::Global(g) => format!("the global `{g}`"),
             Value::Storage(_) => "a storage".into(),
             Value::Tensor(_) => "a tensor".into(),
-            Value::Object(g) => format!("a `{g}` object"),
         }
     }
 
@@ -265,7 +252,7 @@ struct Vm<'a> {
     pos: usize,
     stack: Vec<Value>,
     marks: Vec<usize>,
-    memo: HashMap<u32, Value>,
+    memo: HashMap<u64, Value>,
 }
 
 impl<'a> Vm<'a> {
@@ -273,226 +260,155 @@ impl<'a> Vm<'a> {
         Self { data, pos: 0, stack: Vec::new(), marks: Vec::new(), memo: HashMap::new() }
     }
 
-    fn take(&mut self, n: usize, op: &str) -> Result<&'a [u8], String> {
-        let start = self.pos;
-        let end = start.checked_add(n).filter(|&e| e <= self.data.len());
-        let end = end.ok_or_else(|| format!("pickle truncated in {op} at byte {start}"))?;
-        self.pos = end;
-        Ok(&self.data[start..end])
-    }
-
-    fn uint(&mut self, n: usize, op: &str) -> Result<u64, String> {
-        Ok(self.take(n, op)?.iter().rev().fold(0u64, |a, &b| (a << 8) | b as u64))
-    }
-
-    fn line(&mut self, op: &str) -> Result<String, String> {
-        let rest = &self.data[self.pos..];
-        let n = rest.iter().position(|&b| b == b'\n').ok_or_else(|| format!("pickle truncated in {op}"))?;
-        let s = String::from_utf8_lossy(&rest[..n]).into_owned();
-        self.pos += n + 1;
-        Ok(s)
-    }
-
-    fn string(&mut self, n: u64, op: &str) -> Result<Value, String> {
-        let n = usize::try_from(n).map_err(|_| format!("{op}: length {n} too large"))?;
-        let bytes = self.take(n, op)?;
-        let s = std::str::from_utf8(bytes).map_err(|e| format!("{op}: invalid UTF-8: {e}"))?;
-        Ok(Value::Str(s.into()))
-    }
-
-    fn pop(&mut self, op: &str) -> Result<Value, String> {
-        self.stack.pop().ok_or_else(|| format!("stack underflow in {op} at byte {}", self.pos))
-    }
-
-    fn pop_mark(&mut self, op: &str) -> Result<Vec<Value>, String> {
-        let m = self.marks.pop().filter(|&m| m <= self.stack.len());
-        let m = m.ok_or_else(|| format!("{op} without a matching MARK at byte {}", self.pos))?;
-        Ok(self.stack.split_off(m))
-    }
-
-    fn top(&mut self, op: &str) -> Result<&mut Value, String> {
-        let pos = self.pos;
-        self.stack.last_mut().ok_or_else(|| format!("stack underflow in {op} at byte {pos}"))
-    }
-
-    fn memo_put(&mut self, idx: u32, op: &str) -> Result<(), String> {
-        let v = self.top(op)?.clone();
-        self.memo.insert(idx, v);
-        Ok(())
-    }
-
-    fn memo_get(&mut self, idx: u32, op: &str) -> Result<(), String> {
-        let v = self.memo.get(&idx).cloned().ok_or_else(|| format!("{op}: memo slot {idx} is empty"))?;
-        self.stack.push(v);
-        Ok(())
-    }
-
-    fn set_items(&mut self, items: Vec<Value>, op: &str) -> Result<(), String> {
-        if items.len() % 2 != 0 {
-            return Err(format!("{op}: odd number of items"));
-        }
-        let Value::Dict(d) = self.top(op)? else { return Err(format!("{op} on a non-dict")) };
-        let mut d = d.borrow_mut();
-        let mut it = items.into_iter();
-        while let (Some(k), Some(v)) = (it.next(), it.next()) {
-            d.push((k, v));
-        }
-        Ok(())
-    }
-
-    fn append(&mut self, items: Vec<Value>, op: &str) -> Result<(), String> {
-        let Value::List(l) = self.top(op)? else { return Err(format!("{op} on a non-list")) };
-        l.borrow_mut().extend(items);
-        Ok(())
-    }
-
+    /// Runs to STOP; an error names the opcode and its byte offset.
     fn run(mut self) -> Result<Value, String> {
         loop {
             let at = self.pos;
-            let op = *self.take(1, "opcode")?.first().expect("one byte");
-            match op {
-                0x80 => drop(self.take(1, "PROTO")?),
-                0x95 => drop(self.take(8, "FRAME")?),
-                b'}' => self.stack.push(Value::Dict(Default::default())),
-                b']' => self.stack.push(Value::List(Default::default())),
-                b')' => self.stack.push(Value::Tuple(Rc::new([]))),
-                b'(' => self.marks.push(self.stack.len()),
-                b't' => {
-                    let items = self.pop_mark("TUPLE")?;
-                    self.stack.push(Value::Tuple(items.into()));
-                }
-                0x85..=0x87 => {
-                    let n = (op - 0x84) as usize;
-                    let len = self.stack.len();
-                    if len < n {
-                        return Err(format!("stack underflow in TUPLE{n} at byte {at}"));
-                    }
-                    let items = self.stack.split_off(len - n);
-                    self.stack.push(Value::Tuple(items.into()));
-                }
-                b'X' => {
-                    let n = self.uint(4, "BINUNICODE")?;
-                    let s = self.string(n, "BINUNICODE")?;
-                    self.stack.push(s);
-                }
-                0x8c => {
-                    let n = self.uint(1, "SHORT_BINUNICODE")?;
-                    let s = self.string(n, "SHORT_BINUNICODE")?;
-                    self.stack.push(s);
-                }
-                0x8d => {
-                    let n = self.uint(8, "BINUNICODE8")?;
-                    let s = self.string(n, "BINUNICODE8")?;
-                    self.stack.push(s);
-                }
-                b'J' => {
-                    let v = self.uint(4, "BININT")? as u32 as i32;
-                    self.stack.push(Value::Int(v as i64));
-                }
-                b'K' => {
-                    let v = self.uint(1, "BININT1")?;
-                    self.stack.push(Value::Int(v as i64));
-                }
-                b'M' => {
-                    let v = self.uint(2, "BININT2")?;
-                    self.stack.push(Value::Int(v as i64));
-                }
-                0x8a | 0x8b => {
-                    let name = if op == 0x8a { "LONG1" } else { "LONG4" };
-                    let n = self.uint(if op == 0x8a { 1 } else { 4 }, name)? as usize;
-                    if n > 8 {
-                        return Err(format!("{name} at byte {at}: {n}-byte integer does not fit in 64 bits"));
-                    }
-                    let b = self.take(n, name)?;
-                    let neg = b.last().is_some_and(|&x| x & 0x80 != 0);
-                    let mut buf = [if neg { 0xff } else { 0 }; 8];
-                    buf[..n].copy_from_slice(b);
-                    self.stack.push(Value::Int(i64::from_le_bytes(buf)));
-                }
-                0x88 => self.stack.push(Value::Bool(true)),
-                0x89 => self.stack.push(Value::Bool(false)),
-                b'N' => self.stack.push(Value::None),
-                b'G' => {
-                    let b = self.take(8, "BINFLOAT")?;
-                    self.stack.push(Value::Float(f64::from_be_bytes(b.try_into().expect("8 bytes"))));
-                }
-                b'c' => {
-                    let module = self.line("GLOBAL")?;
-                    let name = self.line("GLOBAL")?;
-                    self.stack.push(Value::Global(format!("{module}.{name}").into()));
-                }
-                0x93 => {
-                    let (name, module) = (self.pop("STACK_GLOBAL")?, self.pop("STACK_GLOBAL")?);
-                    let (Value::Str(m), Value::Str(n)) = (&module, &name) else {
-                        return Err(format!("STACK_GLOBAL at byte {at}: module and name must be strings"));
-                    };
-                    self.stack.push(Value::Global(format!("{m}.{n}").into()));
-                }
-                b'R' | 0x81 => {
-                    let name = if op == b'R' { "REDUCE" } else { "NEWOBJ" };
-                    let args = self.pop(name)?;
-                    let f = self.pop(name)?;
-                    let v = call(&f, &args).map_err(|e| format!("{name} at byte {at}: {e}"))?;
-                    self.stack.push(v);
-                }
-                b'b' => {
-                    self.pop("BUILD")?; // state (e.g. a state dict's `_metadata`) is not needed
-                    self.top("BUILD")?;
-                }
-                b'Q' => {
-                    let pid = self.pop("BINPERSID")?;
-                    let v = persistent_load(&pid).map_err(|e| format!("BINPERSID at byte {at}: {e}"))?;
-                    self.stack.push(v);
-                }
-                b'q' => {
-                    let i = self.uint(1, "BINPUT")? as u32;
-                    self.memo_put(i, "BINPUT")?;
-                }
-                b'r' => {
-                    let i = self.uint(4, "LONG_BINPUT")? as u32;
-                    self.memo_put(i, "LONG_BINPUT")?;
-                }
-                0x94 => {
-                    let i = self.memo.len() as u32;
-                    self.memo_put(i, "MEMOIZE")?;
-                }
-                b'h' => {
-                    let i = self.uint(1, "BINGET")? as u32;
-                    self.memo_get(i, "BINGET")?;
-                }
-                b'j' => {
-                    let i = self.uint(4, "LONG_BINGET")? as u32;
-                    self.memo_get(i, "LONG_BINGET")?;
-                }
-                b's' => {
-                    let v = self.pop("SETITEM")?;
-                    let k = self.pop("SETITEM")?;
-                    self.set_items(vec![k, v], "SETITEM")?;
-                }
-                b'u' => {
-                    let items = self.pop_mark("SETITEMS")?;
-                    self.set_items(items, "SETITEMS")?;
-                }
-                b'a' => {
-                    let v = self.pop("APPEND")?;
-                    self.append(vec![v], "APPEND")?;
-                }
-                b'e' => {
-                    let items = self.pop_mark("APPENDS")?;
-                    self.append(items, "APPENDS")?;
-                }
-                b'0' => drop(self.pop("POP")?),
-                b'1' => drop(self.pop_mark("POP_MARK")?),
-                b'2' => {
-                    let v = self.top("DUP")?.clone();
-                    self.stack.push(v);
-                }
-                b'.' => return self.pop("STOP"),
-                _ => return Err(format!("unsupported pickle opcode 0x{op:02x} at byte {at}")),
+            let op = *self.data.get(at).ok_or_else(|| format!("pickle truncated at byte {at} (no STOP)"))?;
+            self.pos += 1;
+            let Some(&(_, name, width)) = OPS.iter().find(|o| o.0 == op) else {
+                return Err(format!("unsupported pickle opcode 0x{op:02x} at byte {at}"));
+            };
+            match self.uint(width).and_then(|arg| self.step(op, arg)) {
+                Ok(Some(root)) => return Ok(root),
+                Ok(None) => {}
+                Err(e) => return Err(format!("{name} at byte {at}: {e}")),
             }
         }
     }
+
+    /// One opcode with its fixed-size argument; `Some` once STOP pops the result.
+    fn step(&mut self, op: u8, arg: u64) -> Result<Option<Value>, String> {
+        let value = match op {
+            b'.' => return self.pop().map(Some),
+            0x80 | 0x95 => return Ok(None), // PROTO, FRAME: nothing beyond the argument
+            b'(' => {
+                self.marks.push(self.stack.len());
+                return Ok(None);
+            }
+            b'}' => Value::Dict(Default::default()),
+            b']' => Value::List(Default::default()),
+            b')' => Value::Tuple(Rc::new([])),
+            b't' => Value::Tuple(self.pop_mark()?.into()),
+            0x85..=0x87 => {
+                let start = self.stack.len().checked_sub((op - 0x84) as usize).ok_or("stack underflow")?;
+                Value::Tuple(self.stack.split_off(start).into())
+            }
+            b'X' | 0x8c | 0x8d => {
+                let n = usize::try_from(arg).map_err(|_| format!("length {arg} too large"))?;
+                Value::Str(std::str::from_utf8(self.take(n)?).map_err(|e| format!("invalid UTF-8: {e}"))?.into())
+            }
+            b'K' | b'M' => Value::Int(arg as i64),
+            b'J' => Value::Int(arg as u32 as i32 as i64),
+            0x8a | 0x8b => {
+                let b = self.take(arg as usize)?;
+                if b.len() > 8 {
+                    return Err(format!("{}-byte integer does not fit in 64 bits", b.len()));
+                }
+                let mut buf = [if b.last().is_some_and(|&x| x & 0x80 != 0) { 0xff } else { 0 }; 8];
+                buf[..b.len()].copy_from_slice(b);
+                Value::Int(i64::from_le_bytes(buf))
+            }
+            0x88 | 0x89 => Value::Bool(op == 0x88),
+            b'N' => Value::None,
+            b'G' => Value::Float(f64::from_bits(arg.swap_bytes())), // the one big-endian argument
+            b'c' => Value::Global(format!("{}.{}", self.line()?, self.line()?).into()),
+            0x93 => match (self.pop()?, self.pop()?) {
+                (Value::Str(attr), Value::Str(module)) => Value::Global(format!("{module}.{attr}").into()),
+                _ => return Err("module and name must be strings".into()),
+            },
+            b'R' | 0x81 => {
+                let (args, f) = (self.pop()?, self.pop()?);
+                call(&f, &args)?
+            }
+            b'b' => {
+                self.pop()?; // BUILD's state (a state dict's `_metadata`) is not needed
+                return self.top().map(|_| None);
+            }
+            b'Q' => persistent_load(&self.pop()?)?,
+            b'q' | b'r' | 0x94 => {
+                let v = self.top()?.clone();
+                self.memo.insert(if op == 0x94 { self.memo.len() as u64 } else { arg }, v);
+                return Ok(None);
+            }
+            b'h' | b'j' => self.memo.get(&arg).cloned().ok_or_else(|| format!("memo slot {arg} is empty"))?,
+            b's' | b'u' | b'a' | b'e' => {
+                let items = match op {
+                    b's' => self.stack.split_off(self.stack.len().saturating_sub(2)),
+                    b'a' => vec![self.pop()?],
+                    _ => self.pop_mark()?,
+                };
+                match self.top()? {
+                    Value::Dict(d) if op == b's' || op == b'u' => {
+                        if !items.len().is_multiple_of(2) {
+                            return Err("odd number of items".into());
+                        }
+                        let mut it = items.into_iter();
+                        while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                            d.borrow_mut().push((k, v));
+                        }
+                    }
+                    Value::List(l) if op == b'a' || op == b'e' => l.borrow_mut().extend(items),
+                    v => return Err(format!("cannot add items to {}", v.kind())),
+                }
+                return Ok(None);
+            }
+            b'0' => return self.pop().map(|_| None),
+            b'1' => return self.pop_mark().map(|_| None),
+            b'2' => self.top()?.clone(),
+            _ => return Err("not supported by this reader".into()),
+        };
+        self.stack.push(value);
+        Ok(None)
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.data.len()).ok_or("pickle truncated")?;
+        let bytes = &self.data[self.pos..end];
+        self.pos = end;
+        Ok(bytes)
+    }
+
+    /// A little-endian unsigned argument of `n` bytes (0 → 0).
+    fn uint(&mut self, n: usize) -> Result<u64, String> {
+        Ok(self.take(n)?.iter().rev().fold(0u64, |a, &b| (a << 8) | b as u64))
+    }
+
+    fn line(&mut self) -> Result<String, String> {
+        let rest = &self.data[self.pos..];
+        let n = rest.iter().position(|&b| b == b'\n').ok_or("pickle truncated")?;
+        self.pos += n + 1;
+        Ok(String::from_utf8_lossy(&rest[..n]).into_owned())
+    }
+
+    fn pop(&mut self) -> Result<Value, String> {
+        self.stack.pop().ok_or_else(|| "stack underflow".into())
+    }
+
+    fn top(&mut self) -> Result<&mut Value, String> {
+        self.stack.last_mut().ok_or_else(|| "stack underflow".into())
+    }
+
+    fn pop_mark(&mut self) -> Result<Vec<Value>, String> {
+        let m = self.marks.pop().filter(|&m| m <= self.stack.len()).ok_or("no matching MARK")?;
+        Ok(self.stack.split_off(m))
+    }
 }
+
+/// The opcodes the VM runs: byte, name (for errors), size of the fixed argument that follows.
+#[rustfmt::skip]
+const OPS: &[(u8, &str, usize)] = &[
+    (b'.', "STOP", 0), (0x80, "PROTO", 1), (0x95, "FRAME", 8), (b'(', "MARK", 0), (b'}', "EMPTY_DICT", 0),
+    (b']', "EMPTY_LIST", 0), (b')', "EMPTY_TUPLE", 0), (b't', "TUPLE", 0), (0x85, "TUPLE1", 0),
+    (0x86, "TUPLE2", 0), (0x87, "TUPLE3", 0), (b'X', "BINUNICODE", 4), (0x8c, "SHORT_BINUNICODE", 1),
+    (0x8d, "BINUNICODE8", 8), (b'K', "BININT1", 1), (b'M', "BININT2", 2), (b'J', "BININT", 4),
+    (0x8a, "LONG1", 1), (0x8b, "LONG4", 4), (0x88, "NEWTRUE", 0), (0x89, "NEWFALSE", 0), (b'N', "NONE", 0),
+    (b'G', "BINFLOAT", 8), (b'c', "GLOBAL", 0), (0x93, "STACK_GLOBAL", 0), (b'R', "REDUCE", 0),
+    (0x81, "NEWOBJ", 0), (b'b', "BUILD", 0), (b'Q', "BINPERSID", 0), (b'q', "BINPUT", 1),
+    (b'r', "LONG_BINPUT", 4), (0x94, "MEMOIZE", 0), (b'h', "BINGET", 1), (b'j', "LONG_BINGET", 4),
+    (b's', "SETITEM", 0), (b'u', "SETITEMS", 0), (b'a', "APPEND", 0), (b'e', "APPENDS", 0),
+    (b'0', "POP", 0), (b'1', "POP_MARK", 0), (b'2', "DUP", 0),
+];
 
 /// REDUCE / NEWOBJ: the few callables state dicts use; anything else becomes an opaque object.
 fn call(f: &Value, args: &Value) -> Result<Value, String> {
@@ -539,52 +455,4 @@ fn persistent_load(pid: &Value) -> Result<Value, String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn run(bytes: &[u8]) -> Result<Value, String> {
-        Vm::new(bytes).run()
-    }
-
-    #[test]
-    fn vm_reads_basic_values() {
-        // {'a': (1, -2, 300, True, None, 1.5)} built by hand, protocol 2.
-        let mut p = vec![0x80, 2, b'}', b'q', 0, b'X', 1, 0, 0, 0, b'a', b'(', b'K', 1];
-        p.extend([0x8a, 1, 0xfe, b'M', 0x2c, 1, 0x88, b'N', b'G']);
-        p.extend(1.5f64.to_be_bytes());
-        p.extend([b't', b's', b'.']);
-        let Value::Dict(d) = run(&p).unwrap() else { panic!("not a dict") };
-        let d = d.borrow();
-        let Value::Tuple(t) = &d[0].1 else { panic!("not a tuple") };
-        assert!(matches!(t[..], [Value::Int(1), Value::Int(-2), Value::Int(300), Value::Bool(true), Value::None, _]));
-        assert!(matches!(t[5], Value::Float(f) if f == 1.5));
-    }
-
-    #[test]
-    fn vm_errors_name_the_opcode() {
-        assert!(run(&[0x80, 2, b'X', 9, 0]).unwrap_err().contains("BINUNICODE"));
-        assert!(run(&[0x80, 2, b'h', 3]).unwrap_err().contains("memo slot 3"));
-        assert!(run(&[0x80, 2, b'u']).unwrap_err().contains("SETITEMS"));
-        assert!(run(&[0x80, 2, 0xff]).unwrap_err().contains("0xff"));
-        assert!(run(&[0x80, 2]).unwrap_err().contains("truncated"));
-    }
-
-    #[test]
-    fn strided_views_materialise_row_major() {
-        let storage = Rc::new(StorageRef { key: "0".into(), dtype: "uint8".into() });
-        let bytes: Vec<u8> = (0..12).collect();
-        let view = |offset, size: Vec<usize>, stride: Vec<usize>| TensorRef {
-            storage: storage.clone(),
-            dtype: "uint8".into(),
-            offset,
-            size,
-            stride,
-        };
-        // [3, 4] transposed to [4, 3].
-        assert_eq!(materialise(&view(0, vec![4, 3], vec![1, 4]), &bytes, 1).unwrap(), [0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11]);
-        assert_eq!(materialise(&view(4, vec![2, 4], vec![4, 1]), &bytes, 1).unwrap(), (4..12).collect::<Vec<u8>>());
-        assert_eq!(materialise(&view(2, vec![], vec![]), &bytes, 1).unwrap(), [2]);
-        assert!(materialise(&view(5, vec![2, 4], vec![4, 1]), &bytes, 1).unwrap_err().contains("needs 13 bytes"));
-        assert!(materialise(&view(0, vec![usize::MAX, 2], vec![1, 1]), &bytes, 1).is_err());
-    }
-}
+mod tests;

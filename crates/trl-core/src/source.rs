@@ -298,7 +298,9 @@ mod tests {
         assert!(is_hub_id("gpt2"));
         let hash = "0123456789abcdef0123456789abcdef01234567";
         assert!(parse_hub_id(&format!("a/b@{hash}")).unwrap().is_commit());
-        for bad in ["", "/abs/path", "./dir", "a/b/c", "a/../b", "a/b@", "a/b@../x", "a b/c", "../x", "a//b", "a/b@x//y"] {
+        for bad in
+            ["", "/abs/path", "./dir", "a/b/c", "a/../b", "a/b@", "a/b@../x", "a b/c", "../x", "a//b", "a/b@x//y"]
+        {
             assert!(!is_hub_id(bad), "{bad} should not be a hub id");
         }
     }

@@ -38,7 +38,10 @@ impl Tokenizer {
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let path = dir.join("tokenizer.json");
         if !path.is_file() {
-            return Err(Error::Tokenizer { path, reason: "no tokenizer.json (only fast tokenizers are supported)".into() });
+            return Err(Error::Tokenizer {
+                path,
+                reason: "no tokenizer.json (only fast tokenizers are supported)".into(),
+            });
         }
         let inner = tokenizers::Tokenizer::from_file(&path)
             .map_err(|e| Error::Tokenizer { path: path.clone(), reason: e.to_string() })?;
@@ -114,7 +117,12 @@ impl Tokenizer {
             .map_err(|e| Error::Tokenizer { path: self.path.clone(), reason: e.to_string() })?;
         crate::atomic::write_atomic(&dir.join("tokenizer.json"), json.as_bytes())?;
         let mut cfg = serde_json::Map::new();
-        for (k, v) in [("eos_token", &self.eos_token), ("pad_token", &self.pad_token), ("bos_token", &self.bos_token), ("chat_template", &self.chat_template)] {
+        for (k, v) in [
+            ("eos_token", &self.eos_token),
+            ("pad_token", &self.pad_token),
+            ("bos_token", &self.bos_token),
+            ("chat_template", &self.chat_template),
+        ] {
             if let Some(v) = v {
                 cfg.insert(k.into(), Value::String(v.clone()));
             }
