@@ -85,7 +85,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     };
     let job = Job { tokenizer: &tokenizer, prompts: &prompts, cfg: &cfg, batch_size: args.batch_size };
     let write = |sink: &mut dyn Write| match &reference {
-        Some(r) => job.emit(&GeometricMixture::new(&policy, r, args.mixture_coef.unwrap_or(DEFAULT_MIXTURE_COEF))?, sink),
+        Some(r) => {
+            job.emit(&GeometricMixture::new(&policy, r, args.mixture_coef.unwrap_or(DEFAULT_MIXTURE_COEF))?, sink)
+        }
         None => job.emit(&policy, sink),
     };
     match &args.out {
@@ -124,11 +126,8 @@ fn sampling_config(args: &GenerateArgs, dir: &Path, tokenizer: &Tokenizer) -> Re
     let eos = ids(gen_cfg.as_ref().and_then(|g| g.get("eos_token_id")))
         .or_else(|| ids(model_cfg.get("eos_token_id")))
         .or_else(|| tokenizer.eos_id().map(|e| vec![e]));
-    let pad = gen_cfg
-        .as_ref()
-        .and_then(|g| g.get("pad_token_id"))
-        .and_then(Value::as_i64)
-        .or_else(|| tokenizer.pad_id());
+    let pad =
+        gen_cfg.as_ref().and_then(|g| g.get("pad_token_id")).and_then(Value::as_i64).or_else(|| tokenizer.pad_id());
     Ok(SamplingConfig {
         max_new_tokens: args.max_new_tokens,
         do_sample: args.do_sample,
@@ -208,8 +207,8 @@ impl Job<'_> {
                     "prompt": prompt,
                     "completion": self.tokenizer.decode(&g.token_ids, true)?,
                     "token_ids": g.token_ids,
-                    "logprobs": g.raw_logprobs,
-                    "sampling_logprobs": g.logprobs,
+                    "logprobs": g.logprobs,
+                    "sampling_logprobs": g.sampling_logprobs,
                     "finish_reason": match g.finish { FinishReason::Eos => "stop", FinishReason::Length => "length" },
                 });
                 writeln!(sink, "{line}")?;

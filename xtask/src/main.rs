@@ -1,18 +1,50 @@
+//! `cargo xtask …`: the command-line front door of trl-rs.
+//!
+//! The backend is chosen by cargo feature (`flex` default, `ndarray`, `wgpu`, `cuda`); the
+//! `cargo xtask` alias uses the default, `cargo run -p xtask --features cuda -- …` another.
+
+mod bench;
+mod common;
+mod forward;
 mod generate;
-use clap::Parser;
+mod score;
+mod train;
+
+use clap::{Parser, Subcommand};
+
+/// Train, score and generate with Hugging Face reward and value-head models, in Rust.
 #[derive(Parser)]
-enum Command { Generate(generate::GenerateArgs), Bench }
+#[command(name = "cargo xtask", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a reward model (no arguments: the built-in task on a small model).
+    Train(train::TrainArgs),
+    /// Run one padded batch through a model and write its tensors to safetensors.
+    Forward(forward::ForwardArgs),
+    /// Score texts or preference pairs with a reward model (JSONL in, JSONL out).
+    Score(score::ScoreArgs),
+    /// Generate completions from a model or a geometric mixture (Nash-MD).
+    Generate(generate::GenerateArgs),
+    /// Measure training, scoring and generation throughput against PyTorch (JSON out).
+    Bench(bench::BenchArgs),
+}
+
 fn main() {
-    match Command::parse() {
-        Command::Generate(a) => if let Err(e) = generate::run(a) { eprintln!("error: {e}"); std::process::exit(1) },
-        Command::Bench => {
-            let device = trl_core::backend::device();
-            let p = trl_gen::bench::bench_model::<trl_core::backend::Default>(&device).unwrap();
-            let r = trl_gen::bench::bench_model::<trl_core::backend::Default>(&device).unwrap();
-            let prompts = trl_gen::bench::bench_prompts(16, 512, 0);
-            let (c, rc) = trl_gen::bench_mixture(&p, &r, &prompts, 64).unwrap();
-            let toks = 16.0 * 64.0;
-            println!("cached {c:.2}s ({:.0} tok/s)  recompute {rc:.2}s ({:.0} tok/s)  speedup {:.1}x  backend {}", toks / c, toks / rc, rc / c, trl_core::backend::name());
-        }
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Train(args) => train::run(args),
+        Command::Forward(args) => forward::run(args),
+        Command::Score(args) => score::run(args),
+        Command::Generate(args) => generate::run(args),
+        Command::Bench(args) => bench::run(args),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        std::process::exit(1);
     }
 }

@@ -1,13 +1,13 @@
 //! `cargo xtask train`: reward-model training, on the built-in task or the user's data.
 
 use std::io::IsTerminal;
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 
 use burn::prelude::*;
 
 use trl_core::backend;
 use trl_heads::ForSequenceClassification;
-use trl_models::AnyCausalLm;
 use trl_reward::data::{read_rows, tokenize, TokenizedPair};
 use trl_reward::{synthetic, Event, RewardConfig, RewardTrainer};
 
@@ -99,81 +99,95 @@ pub fn run(args: TrainArgs) -> Result<(), Error> {
     args.apply(&mut cfg);
     cfg.validate()?;
     let device = backend::device();
-    TB::seed(&device, cfg.seed);
-
-    let (model, hf_config, tokenizer) = match &args.model {
-        Some(id) => {
-            let dir = trl_core::source::resolve(id)?;
-            let tok = trl_core::Tokenizer::from_dir(&dir)?;
-            let (mut model, hf, restored) = ForSequenceClassification::<TB>::from_pretrained(&dir, None, &device)?;
-            if !restored {
-                eprintln!("note: {} has no `score` head; starting a fresh one (num_labels = 1)", dir.display());
-            }
-            if model.pad_token_id.is_none() {
-                model.pad_token_id = tok.pad_id();
-            }
-            (model, hf, tok)
-        }
-        None => {
-            let hf = synthetic::model_config();
-            let backbone = AnyCausalLm::<TB>::init(&hf, &device)?;
-            (ForSequenceClassification::with_fresh_score(backbone, &hf, 1, &device)?, hf, synthetic::tokenizer())
-        }
-    };
-    let pad_id = model.pad_token_id.or(tokenizer.pad_id()).ok_or("the tokenizer has neither a pad nor an EOS token; set pad_token in tokenizer_config.json")?;
-    let eos = cfg.eos_token.clone().or(tokenizer.eos_token.clone()).unwrap_or_default();
-    let template = args.chat_template.as_ref().map(std::fs::read_to_string).transpose()?;
-
-    let (train_rows, eval_rows) = if builtin {
-        (synthetic::rows(4096, cfg.seed), synthetic::rows(512, cfg.seed.wrapping_add(1_000_003)))
+    let (mut trainer, train, eval, dropped) = if builtin {
+        let job = synthetic::job::<TB>(cfg, &device)?;
+        (job.trainer, job.train, job.eval, job.dropped)
     } else {
-        let path = args.train_file.as_ref().ok_or("--train-file is required with --model")?;
-        let loaded = read_rows(path, cfg.skip_bad_rows)?;
-        if loaded.skipped > 0 {
-            eprintln!("skipped {} malformed row(s) of {}", loaded.skipped, path.display());
-        }
-        match &args.eval_file {
-            Some(e) => (loaded.rows, read_rows(e, cfg.skip_bad_rows)?.rows),
-            None => {
-                let n_eval = (loaded.rows.len() as f64 * cfg.eval_split).round() as usize;
-                let mut rows = loaded.rows;
-                let eval = rows.split_off(rows.len() - n_eval);
-                (rows, eval)
-            }
-        }
+        user_job(&args, cfg, &device)?
     };
-    let train = tokenize(&train_rows, &tokenizer, &eos, cfg.max_length, template.as_deref())?;
-    let eval = tokenize(&eval_rows, &tokenizer, &eos, cfg.max_length, template.as_deref())?;
-    let dropped = train.dropped_too_long + eval.dropped_too_long;
     eprintln!(
         "training on {} pairs, evaluating on {} ({} dropped as longer than max_length {:?}); backend {}; output {}",
-        train.pairs.len(),
-        eval.pairs.len(),
+        train.len(),
+        eval.len(),
         dropped,
-        cfg.max_length,
+        trainer.config.max_length,
         backend::name(),
-        cfg.output_dir.display()
+        trainer.config.output_dir.display()
     );
 
-    let output_dir = cfg.output_dir.clone();
-    let mut trainer = RewardTrainer::new(cfg, model, hf_config, Some(tokenizer), pad_id)?;
+    let output_dir = trainer.config.output_dir.clone();
     if let Some(r) = &args.resume {
-        let ckpt = if r.is_empty() { RewardTrainer::<TB>::latest_checkpoint(&output_dir) } else { Some(PathBuf::from(r)) };
+        let ckpt =
+            if r.is_empty() { RewardTrainer::<TB>::latest_checkpoint(&output_dir) } else { Some(PathBuf::from(r)) };
         let ckpt = ckpt.ok_or_else(|| format!("--resume: no checkpoint-N directory in {}", output_dir.display()))?;
         trainer.resume_from(&ckpt)?;
         eprintln!("resumed from {} at step {}", ckpt.display(), trainer.state.global_step);
     }
     let tty = std::io::stderr().is_terminal();
-    let summary = trainer.train(&train.pairs, &eval.pairs, dropped, &mut |ev| report(ev, tty))?;
+    let summary = trainer.train(&train, &eval, dropped, &mut |ev| {
+        report(ev, tty);
+        ControlFlow::Continue(())
+    })?;
     if tty {
         eprintln!();
     }
     println!("{}", serde_json::to_string_pretty(&summary)?);
     if let Some(e) = &summary.final_eval {
-        eprintln!("final eval accuracy {:.3} after {} steps in {:.1}s ({:.0} pairs/s); model, metrics and plots in {}", e.metrics.accuracy, summary.global_step, summary.seconds, summary.pairs_per_sec, output_dir.display());
+        eprintln!(
+            "final eval accuracy {:.3} after {} steps in {:.1}s ({:.0} pairs/s); model, metrics and plots in {}",
+            e.metrics.accuracy,
+            summary.global_step,
+            summary.seconds,
+            summary.pairs_per_sec,
+            output_dir.display()
+        );
     }
-    let _: &[TokenizedPair] = &train.pairs;
     Ok(())
+}
+
+/// The user's model (`--model`) and data (`--train-file`, `--eval-file` or `eval_split`).
+fn user_job(
+    args: &TrainArgs,
+    cfg: RewardConfig,
+    device: &Device<TB>,
+) -> Result<(RewardTrainer<TB>, Vec<TokenizedPair>, Vec<TokenizedPair>, usize), Error> {
+    TB::seed(device, cfg.seed);
+    let id = args.model.as_ref().ok_or("--model is required with --train-file")?;
+    let dir = trl_core::source::resolve(id)?;
+    let tokenizer = trl_core::Tokenizer::from_dir(&dir)?;
+    let (mut model, hf_config, restored) = ForSequenceClassification::<TB>::from_pretrained(&dir, None, device)?;
+    if !restored {
+        eprintln!("note: {} has no `score` head; starting a fresh one (num_labels = 1)", dir.display());
+    }
+    if model.pad_token_id.is_none() {
+        model.pad_token_id = tokenizer.pad_id();
+    }
+    let pad_id = model
+        .pad_token_id
+        .or(tokenizer.pad_id())
+        .ok_or("the tokenizer has neither a pad nor an EOS token; set pad_token in tokenizer_config.json")?;
+    let eos = cfg.eos_token.clone().or(tokenizer.eos_token.clone()).unwrap_or_default();
+    let template = args.chat_template.as_ref().map(std::fs::read_to_string).transpose()?;
+
+    let path = args.train_file.as_ref().ok_or("--train-file is required with --model")?;
+    let loaded = read_rows(path, cfg.skip_bad_rows)?;
+    if loaded.skipped > 0 {
+        eprintln!("skipped {} malformed row(s) of {}", loaded.skipped, path.display());
+    }
+    let (train_rows, eval_rows) = match &args.eval_file {
+        Some(e) => (loaded.rows, read_rows(e, cfg.skip_bad_rows)?.rows),
+        None => {
+            let n_eval = (loaded.rows.len() as f64 * cfg.eval_split).round() as usize;
+            let mut rows = loaded.rows;
+            let eval = rows.split_off(rows.len() - n_eval);
+            (rows, eval)
+        }
+    };
+    let train = tokenize(&train_rows, &tokenizer, &eos, cfg.max_length, template.as_deref())?;
+    let eval = tokenize(&eval_rows, &tokenizer, &eos, cfg.max_length, template.as_deref())?;
+    let dropped = train.dropped_too_long + eval.dropped_too_long;
+    let trainer = RewardTrainer::new(cfg, model, hf_config, Some(tokenizer), pad_id)?;
+    Ok((trainer, train.pairs, eval.pairs, dropped))
 }
 
 fn report(ev: Event, tty: bool) {
@@ -187,7 +201,10 @@ fn report(ev: Event, tty: bool) {
         Event::Log(e) => {
             let lead = if tty { "\r" } else { "" };
             let speed = e.pairs_per_sec.map(|p| format!(" {p:.0} pairs/s")).unwrap_or_default();
-            eprintln!("{lead}step {:>5} {:<5} loss {:.4} accuracy {:.3} margin {:+.3}{speed}", e.step, e.split, e.loss, e.metrics.accuracy, e.metrics.margin);
+            eprintln!(
+                "{lead}step {:>5} {:<5} loss {:.4} accuracy {:.3} margin {:+.3}{speed}",
+                e.step, e.split, e.loss, e.metrics.accuracy, e.metrics.margin
+            );
         }
         Event::Checkpoint(p) => {
             if !tty {

@@ -4,9 +4,9 @@
 //! checkpoints (single and sharded safetensors, legacy PyTorch `.bin`), the state dict with its
 //! prefix logic and missing/unexpected-key reports, loading a state dict into any burn module
 //! by parameter path, `config.json` in both transformers 4 and 5 spellings, resolving a model
-//! from a local directory or the Hugging Face hub cache, tokenizers, atomic writes, the
-//! backend chosen by cargo feature, and the one error type of the crate. It knows nothing of
-//! particular architectures or heads.
+//! from a local directory or the Hugging Face hub cache, PEFT LoRA adapter files and configs
+//! ([`peft`]), tokenizers, atomic writes, the backend chosen by cargo feature, and the one
+//! error type of the crate. It knows nothing of particular architectures or heads.
 
 pub mod atomic;
 pub mod backend;
@@ -14,6 +14,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod module_io;
+pub mod peft;
 pub mod pickle;
 pub mod source;
 pub mod state_dict;

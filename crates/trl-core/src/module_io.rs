@@ -122,12 +122,13 @@ pub fn load_module<B: Backend, M: Module<B>>(module: M, sd: &StateDict, strict: 
     Ok((module, report))
 }
 
-struct Saver {
+struct Saver<'a> {
     path: Vec<(String, String)>,
     sd: StateDict,
+    keep: &'a dyn Fn(&str) -> bool,
 }
 
-impl<B: Backend> ModuleVisitor<B> for Saver {
+impl<B: Backend> ModuleVisitor<B> for Saver<'_> {
     fn enter_module(&mut self, name: &str, container_type: &str) {
         self.path.push((name.to_string(), container_type.to_string()));
     }
@@ -138,6 +139,9 @@ impl<B: Backend> ModuleVisitor<B> for Saver {
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         let key = key_of(&self.path);
+        if !(self.keep)(&key) {
+            return;
+        }
         let t = param.val();
         let data: TensorData = if D == 2 && Loader::is_linear_weight(&self.path) {
             let t2: Tensor<B, 2> = t.reshape(expected_dims::<2>(&param.lazy_shape().to_vec()));
@@ -152,9 +156,37 @@ impl<B: Backend> ModuleVisitor<B> for Saver {
 /// Every float parameter of `module` under its Hugging Face key, as f32 (Linear weights
 /// transposed back to PyTorch's `[out, in]`).
 pub fn module_state_dict<B: Backend, M: Module<B>>(module: &M) -> StateDict {
-    let mut saver = Saver { path: Vec::new(), sd: StateDict::new() };
+    module_state_dict_where(module, |_| true)
+}
+
+/// Like [`module_state_dict`], but only the parameters whose key satisfies `keep` are read
+/// (the others never leave the device), e.g. a LoRA adapter's tensors of a large model.
+pub fn module_state_dict_where<B: Backend, M: Module<B>>(module: &M, keep: impl Fn(&str) -> bool) -> StateDict {
+    let mut saver = Saver { path: Vec::new(), sd: StateDict::new(), keep: &keep };
     module.visit(&mut saver);
     saver.sd
+}
+
+/// Sets `require_grad` of each float parameter to `trainable(key)`, leaving it as it is where
+/// that is `None`. On an autodiff backend a parameter that does not require grad gets no
+/// gradient, so an optimizer leaves it untouched (freezing a base model).
+pub fn set_require_grad_where<B: Backend, M: Module<B>>(module: M, trainable: impl Fn(&str) -> Option<bool>) -> M {
+    struct Freeze<'a>(Vec<(String, String)>, &'a dyn Fn(&str) -> Option<bool>);
+    impl<B: Backend> ModuleMapper<B> for Freeze<'_> {
+        fn enter_module(&mut self, name: &str, c: &str) {
+            self.0.push((name.to_string(), c.to_string()));
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.0.pop();
+        }
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            match (self.1)(&key_of(&self.0)) {
+                Some(grad) => param.set_require_grad(grad),
+                None => param,
+            }
+        }
+    }
+    module.map(&mut Freeze(Vec::new(), &trainable))
 }
 
 /// The ids of every float parameter of `module`, by key (for freezing or per-group optimisers).

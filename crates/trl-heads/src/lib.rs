@@ -4,12 +4,17 @@
 //! [`ValueHead`] and [`CausalLmWithValueHead`] (TRL's `AutoModelForCausalLMWithValueHead`:
 //! logits, optional LM loss and a value per token; `v_head.*` keys merged into the model's
 //! checkpoint, local shards included), and [`ForSequenceClassification`], the reward model
-//! (a bias-free `score` read at the rightmost non-pad token). Generic over burn's `Backend`.
+//! (a bias-free `score` read at the rightmost non-pad token). Both load and save LoRA adapters
+//! in PEFT's and TRL's layouts (`from_adapter`, `save_adapter`, `train_adapter_only`), and
+//! [`RewardAdapter`] is TRL's multi-adapter reward (`compute_reward_score`). Generic over burn's
+//! `Backend`.
 
 pub mod error;
+pub mod reward_adapter;
 pub mod seq_cls;
 pub mod value_head;
 
 pub use error::{HeadError, Result};
+pub use reward_adapter::RewardAdapter;
 pub use seq_cls::{ForSequenceClassification, RewardOutput};
-pub use value_head::{CausalLmWithValueHead, ValueHead, ValueHeadOptions, ValueHeadOutput, VHeadInit, VHeadSource};
+pub use value_head::{CausalLmWithValueHead, VHeadInit, VHeadSource, ValueHead, ValueHeadOptions, ValueHeadOutput};

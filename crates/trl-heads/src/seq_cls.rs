@@ -1,5 +1,7 @@
 //! `*ForSequenceClassification`: the reward model. A bias-free `score` Linear on the last
 //! hidden state, read at the rightmost token that is not `pad_token_id`, as transformers does.
+//! With LoRA (PEFT's `SEQ_CLS` task), `score` is in `modules_to_save`: trained whole and stored in
+//! the adapter file as `base_model.model.score.weight`.
 
 use std::path::Path;
 
@@ -8,6 +10,8 @@ use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::prelude::*;
 use serde_json::{json, Map, Value};
 
+use trl_core::module_io::set_require_grad_where;
+use trl_core::peft::{self, LoraConfig};
 use trl_core::{checkpoint, load_module, module_state_dict, HfConfig, StateDict, Strictness};
 use trl_models::{AnyCausalLm, TokenBatch};
 
@@ -36,11 +40,7 @@ pub struct ForSequenceClassification<B: Backend> {
 
 /// `num_labels` as transformers derives it: the size of `id2label`, else `num_labels`, else 2.
 pub fn num_labels(cfg: &HfConfig) -> usize {
-    cfg.get("id2label")
-        .and_then(Value::as_object)
-        .map(Map::len)
-        .or_else(|| cfg.get_usize("num_labels"))
-        .unwrap_or(2)
+    cfg.get("id2label").and_then(Value::as_object).map(Map::len).or_else(|| cfg.get_usize("num_labels")).unwrap_or(2)
 }
 
 /// The `*ForSequenceClassification` architecture name for a model type.
@@ -74,7 +74,12 @@ pub fn is_seq_cls(cfg: &HfConfig) -> bool {
 
 impl<B: Backend> ForSequenceClassification<B> {
     /// A reward model with a fresh `score` (N(0, initializer_range), as transformers) on `backbone`.
-    pub fn with_fresh_score(backbone: AnyCausalLm<B>, cfg: &HfConfig, num_labels: usize, device: &B::Device) -> Result<Self> {
+    pub fn with_fresh_score(
+        backbone: AnyCausalLm<B>,
+        cfg: &HfConfig,
+        num_labels: usize,
+        device: &B::Device,
+    ) -> Result<Self> {
         let std = cfg.get_f64("initializer_range").unwrap_or(0.02);
         let score = LinearConfig::new(head_hidden_size(cfg)?, num_labels)
             .with_bias(false)
@@ -87,7 +92,17 @@ impl<B: Backend> ForSequenceClassification<B> {
     /// Loads a `*ForSequenceClassification` checkpoint, or a causal-LM checkpoint with a fresh
     /// score head (`num_labels` then defaults to 1, as TRL's RewardTrainer forces). Returns
     /// whether the score head came from the checkpoint.
-    pub fn from_pretrained(dir: &Path, num_labels_override: Option<usize>, device: &B::Device) -> Result<(Self, HfConfig, bool)> {
+    ///
+    /// An adapter directory (`adapter_config.json`) loads its base and the adapter
+    /// ([`from_adapter`](Self::from_adapter)); the adapter's `score` decides `num_labels`.
+    pub fn from_pretrained(
+        dir: &Path,
+        num_labels_override: Option<usize>,
+        device: &B::Device,
+    ) -> Result<(Self, HfConfig, bool)> {
+        if peft::is_adapter_dir(dir) {
+            return Self::from_adapter(dir, None, device);
+        }
         let mut config = HfConfig::load(dir)?;
         let mut sd = checkpoint::load_dir(dir)?;
         let score_sd = sd.split_off_by(|k| k.starts_with(SCORE_PREFIX)).strip_prefix(SCORE_PREFIX);
@@ -98,7 +113,8 @@ impl<B: Backend> ForSequenceClassification<B> {
         let mut model = Self::with_fresh_score(backbone, &config, n, device)?;
         let restored = !score_sd.is_empty();
         if restored {
-            let (score, _) = load_module(model.score, &score_sd, Strictness::Strict).map_err(|e| prefix_error(e, SCORE_PREFIX))?;
+            let (score, _) =
+                load_module(model.score, &score_sd, Strictness::Strict).map_err(|e| prefix_error(e, SCORE_PREFIX))?;
             model.score = score;
         }
         mark_as_seq_cls(&mut config, n);
@@ -118,7 +134,8 @@ impl<B: Backend> ForSequenceClassification<B> {
                 .collect()),
             None if batch.batch == 1 => Ok(vec![batch.seq - 1]),
             None => Err(HeadError::Input(
-                "cannot handle batch sizes > 1 if no padding token is defined: set `pad_token_id` in config.json".into(),
+                "cannot handle batch sizes > 1 if no padding token is defined: set `pad_token_id` in config.json"
+                    .into(),
             )),
         }
     }
@@ -154,5 +171,88 @@ impl<B: Backend> ForSequenceClassification<B> {
         config.save(dir)?;
         checkpoint::save_weights(&self.state_dict(), dir, max_shard_size)?;
         Ok(())
+    }
+
+    /// Loads a reward model with the LoRA adapter of `dir` attached as `default`: the base is
+    /// `base` if given, else the adapter's `base_model_name_or_path` (relative to `dir`, or a hub
+    /// id); a causal-LM base gets the adapter's `score`. Returns whether `score` came from the
+    /// adapter or the base (not freshly drawn).
+    pub fn from_adapter(dir: &Path, base: Option<&Path>, device: &B::Device) -> Result<(Self, HfConfig, bool)> {
+        let config = LoraConfig::load(dir)?;
+        let base_dir = match base {
+            Some(b) => b.to_path_buf(),
+            None => peft::resolve_base(dir, &config)?,
+        };
+        let (mut model, mut hf, restored) = Self::from_pretrained(&base_dir, None, device)?;
+        let from_adapter = model.load_adapter(dir, "default")?;
+        mark_as_seq_cls(&mut hf, model.score.weight.dims()[1]);
+        Ok((model, hf, restored || from_adapter))
+    }
+
+    /// Attaches a new adapter for reward-model training; as PEFT's `SEQ_CLS` task does, `score`
+    /// joins `modules_to_save` (trained with the adapter and saved whole).
+    pub fn add_adapter(&mut self, name: &str, mut config: LoraConfig) -> Result<()> {
+        config.task_type.get_or_insert_with(|| "SEQ_CLS".into());
+        if !config.modules_to_save.iter().any(|m| m == "score") {
+            config.modules_to_save.push("score".into());
+        }
+        Ok(self.backbone.add_adapter(name, config)?)
+    }
+
+    /// Loads the adapter directory `dir` as adapter `name`. Its `score` (from `modules_to_save`),
+    /// if any, replaces the head's weights (PEFT keeps one copy per adapter; trl-rs keeps the
+    /// last loaded). Returns whether it had one.
+    pub fn load_adapter(&mut self, dir: &Path, name: &str) -> Result<bool> {
+        let mut extra = self.backbone.load_adapter(dir, name)?.modules_to_save;
+        let score = extra.split_off_by(|k| k.starts_with(SCORE_PREFIX)).strip_prefix(SCORE_PREFIX);
+        if !extra.is_empty() {
+            let keys: Vec<&str> = extra.keys().collect();
+            return Err(HeadError::Config {
+                path: dir.display().to_string(),
+                reason: format!(
+                    "adapter `{name}` carries whole tensors a reward model has no place for: [{}]",
+                    keys.join(", ")
+                ),
+            });
+        }
+        let Some(w) = score.get("weight") else { return Ok(false) };
+        let [labels, hidden] = [w.shape[0], w.shape.get(1).copied().unwrap_or(0)];
+        if labels != self.score.weight.dims()[1] {
+            let device = self.score.weight.device();
+            self.score = LinearConfig::new(hidden, labels).with_bias(false).init(&device);
+        }
+        let prefix = format!("{}{SCORE_PREFIX}", peft::KEY_PREFIX);
+        let (s, _) =
+            load_module(self.score.clone(), &score, Strictness::Strict).map_err(|e| prefix_error(e, &prefix))?;
+        self.score = s;
+        Ok(true)
+    }
+
+    /// Writes adapter `name` in PEFT's format (`adapter_config.json`, `adapter_model.safetensors`),
+    /// with `base_model.model.score.weight` when `score` is in its `modules_to_save`.
+    pub fn save_adapter(&self, dir: &Path, name: &str) -> Result<()> {
+        let extra = if self.score_is_saved(name) {
+            module_state_dict(&self.score).add_prefix(SCORE_PREFIX)
+        } else {
+            StateDict::new()
+        };
+        Ok(self.backbone.save_adapter(dir, name, &extra)?)
+    }
+
+    fn score_is_saved(&self, adapter: &str) -> bool {
+        self.backbone.adapter_config(adapter).is_some_and(|c| c.modules_to_save.iter().any(|m| m == "score"))
+    }
+
+    /// Freezes everything except the active adapter and, when it lists it in `modules_to_save`,
+    /// `score`: the parameters PEFT trains.
+    pub fn train_adapter_only(self) -> Result<Self> {
+        let name = self
+            .backbone
+            .active_adapter()
+            .ok_or_else(|| HeadError::Input("no active adapter to train".into()))?
+            .to_string();
+        let is_adapter = self.backbone.adapter_key_filter(&name)?;
+        let score = self.score_is_saved(&name);
+        Ok(set_require_grad_where(self, |k| Some(is_adapter(k) || (score && k.starts_with(SCORE_PREFIX)))))
     }
 }

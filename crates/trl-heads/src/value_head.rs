@@ -1,4 +1,6 @@
-//! TRL's `ValueHead` and `AutoModelForCausalLMWithValueHead`.
+//! TRL's `ValueHead` and `AutoModelForCausalLMWithValueHead`, with TRL's PEFT layout: a LoRA
+//! policy saves its adapter files plus the value head alone in `model.safetensors`, and may carry
+//! a reward adapter ([`crate::reward_adapter`]) for `compute_reward_score`.
 
 use std::path::Path;
 
@@ -7,13 +9,21 @@ use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
 use burn::prelude::*;
 use serde_json::Value;
 
+use trl_core::module_io::set_require_grad_where;
+use trl_core::peft::{self, LoraConfig};
 use trl_core::{checkpoint, load_module, module_state_dict, HfConfig, StateDict, Strictness};
 use trl_models::{AnyCausalLm, KvCache, TokenBatch};
 
 use crate::error::{HeadError, Result};
+use crate::reward_adapter::RewardAdapter;
 
 /// Prefix of the value head's keys in a TRL checkpoint.
 pub const V_HEAD_PREFIX: &str = "v_head.";
+
+/// Where a LoRA value-head model keeps `v_head.*` next to its adapter. TRL writes them to
+/// `pytorch_model.bin` and reads `model.safetensors` first, then `pytorch_model.bin`; trl-rs
+/// writes `model.safetensors` (v_head keys only) and reads both.
+pub const PEFT_V_HEAD_FILES: [&str; 2] = [checkpoint::SAFE_WEIGHTS, checkpoint::BIN_WEIGHTS];
 
 /// How to initialise a fresh value head (TRL's `v_head_init_strategy`).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -42,7 +52,8 @@ impl Default for ValueHeadOptions {
 /// aliases `n_embd`, `d_model`) > `text_config.hidden_size` > `decoder.hidden_size` when
 /// `is_encoder_decoder`.
 pub fn head_hidden_size(cfg: &HfConfig) -> Result<usize> {
-    let nested = |outer: &str| cfg.get(outer).and_then(|c| c.get("hidden_size")).and_then(Value::as_u64).map(|v| v as usize);
+    let nested =
+        |outer: &str| cfg.get(outer).and_then(|c| c.get("hidden_size")).and_then(Value::as_u64).map(|v| v as usize);
     cfg.get_usize("word_embed_proj_dim")
         .or_else(|| cfg.get_usize("hidden_size"))
         .or_else(|| cfg.get_usize("n_embd"))
@@ -102,6 +113,8 @@ pub struct ValueHeadOutput<B: Backend> {
 pub struct CausalLmWithValueHead<B: Backend> {
     pub pretrained_model: AnyCausalLm<B>,
     pub v_head: ValueHead<B>,
+    /// TRL's `reward_adapter`: a second adapter on `pretrained_model` and its frozen score head.
+    pub reward_adapter: Option<RewardAdapter<B>>,
 }
 
 /// How the value head was obtained at load time.
@@ -119,24 +132,30 @@ impl<B: Backend> CausalLmWithValueHead<B> {
     /// A plain LM checkpoint gives a fresh head ([`VHeadSource::Fresh`]); a TRL checkpoint
     /// (single file or local shards) restores `v_head.summary.weight`/`bias`; head keys that
     /// are present but malformed are an error, never a silently random head.
-    pub fn from_pretrained(dir: &Path, opts: &ValueHeadOptions, device: &B::Device) -> Result<(Self, HfConfig, VHeadSource)> {
+    ///
+    /// An adapter directory (`adapter_config.json`) loads its base and the adapter, and the
+    /// value head saved next to it ([`from_adapter`](Self::from_adapter)), as TRL does.
+    pub fn from_pretrained(
+        dir: &Path,
+        opts: &ValueHeadOptions,
+        device: &B::Device,
+    ) -> Result<(Self, HfConfig, VHeadSource)> {
+        if peft::is_adapter_dir(dir) {
+            return Self::from_adapter(dir, None, opts, device);
+        }
         let config = HfConfig::load(dir)?;
         let mut sd = checkpoint::load_dir(dir)?;
         let head_sd = sd.split_off_by(|k| k.starts_with(V_HEAD_PREFIX)).strip_prefix(V_HEAD_PREFIX);
         let (model, _) = AnyCausalLm::init(&config, device)?.load(&sd, Strictness::Strict)?;
-        let dropout = opts
-            .summary_dropout_prob
-            .or_else(|| config.get_f64("summary_dropout_prob"))
-            .unwrap_or(0.1);
+        let dropout = opts.summary_dropout_prob.or_else(|| config.get_f64("summary_dropout_prob")).unwrap_or(0.1);
         let head = ValueHead::new(head_hidden_size(&config)?, dropout, opts.init, device);
         let (v_head, source) = if head_sd.is_empty() {
             (head, VHeadSource::Fresh)
         } else {
-            let (h, _) = load_module(head, &head_sd, Strictness::Strict)
-                .map_err(|e| prefix_error(e, V_HEAD_PREFIX))?;
+            let (h, _) = load_module(head, &head_sd, Strictness::Strict).map_err(|e| prefix_error(e, V_HEAD_PREFIX))?;
             (h, VHeadSource::Restored)
         };
-        Ok((Self { pretrained_model: model, v_head }, config, source))
+        Ok((Self { pretrained_model: model, v_head, reward_adapter: None }, config, source))
     }
 
     /// Logits (f32), optional LM loss and per-token values for a padded batch.
@@ -148,7 +167,13 @@ impl<B: Backend> CausalLmWithValueHead<B> {
     }
 
     /// Forward of new tokens on a KV cache (the value head takes part; generation does not need it).
-    pub fn forward_cached(&self, ids: &[i64], mask: &[i64], q_len: usize, cache: &mut KvCache<B>) -> Result<(Tensor<B, 3>, Tensor<B, 2>)> {
+    pub fn forward_cached(
+        &self,
+        ids: &[i64],
+        mask: &[i64],
+        q_len: usize,
+        cache: &mut KvCache<B>,
+    ) -> Result<(Tensor<B, 3>, Tensor<B, 2>)> {
         let hidden = self.pretrained_model.forward_cached(ids, mask, q_len, cache)?;
         Ok((self.pretrained_model.logits(hidden.clone()), self.v_head.forward(hidden)))
     }
@@ -167,6 +192,89 @@ impl<B: Backend> CausalLmWithValueHead<B> {
         config.save(dir)?;
         checkpoint::save_weights(&self.state_dict(), dir, max_shard_size)?;
         Ok(())
+    }
+}
+
+impl<B: Backend> CausalLmWithValueHead<B> {
+    /// TRL's PEFT value-head model: the base (`base`, else the adapter's
+    /// `base_model_name_or_path`) with the adapter of `dir` as `default`, and the value head from
+    /// `dir/model.safetensors` or `dir/pytorch_model.bin` (`v_head.*` keys), else a fresh one.
+    pub fn from_adapter(
+        dir: &Path,
+        base: Option<&Path>,
+        opts: &ValueHeadOptions,
+        device: &B::Device,
+    ) -> Result<(Self, HfConfig, VHeadSource)> {
+        let config = LoraConfig::load(dir)?;
+        let base_dir = match base {
+            Some(b) => b.to_path_buf(),
+            None => peft::resolve_base(dir, &config)?,
+        };
+        let (mut model, hf, mut source) = Self::from_pretrained(&base_dir, opts, device)?;
+        let mut extra = model.pretrained_model.load_adapter(dir, "default")?.modules_to_save;
+        let mut head = extra.split_off_by(|k| k.starts_with(V_HEAD_PREFIX)).strip_prefix(V_HEAD_PREFIX);
+        if !extra.is_empty() {
+            let keys: Vec<&str> = extra.keys().collect();
+            return Err(HeadError::Config {
+                path: dir.display().to_string(),
+                reason: format!(
+                    "the adapter carries whole tensors a value-head model has no place for: [{}]",
+                    keys.join(", ")
+                ),
+            });
+        }
+        if let Some(file) = PEFT_V_HEAD_FILES.iter().map(|f| dir.join(f)).find(|p| p.is_file()) {
+            head.extend(
+                checkpoint::load_file(&file)?.filter(|k| k.starts_with(V_HEAD_PREFIX)).strip_prefix(V_HEAD_PREFIX),
+            );
+        }
+        if !head.is_empty() {
+            let (h, _) =
+                load_module(model.v_head, &head, Strictness::Strict).map_err(|e| prefix_error(e, V_HEAD_PREFIX))?;
+            model.v_head = h;
+            source = VHeadSource::Restored;
+        }
+        Ok((model, hf, source))
+    }
+
+    /// TRL's PEFT save: adapter `name` in PEFT's format plus `model.safetensors` holding only
+    /// `v_head.summary.weight` / `.bias` (see [`PEFT_V_HEAD_FILES`]).
+    pub fn save_adapter(&self, dir: &Path, name: &str) -> Result<()> {
+        self.pretrained_model.save_adapter(dir, name, &StateDict::new())?;
+        let head = module_state_dict(&self.v_head).add_prefix(V_HEAD_PREFIX);
+        checkpoint::save_safetensors(&head, &dir.join(checkpoint::SAFE_WEIGHTS))?;
+        Ok(())
+    }
+
+    /// Freezes everything except the active adapter and the value head (what TRL's PPO trains
+    /// with a LoRA policy); the reward adapter stays frozen.
+    pub fn train_adapter_only(self) -> Result<Self> {
+        let name = self
+            .pretrained_model
+            .active_adapter()
+            .ok_or_else(|| HeadError::Input("no active adapter to train".into()))?
+            .to_string();
+        let is_adapter = self.pretrained_model.adapter_key_filter(&name)?;
+        Ok(set_require_grad_where(self, |k| Some(is_adapter(k) || k.starts_with(V_HEAD_PREFIX))))
+    }
+
+    /// TRL's `reward_adapter`: loads `dir` (a `SEQ_CLS` adapter with `score` in
+    /// `modules_to_save`) as adapter `name` on the policy's backbone, with its score head.
+    pub fn add_reward_adapter(&mut self, dir: &Path, name: &str) -> Result<()> {
+        self.reward_adapter = Some(RewardAdapter::load(&mut self.pretrained_model, dir, name)?);
+        Ok(())
+    }
+
+    /// TRL's `compute_reward_score`: the reward adapter's score of every row at its last real
+    /// token (`rewards` `[batch, num_labels]`) and, if `per_token`, at every position. Runs on a
+    /// copy of the model switched to the reward adapter, without dropout, and returns detached
+    /// tensors, so this model's active adapter and gradients are untouched.
+    pub fn compute_reward_score(&self, batch: &TokenBatch, per_token: bool) -> Result<crate::RewardOutput<B>> {
+        let rm = self
+            .reward_adapter
+            .as_ref()
+            .ok_or_else(|| HeadError::Input("this model has no reward adapter (add_reward_adapter)".into()))?;
+        rm.compute_reward_score(&self.pretrained_model, batch, per_token)
     }
 }
 

@@ -13,6 +13,8 @@ pub enum ModelError {
     TooLong { len: usize, max: usize },
     #[error("invalid input: {0}")]
     Input(String),
+    #[error("LoRA: {0}")]
+    Adapter(String),
 }
 
 impl From<ModelError> for trl_core::Error {

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use crate::batch::Context;
 use crate::error::{ModelError, Result};
 use crate::layers::{attend, split_heads, Conv1D, KvCache, LayerNorm};
+use crate::lora::{Adapters, LoraLayer};
 
 fn yes() -> bool {
     true
@@ -122,20 +123,25 @@ pub struct Gpt2LMHeadModel<B: Backend> {
     pub transformer: Gpt2Model<B>,
     pub lm_head: Option<Linear<B>>,
     pub n_positions: usize,
+    /// LoRA adapters attached to the Conv1D projections ([`crate::lora`]).
+    #[module(skip)]
+    pub adapters: Adapters,
 }
 
 impl Gpt2Config {
     /// A randomly initialised model (normal(0, initializer_range) weights, as transformers).
     pub fn init<B: Backend>(&self, device: &B::Device) -> Result<Gpt2LMHeadModel<B>> {
-        if self.n_head == 0 || self.n_embd % self.n_head != 0 {
-            return Err(ModelError::Config(format!("n_embd {} is not divisible by n_head {}", self.n_embd, self.n_head)));
+        if self.n_head == 0 || !self.n_embd.is_multiple_of(self.n_head) {
+            return Err(ModelError::Config(format!(
+                "n_embd {} is not divisible by n_head {}",
+                self.n_embd, self.n_head
+            )));
         }
         let act = Activation::parse(&self.activation_function)?;
         let (d, std) = (self.n_embd, self.initializer_range);
         let inner = self.n_inner.unwrap_or(4 * d);
-        let emb = |n: usize| {
-            EmbeddingConfig::new(n, d).with_initializer(Initializer::Normal { mean: 0.0, std }).init(device)
-        };
+        let emb =
+            |n: usize| EmbeddingConfig::new(n, d).with_initializer(Initializer::Normal { mean: 0.0, std }).init(device);
         let h = (0..self.n_layer)
             .map(|i| {
                 let mut scale = if self.scale_attn_weights { 1.0 / ((d / self.n_head) as f64).sqrt() } else { 1.0 };
@@ -151,7 +157,11 @@ impl Gpt2Config {
                         scale,
                     },
                     ln_2: LayerNorm::new(d, self.layer_norm_epsilon, device),
-                    mlp: Gpt2Mlp { c_fc: Conv1D::new(d, inner, std, device), c_proj: Conv1D::new(inner, d, std, device), act },
+                    mlp: Gpt2Mlp {
+                        c_fc: Conv1D::new(d, inner, std, device),
+                        c_proj: Conv1D::new(inner, d, std, device),
+                        act,
+                    },
                 }
             })
             .collect();
@@ -164,12 +174,18 @@ impl Gpt2Config {
             },
             lm_head: (!self.tie_word_embeddings).then(|| crate::layers::linear(d, self.vocab_size, false, std, device)),
             n_positions: self.n_positions,
+            adapters: Adapters::default(),
         })
     }
 }
 
 impl<B: Backend> Gpt2Block<B> {
-    fn forward(&self, x: Tensor<B, 3>, ctx: &Context<B>, cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>) -> Tensor<B, 3> {
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        ctx: &Context<B>,
+        cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+    ) -> Tensor<B, 3> {
         let [b, t, d] = x.dims();
         let qkv = self.attn.c_attn.forward(self.ln_1.forward(x.clone()));
         let heads = self.attn.n_head;
@@ -183,14 +199,20 @@ impl<B: Backend> Gpt2Block<B> {
 
 impl<B: Backend> Gpt2LMHeadModel<B> {
     /// Last hidden state after `ln_f`, `[batch, q_len, n_embd]`, for `ids` `[batch, q_len]`.
-    pub fn forward_hidden(&self, ids: Tensor<B, 2, Int>, ctx: &Context<B>, mut cache: Option<&mut KvCache<B>>) -> Result<Tensor<B, 3>> {
+    pub fn forward_hidden(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        ctx: &Context<B>,
+        mut cache: Option<&mut KvCache<B>>,
+    ) -> Result<Tensor<B, 3>> {
         let device = ids.device();
         if let Some(&p) = ctx.positions.iter().max() {
             if p as usize >= self.n_positions {
                 return Err(ModelError::TooLong { len: p as usize + 1, max: self.n_positions });
             }
         }
-        let pos = Tensor::<B, 2, Int>::from_data(TensorData::new(ctx.positions.clone(), [ctx.batch, ctx.q_len]), &device);
+        let pos =
+            Tensor::<B, 2, Int>::from_data(TensorData::new(ctx.positions.clone(), [ctx.batch, ctx.q_len]), &device);
         let tr = &self.transformer;
         let mut x = tr.wte.forward(ids) + tr.wpe.forward(pos);
         for (i, block) in tr.h.iter().enumerate() {
@@ -210,5 +232,19 @@ impl<B: Backend> Gpt2LMHeadModel<B> {
 
     pub fn num_layers(&self) -> usize {
         self.transformer.h.len()
+    }
+
+    /// The four Conv1D projections of every block, by module name (what LoRA can wrap).
+    pub fn lora_layers(&mut self) -> Vec<(String, &mut dyn LoraLayer<B>)> {
+        let mut out: Vec<(String, &mut dyn LoraLayer<B>)> = Vec::new();
+        for (i, block) in self.transformer.h.iter_mut().enumerate() {
+            let (a, m) = (&mut block.attn, &mut block.mlp);
+            let p = format!("transformer.h.{i}");
+            out.push((format!("{p}.attn.c_attn"), &mut a.c_attn));
+            out.push((format!("{p}.attn.c_proj"), &mut a.c_proj));
+            out.push((format!("{p}.mlp.c_fc"), &mut m.c_fc));
+            out.push((format!("{p}.mlp.c_proj"), &mut m.c_proj));
+        }
+        out
     }
 }

@@ -1,5 +1,6 @@
-//! Building blocks shared by every architecture: norms, GPT-2's Conv1D, rotary embeddings,
-//! multi-head attention with grouped KV heads, and the KV cache.
+//! Building blocks shared by every architecture: norms, rotary embeddings, multi-head attention
+//! with grouped KV heads, and the KV cache. The projections (`Linear`, GPT-2's `Conv1D`) live in
+//! [`crate::lora`], since they are what LoRA adapters attach to.
 //!
 //! Field names follow PyTorch (`weight`, `bias`), so checkpoint keys load without a table.
 
@@ -11,6 +12,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::TensorPrimitive;
 
 use crate::batch::Context;
+pub use crate::lora::{Conv1D, Linear};
 
 /// `torch.nn.LayerNorm` (weight and bias), through burn's fused kernel.
 #[derive(Module, Debug)]
@@ -22,11 +24,7 @@ pub struct LayerNorm<B: Backend> {
 
 impl<B: Backend> LayerNorm<B> {
     pub fn new(dim: usize, eps: f64, device: &B::Device) -> Self {
-        Self {
-            weight: Initializer::Ones.init([dim], device),
-            bias: Initializer::Zeros.init([dim], device),
-            eps,
-        }
+        Self { weight: Initializer::Ones.init([dim], device), bias: Initializer::Zeros.init([dim], device), eps }
     }
 
     /// `[..., dim]` → `[..., dim]`
@@ -59,28 +57,7 @@ impl<B: Backend> RmsNorm<B> {
     }
 }
 
-/// GPT-2's `Conv1D`: a linear layer whose weight is stored `[in, out]` (no transpose on load).
-#[derive(Module, Debug)]
-pub struct Conv1D<B: Backend> {
-    pub weight: Param<Tensor<B, 2>>,
-    pub bias: Param<Tensor<B, 1>>,
-}
-
-impl<B: Backend> Conv1D<B> {
-    pub fn new(d_in: usize, d_out: usize, std: f64, device: &B::Device) -> Self {
-        Self {
-            weight: Initializer::Normal { mean: 0.0, std }.init([d_in, d_out], device),
-            bias: Initializer::Zeros.init([d_out], device),
-        }
-    }
-
-    /// `[..., d_in]` → `[..., d_out]`
-    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        burn::tensor::module::linear(x, self.weight.val(), Some(self.bias.val()))
-    }
-}
-
-/// A `torch.nn.Linear` (weight loaded transposed into burn's `[in, out]`).
+/// A plain burn `Linear` for heads that never carry adapters (`lm_head`), weight ~ N(0, std).
 pub fn linear<B: Backend>(d_in: usize, d_out: usize, bias: bool, std: f64, device: &B::Device) -> burn::nn::Linear<B> {
     burn::nn::LinearConfig::new(d_in, d_out)
         .with_bias(bias)
@@ -105,9 +82,7 @@ pub struct RopeTables<B: Backend> {
 impl Rope {
     /// Default RoPE: `inv_freq[i] = base^(-2i/dim)`, computed in f32 as transformers does.
     pub fn new(head_dim: usize, base: f64) -> Self {
-        let inv_freq = (0..head_dim / 2)
-            .map(|i| 1.0 / (base as f32).powf((2 * i) as f32 / head_dim as f32))
-            .collect();
+        let inv_freq = (0..head_dim / 2).map(|i| 1.0 / (base as f32).powf((2 * i) as f32 / head_dim as f32)).collect();
         Self { inv_freq, attention_scaling: 1.0 }
     }
 
@@ -177,7 +152,10 @@ impl<B: Backend> KvCache<B> {
 
     /// Keeps only the rows in `keep` (finished sequences dropped from a batch).
     pub fn select_rows(&mut self, keep: &[usize], device: &B::Device) {
-        let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(keep.iter().map(|&i| i as i64).collect::<Vec<_>>(), [keep.len()]), device);
+        let idx = Tensor::<B, 1, Int>::from_data(
+            TensorData::new(keep.iter().map(|&i| i as i64).collect::<Vec<_>>(), [keep.len()]),
+            device,
+        );
         for (k, v) in self.layers.iter_mut().flatten() {
             *k = k.clone().select(0, idx.clone());
             *v = v.clone().select(0, idx.clone());
@@ -219,7 +197,8 @@ pub fn attend<B: Backend>(
     } else {
         let groups = heads / kv_heads;
         let s = k.dims()[2];
-        let rep = |x: Tensor<B, 4>| x.unsqueeze_dim::<5>(2).expand([b, kv_heads, groups, s, d]).reshape([b, heads, s, d]);
+        let rep =
+            |x: Tensor<B, 4>| x.unsqueeze_dim::<5>(2).expand([b, kv_heads, groups, s, d]).reshape([b, heads, s, d]);
         (rep(k), rep(v))
     };
     let options = AttentionModuleOptions { scale: Some(scale), softcap: None, is_causal: false };

@@ -6,13 +6,15 @@
 //! fields mirror the HF parameter paths, so checkpoint keys load without a table. Masks and
 //! position ids come from the attention mask, built once per batch ([`batch`]), so left and
 //! right padding both give transformers' numbers. [`AnyCausalLm`] picks the architecture from
-//! `config.json`. Generic over burn's `Backend`.
+//! `config.json`. PEFT LoRA adapters ([`lora`]) attach to the projections: load, train, merge,
+//! switch and save them. Generic over burn's `Backend`.
 
 pub mod batch;
 pub mod error;
 pub mod gpt2;
 pub mod layers;
 pub mod llama;
+pub mod lora;
 pub mod loss;
 
 use std::path::Path;
@@ -25,6 +27,7 @@ use trl_core::{load_module, HfConfig, LoadReport, StateDict, Strictness};
 pub use batch::{Context, Padding, TokenBatch};
 pub use error::{ModelError, Result};
 pub use layers::KvCache;
+pub use lora::{Adapters, LoadedAdapter};
 
 /// The `model_type` values this crate implements.
 pub const SUPPORTED: &[&str] = &["gpt2", "llama", "mistral", "qwen2", "qwen3"];
@@ -50,9 +53,13 @@ impl<B: Backend> AnyCausalLm<B> {
     pub fn init(config: &HfConfig, device: &B::Device) -> Result<Self> {
         match config.model_type() {
             Some("gpt2") => Ok(Self::Gpt2(config.parse::<gpt2::Gpt2Config>()?.init(device)?)),
-            Some(t) if llama::LLAMA_TYPES.contains(&t) => Ok(Self::Llama(llama::LlamaConfig::from_hf(config)?.init(device))),
+            Some(t) if llama::LLAMA_TYPES.contains(&t) => {
+                Ok(Self::Llama(llama::LlamaConfig::from_hf(config)?.init(device)))
+            }
             other => Err(ModelError::Unsupported {
-                found: other.map(String::from).unwrap_or_else(|| format!("{:?} (no model_type)", config.architectures())),
+                found: other
+                    .map(String::from)
+                    .unwrap_or_else(|| format!("{:?} (no model_type)", config.architectures())),
             }),
         }
     }
@@ -70,8 +77,13 @@ impl<B: Backend> AnyCausalLm<B> {
         Ok(load_module(self, &sd, strict)?)
     }
 
-    /// Builds from `dir/config.json` and loads `dir`'s weights strictly.
+    /// Builds from `dir/config.json` and loads `dir`'s weights strictly. An adapter directory
+    /// (`adapter_config.json`) gives its base model with the adapter attached
+    /// ([`from_adapter`](Self::from_adapter)), as transformers' PEFT integration does.
     pub fn from_pretrained(dir: &Path, device: &B::Device) -> Result<(Self, HfConfig)> {
+        if trl_core::peft::is_adapter_dir(dir) {
+            return Self::from_adapter(dir, None, device);
+        }
         let config = HfConfig::load(dir)?;
         let sd = trl_core::checkpoint::load_dir(dir)?;
         let (model, _) = Self::init(&config, device)?.load(&sd, Strictness::Strict)?;
@@ -133,7 +145,12 @@ impl<B: Backend> AnyCausalLm<B> {
     }
 
     /// Last hidden state for new tokens `ids` under `ctx`, extending `cache` if given.
-    pub fn forward_hidden(&self, ids: Tensor<B, 2, Int>, ctx: &Context<B>, cache: Option<&mut KvCache<B>>) -> Result<Tensor<B, 3>> {
+    pub fn forward_hidden(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        ctx: &Context<B>,
+        cache: Option<&mut KvCache<B>>,
+    ) -> Result<Tensor<B, 3>> {
         match self {
             Self::Gpt2(m) => m.forward_hidden(ids, ctx, cache),
             Self::Llama(m) => m.forward_hidden(ids, ctx, cache),
@@ -164,7 +181,13 @@ impl<B: Backend> AnyCausalLm<B> {
 
     /// Forward of new tokens `ids` (`[batch, q_len]` row-major, with their mask) on top of
     /// `cache`, returning hidden states of the new tokens; positions continue from the cache.
-    pub fn forward_cached(&self, ids: &[i64], mask: &[i64], q_len: usize, cache: &mut KvCache<B>) -> Result<Tensor<B, 3>> {
+    pub fn forward_cached(
+        &self,
+        ids: &[i64],
+        mask: &[i64],
+        q_len: usize,
+        cache: &mut KvCache<B>,
+    ) -> Result<Tensor<B, 3>> {
         let device = self.device();
         let batch = cache.batch;
         let full = cache.extend_mask(mask, q_len);

@@ -3,7 +3,7 @@
 //! rotary positions, RMSNorm, SwiGLU MLP, tied or untied lm_head.
 
 use burn::module::Module;
-use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear};
+use burn::nn::{Embedding, EmbeddingConfig, Initializer};
 use burn::prelude::*;
 use burn::tensor::activation::silu;
 use serde::Deserialize;
@@ -13,6 +13,7 @@ use trl_core::HfConfig;
 use crate::batch::Context;
 use crate::error::{ModelError, Result};
 use crate::layers::{attend, linear, split_heads, KvCache, RmsNorm, Rope, RopeTables};
+use crate::lora::{Adapters, Linear, LoraLayer};
 
 /// The fields of a Llama-family `config.json` that the model uses.
 #[derive(Debug, Clone, Deserialize)]
@@ -78,7 +79,11 @@ impl LlamaConfig {
         }
         let heads = c.num_attention_heads;
         let kv = c.num_key_value_heads.unwrap_or(heads);
-        if heads == 0 || kv == 0 || heads % kv != 0 || (c.head_dim.is_none() && c.hidden_size % heads != 0) {
+        if heads == 0
+            || kv == 0
+            || !heads.is_multiple_of(kv)
+            || (c.head_dim.is_none() && !c.hidden_size.is_multiple_of(heads))
+        {
             return Err(ModelError::Config(format!(
                 "num_attention_heads {heads} must be a multiple of num_key_value_heads {kv} and divide hidden_size {}",
                 c.hidden_size
@@ -94,11 +99,20 @@ impl LlamaConfig {
                     rope.inv_freq.iter_mut().for_each(|x| *x /= f);
                 }
                 Some("llama3") => {
-                    let need = |k: &str| get(k).ok_or_else(|| ModelError::Config(format!("llama3 rope scaling needs `{k}`")));
-                    llama3_scaling(&mut rope.inv_freq, need("factor")?, need("low_freq_factor")?, need("high_freq_factor")?, need("original_max_position_embeddings")?);
+                    let need =
+                        |k: &str| get(k).ok_or_else(|| ModelError::Config(format!("llama3 rope scaling needs `{k}`")));
+                    llama3_scaling(
+                        &mut rope.inv_freq,
+                        need("factor")?,
+                        need("low_freq_factor")?,
+                        need("high_freq_factor")?,
+                        need("original_max_position_embeddings")?,
+                    );
                 }
                 Some(other) => {
-                    return Err(ModelError::Config(format!("rope type `{other}` is not supported (default, linear, llama3)")))
+                    return Err(ModelError::Config(format!(
+                        "rope type `{other}` is not supported (default, linear, llama3)"
+                    )))
                 }
                 None => {}
             }
@@ -144,19 +158,19 @@ impl LlamaConfig {
         let layers = (0..self.num_hidden_layers)
             .map(|_| LlamaDecoderLayer {
                 self_attn: LlamaAttention {
-                    q_proj: linear(h, heads * hd, qkv_bias, std, device),
-                    k_proj: linear(h, kv * hd, qkv_bias, std, device),
-                    v_proj: linear(h, kv * hd, qkv_bias, std, device),
-                    o_proj: linear(heads * hd, h, o_bias, std, device),
+                    q_proj: Linear::new(h, heads * hd, qkv_bias, std, device),
+                    k_proj: Linear::new(h, kv * hd, qkv_bias, std, device),
+                    v_proj: Linear::new(h, kv * hd, qkv_bias, std, device),
+                    o_proj: Linear::new(heads * hd, h, o_bias, std, device),
                     q_norm: qk_norm.then(|| RmsNorm::new(hd, self.rms_norm_eps, device)),
                     k_norm: qk_norm.then(|| RmsNorm::new(hd, self.rms_norm_eps, device)),
                     num_heads: heads,
                     num_kv_heads: kv,
                 },
                 mlp: LlamaMlp {
-                    gate_proj: linear(h, self.intermediate_size, self.mlp_bias, std, device),
-                    up_proj: linear(h, self.intermediate_size, self.mlp_bias, std, device),
-                    down_proj: linear(self.intermediate_size, h, self.mlp_bias, std, device),
+                    gate_proj: Linear::new(h, self.intermediate_size, self.mlp_bias, std, device),
+                    up_proj: Linear::new(h, self.intermediate_size, self.mlp_bias, std, device),
+                    down_proj: Linear::new(self.intermediate_size, h, self.mlp_bias, std, device),
                 },
                 input_layernorm: RmsNorm::new(h, self.rms_norm_eps, device),
                 post_attention_layernorm: RmsNorm::new(h, self.rms_norm_eps, device),
@@ -175,6 +189,7 @@ impl LlamaConfig {
             head_dim: hd,
             sliding_window: self.window(),
             max_position_embeddings: self.max_position_embeddings,
+            adapters: Adapters::default(),
         }
     }
 }
@@ -236,16 +251,25 @@ pub struct LlamaModel<B: Backend> {
 #[derive(Module, Debug)]
 pub struct LlamaForCausalLM<B: Backend> {
     pub model: LlamaModel<B>,
-    pub lm_head: Option<Linear<B>>,
+    pub lm_head: Option<burn::nn::Linear<B>>,
     #[module(skip)]
     pub rope_inv_freq: Vec<f32>,
     pub head_dim: usize,
     pub sliding_window: Option<usize>,
     pub max_position_embeddings: usize,
+    /// LoRA adapters attached to the projections ([`crate::lora`]).
+    #[module(skip)]
+    pub adapters: Adapters,
 }
 
 impl<B: Backend> LlamaDecoderLayer<B> {
-    fn forward(&self, x: Tensor<B, 3>, ctx: &Context<B>, rope: &RopeTables<B>, cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>) -> Tensor<B, 3> {
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        ctx: &Context<B>,
+        rope: &RopeTables<B>,
+        cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+    ) -> Tensor<B, 3> {
         let a = &self.self_attn;
         let h = self.input_layernorm.forward(x.clone());
         let mut q = split_heads(a.q_proj.forward(h.clone()), a.num_heads);
@@ -266,7 +290,12 @@ impl<B: Backend> LlamaDecoderLayer<B> {
 
 impl<B: Backend> LlamaForCausalLM<B> {
     /// Last hidden state after the final norm, `[batch, q_len, hidden]`.
-    pub fn forward_hidden(&self, ids: Tensor<B, 2, Int>, ctx: &Context<B>, mut cache: Option<&mut KvCache<B>>) -> Result<Tensor<B, 3>> {
+    pub fn forward_hidden(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        ctx: &Context<B>,
+        mut cache: Option<&mut KvCache<B>>,
+    ) -> Result<Tensor<B, 3>> {
         let device = ids.device();
         let rope = Rope { inv_freq: self.rope_inv_freq.clone(), attention_scaling: 1.0 }.tables(ctx, &device);
         let mut x = self.model.embed_tokens.forward(ids);
@@ -287,5 +316,22 @@ impl<B: Backend> LlamaForCausalLM<B> {
 
     pub fn num_layers(&self) -> usize {
         self.model.layers.len()
+    }
+
+    /// The seven projections of every layer, by module name (what LoRA can wrap).
+    pub fn lora_layers(&mut self) -> Vec<(String, &mut dyn LoraLayer<B>)> {
+        let mut out: Vec<(String, &mut dyn LoraLayer<B>)> = Vec::new();
+        for (i, layer) in self.model.layers.iter_mut().enumerate() {
+            let (a, m) = (&mut layer.self_attn, &mut layer.mlp);
+            let p = format!("model.layers.{i}");
+            out.push((format!("{p}.self_attn.q_proj"), &mut a.q_proj));
+            out.push((format!("{p}.self_attn.k_proj"), &mut a.k_proj));
+            out.push((format!("{p}.self_attn.v_proj"), &mut a.v_proj));
+            out.push((format!("{p}.self_attn.o_proj"), &mut a.o_proj));
+            out.push((format!("{p}.mlp.gate_proj"), &mut m.gate_proj));
+            out.push((format!("{p}.mlp.up_proj"), &mut m.up_proj));
+            out.push((format!("{p}.mlp.down_proj"), &mut m.down_proj));
+        }
+        out
     }
 }

@@ -1,0 +1,645 @@
+//! LoRA adapters (PEFT's `LoraModel`) on the backbones' projections.
+//!
+//! The projections that can carry adapters are [`Linear`] (PyTorch's `nn.Linear`, all Llama-family
+//! projections) and [`Conv1D`] (GPT-2's `c_attn`, `c_proj`, `c_fc`). Each holds its base `weight`
+//! (`[in, out]`, burn's layout) and, like PEFT's `ModuleDict`s, one `lora_A` / `lora_B` pair per
+//! adapter *slot*: slot `i` is the model's `i`-th adapter, `None` where that adapter does not wrap
+//! the projection. A pair is two bias-free burn `Linear`s, `A: in → r`, `B: r → out`.
+//!
+//! **Keys.** PEFT's in-memory name `model.layers.0.self_attn.q_proj.lora_A.default.weight` is our
+//! module path with the adapter name replaced by its slot number,
+//! `model.layers.0.self_attn.q_proj.lora_A.0.weight`; the adapter file drops the name and adds
+//! `base_model.model.` (`…q_proj.lora_A.weight`). That rename, one string operation each way, is
+//! the only mapping; the `[r, in]` / `[out, r]` transposition is module_io's usual rule for
+//! structs named `Linear`, GPT-2's Conv1D included.
+//!
+//! **Forward.** `y = base(x) + B(A(dropout(x))) · scaling` for the active slot, where
+//! `scaling = alpha / r` or `alpha / √r` (rslora), per module after `rank_pattern` /
+//! `alpha_pattern`. Dropout applies only on an autodiff backend, as burn's `Dropout` does. A
+//! projection without adapters, with adapters disabled or with its adapter merged runs the base
+//! layer alone.
+//!
+//! **Model level** ([`AnyCausalLm`] methods below): add / load / delete named adapters,
+//! [`set_adapter`](AnyCausalLm::set_adapter), [`disable_adapters`](AnyCausalLm::disable_adapters)
+//! (or [`without_adapters`](AnyCausalLm::without_adapters), a cheap disabled clone, the reference
+//! model of Nash-MD), merge / unmerge, save in PEFT's format, and
+//! [`train_adapter_only`](AnyCausalLm::train_adapter_only), which freezes everything else.
+
+// `lora_A` / `lora_B` are PEFT's parameter names; the module path must spell them that way.
+#![allow(non_snake_case)]
+
+use std::path::Path;
+
+use burn::module::{Module, Param};
+use burn::nn::{self, DropoutConfig, Initializer, LinearConfig};
+use burn::prelude::*;
+
+use trl_core::module_io::{module_state_dict_where, set_require_grad_where};
+use trl_core::peft::{self, AdapterKey, LoraConfig, LoraInit};
+use trl_core::{load_module, HfConfig, StateDict, Strictness};
+
+use crate::error::{ModelError, Result};
+use crate::AnyCausalLm;
+
+/// One adapter's settings at one projection.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LoraSlot {
+    /// `alpha / r` (or `alpha / √r`) for this module.
+    pub scaling: f64,
+    pub dropout: f64,
+}
+
+/// A projection's adapter bookkeeping (PEFT's `LoraLayer`), parallel to its `lora_A` / `lora_B`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LoraSlots {
+    /// Slot `i`: the model's adapter `i`, `None` where it does not wrap this projection.
+    pub slots: Vec<Option<LoraSlot>>,
+    /// The slot the forward pass adds (`None`: base layer only).
+    pub active: Option<usize>,
+    /// The slot whose delta is currently added into `weight`.
+    pub merged: Option<usize>,
+}
+
+/// `torch.nn.Linear` that can carry LoRA adapters (PEFT's `lora.Linear`). `weight` is `[in, out]`;
+/// module_io transposes a struct named `Linear` to and from PyTorch's `[out, in]`.
+#[derive(Module, Debug)]
+pub struct Linear<B: Backend> {
+    pub weight: Param<Tensor<B, 2>>,
+    pub bias: Option<Param<Tensor<B, 1>>>,
+    pub lora_A: Vec<Option<nn::Linear<B>>>,
+    pub lora_B: Vec<Option<nn::Linear<B>>>,
+    #[module(skip)]
+    pub lora: LoraSlots,
+}
+
+/// GPT-2's `Conv1D`: a linear layer whose weight PyTorch stores `[in, out]` (no transpose on load).
+/// PEFT wraps it with `fan_in_fan_out=True`; its `lora_A` / `lora_B` are ordinary `nn.Linear`s.
+#[derive(Module, Debug)]
+pub struct Conv1D<B: Backend> {
+    pub weight: Param<Tensor<B, 2>>,
+    pub bias: Param<Tensor<B, 1>>,
+    pub lora_A: Vec<Option<nn::Linear<B>>>,
+    pub lora_B: Vec<Option<nn::Linear<B>>>,
+    #[module(skip)]
+    pub lora: LoraSlots,
+}
+
+impl<B: Backend> Linear<B> {
+    /// A layer with weight ~ N(0, std) and zero bias, and no adapters.
+    pub fn new(d_in: usize, d_out: usize, bias: bool, std: f64, device: &B::Device) -> Self {
+        Self {
+            weight: Initializer::Normal { mean: 0.0, std }.init([d_in, d_out], device),
+            bias: bias.then(|| Initializer::Zeros.init([d_out], device)),
+            lora_A: Vec::new(),
+            lora_B: Vec::new(),
+            lora: LoraSlots::default(),
+        }
+    }
+
+    /// `[..., d_in]` → `[..., d_out]`
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let base = |x| burn::tensor::module::linear(x, self.weight.val(), self.bias.as_ref().map(Param::val));
+        match self.lora.running() {
+            None => base(x),
+            Some(i) => add_lora(x.clone(), base(x), i, &self.lora_A, &self.lora_B, &self.lora),
+        }
+    }
+}
+
+impl<B: Backend> Conv1D<B> {
+    pub fn new(d_in: usize, d_out: usize, std: f64, device: &B::Device) -> Self {
+        Self {
+            weight: Initializer::Normal { mean: 0.0, std }.init([d_in, d_out], device),
+            bias: Initializer::Zeros.init([d_out], device),
+            lora_A: Vec::new(),
+            lora_B: Vec::new(),
+            lora: LoraSlots::default(),
+        }
+    }
+
+    /// `[..., d_in]` → `[..., d_out]`
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let base = |x| burn::tensor::module::linear(x, self.weight.val(), Some(self.bias.val()));
+        match self.lora.running() {
+            None => base(x),
+            Some(i) => add_lora(x.clone(), base(x), i, &self.lora_A, &self.lora_B, &self.lora),
+        }
+    }
+}
+
+impl LoraSlots {
+    /// The slot whose delta the forward pass adds: the active one, unless a slot is merged.
+    pub fn running(&self) -> Option<usize> {
+        self.active.filter(|&i| self.merged.is_none() && self.slots.get(i).is_some_and(Option::is_some))
+    }
+}
+
+/// `base + B(A(dropout(x))) · scaling` with slot `i`.
+fn add_lora<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    base: Tensor<B, D>,
+    i: usize,
+    a: &[Option<nn::Linear<B>>],
+    b: &[Option<nn::Linear<B>>],
+    lora: &LoraSlots,
+) -> Tensor<B, D> {
+    let (Some(Some(a)), Some(Some(b)), Some(Some(slot))) = (a.get(i), b.get(i), lora.slots.get(i)) else { return base };
+    let x = if slot.dropout > 0.0 { DropoutConfig::new(slot.dropout).init().forward(x) } else { x };
+    base + b.forward(a.forward(x)) * slot.scaling
+}
+
+/// A projection that can carry adapters: mutable access to its weight and LoRA parts.
+pub trait LoraLayer<B: Backend> {
+    fn parts(&mut self) -> LoraParts<'_, B>;
+}
+
+/// The LoRA-relevant fields of one projection.
+pub struct LoraParts<'a, B: Backend> {
+    pub weight: &'a mut Param<Tensor<B, 2>>,
+    pub lora_A: &'a mut Vec<Option<nn::Linear<B>>>,
+    pub lora_B: &'a mut Vec<Option<nn::Linear<B>>>,
+    pub lora: &'a mut LoraSlots,
+}
+
+impl<B: Backend> LoraLayer<B> for Linear<B> {
+    fn parts(&mut self) -> LoraParts<'_, B> {
+        LoraParts { weight: &mut self.weight, lora_A: &mut self.lora_A, lora_B: &mut self.lora_B, lora: &mut self.lora }
+    }
+}
+
+impl<B: Backend> LoraLayer<B> for Conv1D<B> {
+    fn parts(&mut self) -> LoraParts<'_, B> {
+        LoraParts { weight: &mut self.weight, lora_A: &mut self.lora_A, lora_B: &mut self.lora_B, lora: &mut self.lora }
+    }
+}
+
+impl<B: Backend> LoraParts<'_, B> {
+    /// Appends a slot: a fresh pair of rank `r` drawn as `init` says, or `None` (not wrapped).
+    fn push(&mut self, new: Option<(usize, LoraSlot, LoraInit)>) {
+        let Some((r, slot, init)) = new else {
+            self.lora_A.push(None);
+            self.lora_B.push(None);
+            self.lora.slots.push(None);
+            return;
+        };
+        let [d_in, d_out] = self.weight.lazy_shape().dims();
+        let device = self.weight.lazy_device();
+        // nn.Linear's default (kaiming-uniform with a = √5): U(±1/√fan_in)
+        let kaiming = Initializer::KaimingUniform { gain: 1.0 / 3f64.sqrt(), fan_out_only: false };
+        let (init_a, init_b) = match init {
+            LoraInit::Default => (kaiming.clone(), Initializer::Zeros),
+            LoraInit::Gaussian => (Initializer::Normal { mean: 0.0, std: 1.0 / r as f64 }, Initializer::Zeros),
+            LoraInit::Random => (kaiming.clone(), kaiming),
+        };
+        let pair = |i: usize, o: usize, init: Initializer| {
+            LinearConfig::new(i, o).with_bias(false).with_initializer(init).init(&device)
+        };
+        self.lora_A.push(Some(pair(d_in, r, init_a)));
+        self.lora_B.push(Some(pair(r, d_out, init_b)));
+        self.lora.slots.push(Some(slot));
+    }
+
+    fn remove(&mut self, i: usize) {
+        self.lora_A.remove(i);
+        self.lora_B.remove(i);
+        self.lora.slots.remove(i);
+        let shift = |s: Option<usize>| match s {
+            Some(j) if j == i => None,
+            Some(j) if j > i => Some(j - 1),
+            other => other,
+        };
+        self.lora.active = shift(self.lora.active);
+        self.lora.merged = shift(self.lora.merged);
+    }
+
+    /// `A·B · scaling`, `[in, out]`, of slot `i` (PEFT's `get_delta_weight`, in burn's layout).
+    fn delta(&self, i: usize) -> Option<Tensor<B, 2>> {
+        let (Some(Some(a)), Some(Some(b)), Some(Some(s))) =
+            (self.lora_A.get(i), self.lora_B.get(i), self.lora.slots.get(i))
+        else {
+            return None;
+        };
+        Some(a.weight.val().matmul(b.weight.val()).detach() * s.scaling)
+    }
+
+    /// Adds (`sign` 1) or subtracts (-1) slot `i`'s delta into the weight.
+    fn fold(&mut self, i: usize, sign: f64) {
+        if let Some(delta) = self.delta(i) {
+            let w = self.weight.clone();
+            *self.weight = w.map(|w| {
+                let grad = w.is_require_grad();
+                (w.detach() + delta * sign).set_require_grad(grad)
+            });
+        }
+    }
+}
+
+/// The adapters of a model (PEFT's `peft_config` and active adapter), kept by the top-level
+/// model struct; the weights live in the projections' slots, in the same order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Adapters {
+    /// Name and config of each slot.
+    pub list: Vec<(String, LoraConfig)>,
+    pub active: Option<usize>,
+    /// Run the base model only (PEFT's `disable_adapter()`).
+    pub disabled: bool,
+    /// The active adapter is merged into the base weights.
+    pub merged: bool,
+}
+
+impl Adapters {
+    fn index(&self, name: &str) -> Result<usize> {
+        self.list.iter().position(|(n, _)| n == name).ok_or_else(|| {
+            let have: Vec<&str> = self.list.iter().map(|(n, _)| n.as_str()).collect();
+            ModelError::Adapter(format!("no adapter named `{name}` (loaded: [{}])", have.join(", ")))
+        })
+    }
+}
+
+/// The module-path marker of slot `slot`'s tensors (`.lora_A.3.` / `.lora_B.3.`).
+fn in_slot(key: &str, slot: usize) -> bool {
+    key.contains(&format!(".lora_A.{slot}.")) || key.contains(&format!(".lora_B.{slot}."))
+}
+
+/// A loaded adapter: its config and the whole tensors it carries for `modules_to_save`
+/// (model keys without `base_model.model.`, e.g. `score.weight`), for the head to take.
+#[derive(Debug, Clone)]
+pub struct LoadedAdapter {
+    pub config: LoraConfig,
+    pub modules_to_save: StateDict,
+}
+
+impl<B: Backend> AnyCausalLm<B> {
+    /// Every projection that can carry adapters, with its Hugging Face module name.
+    pub fn lora_layers(&mut self) -> Vec<(String, &mut dyn LoraLayer<B>)> {
+        match self {
+            Self::Gpt2(m) => m.lora_layers(),
+            Self::Llama(m) => m.lora_layers(),
+        }
+    }
+
+    pub fn adapters(&self) -> &Adapters {
+        match self {
+            Self::Gpt2(m) => &m.adapters,
+            Self::Llama(m) => &m.adapters,
+        }
+    }
+
+    fn adapters_mut(&mut self) -> &mut Adapters {
+        match self {
+            Self::Gpt2(m) => &mut m.adapters,
+            Self::Llama(m) => &mut m.adapters,
+        }
+    }
+
+    /// Names of the attached adapters, in slot order.
+    pub fn adapter_names(&self) -> Vec<&str> {
+        self.adapters().list.iter().map(|(n, _)| n.as_str()).collect()
+    }
+
+    pub fn adapter_config(&self, name: &str) -> Option<&LoraConfig> {
+        self.adapters().list.iter().find(|(n, _)| n == name).map(|(_, c)| c)
+    }
+
+    /// The adapter the forward pass uses (`None` with no adapter or adapters disabled).
+    pub fn active_adapter(&self) -> Option<&str> {
+        let a = self.adapters();
+        a.active.filter(|_| !a.disabled).map(|i| a.list[i].0.as_str())
+    }
+
+    /// Tells every projection which slot to run.
+    fn sync_active(&mut self) {
+        let a = self.adapters();
+        let active = a.active.filter(|_| !a.disabled);
+        for (_, layer) in self.lora_layers() {
+            layer.parts().lora.active = active;
+        }
+    }
+
+    /// Attaches a new adapter `name` with freshly drawn weights (B = 0 by default, so the model
+    /// is unchanged until it is trained). The first adapter becomes active; later ones do not
+    /// (as PEFT's `add_adapter`). Errors when a `target_modules` entry matches no projection.
+    pub fn add_adapter(&mut self, name: &str, config: LoraConfig) -> Result<()> {
+        if self.adapters().list.iter().any(|(n, _)| n == name) {
+            return Err(ModelError::Adapter(format!("an adapter named `{name}` is already attached")));
+        }
+        if self.adapters().merged {
+            return Err(ModelError::Adapter("unmerge the merged adapter before adding another".into()));
+        }
+        let matcher = config.matcher().map_err(ModelError::Adapter)?;
+        let mut names: Vec<String> = Vec::new();
+        let mut wrapped = 0;
+        for (module, layer) in self.lora_layers() {
+            let slot = matcher.matches(&module).then(|| {
+                let (r, _) = config.rank_and_alpha(&module);
+                (r, LoraSlot { scaling: config.scaling(&module), dropout: config.lora_dropout }, config.init)
+            });
+            wrapped += slot.is_some() as usize;
+            layer.parts().push(slot);
+            names.push(module);
+        }
+        let unmatched = matcher.unmatched_targets(names.iter().map(String::as_str));
+        if !unmatched.is_empty() || wrapped == 0 {
+            let slot = self.adapters().list.len();
+            for (_, layer) in self.lora_layers() {
+                layer.parts().remove(slot);
+            }
+            let what = if unmatched.is_empty() {
+                format!("{:?}", config.target_modules)
+            } else {
+                format!("[{}]", unmatched.join(", "))
+            };
+            let mut short: Vec<&str> = names.iter().map(|n| n.rsplit('.').next().unwrap_or(n)).collect();
+            short.sort();
+            short.dedup();
+            return Err(ModelError::Adapter(format!(
+                "adapter `{name}`: target module(s) {what} not found in the model; LoRA-capable modules here: [{}] \
+                 (e.g. `{}`; lm_head and embeddings cannot carry adapters in trl-rs)",
+                short.join(", "),
+                names.first().map(String::as_str).unwrap_or("")
+            )));
+        }
+        let a = self.adapters_mut();
+        a.list.push((name.to_string(), config));
+        if a.active.is_none() {
+            a.active = Some(a.list.len() - 1);
+        }
+        self.sync_active();
+        Ok(())
+    }
+
+    /// Attaches adapter `name` with the tensors of an adapter file (`sd`, PEFT keys). Returns the
+    /// whole tensors for `modules_to_save`, keyed as in the model (`score.weight`).
+    pub fn load_adapter_tensors(&mut self, name: &str, config: LoraConfig, sd: &StateDict) -> Result<StateDict> {
+        let slot = self.adapters().list.len();
+        self.add_adapter(name, config)?;
+        let mut ours = StateDict::new();
+        let mut rest = StateDict::new();
+        for (key, t) in &sd.tensors {
+            match peft::parse_key(key) {
+                Some(AdapterKey::Lora { module, a }) => {
+                    ours.insert(format!("{module}.lora_{}.{slot}.weight", if a { 'A' } else { 'B' }), t.clone())
+                }
+                Some(AdapterKey::Full(k)) => rest.insert(k, t.clone()),
+                None => {
+                    return Err(ModelError::Adapter(format!(
+                        "adapter `{name}`: key `{key}` lacks the `{}` prefix",
+                        peft::KEY_PREFIX
+                    )))
+                }
+            }
+        }
+        let to_peft = |k: &str| {
+            k.replacen(&format!(".lora_A.{slot}."), ".lora_A.", 1).replacen(&format!(".lora_B.{slot}."), ".lora_B.", 1)
+        };
+        let (model, report) = match load_module(self.clone(), &ours, Strictness::Partial) {
+            Ok(ok) => ok,
+            Err(trl_core::Error::Load(r)) => {
+                let _ = self.delete_adapter(name);
+                let shapes: Vec<String> = r
+                    .mismatched
+                    .iter()
+                    .map(|(k, want, got)| {
+                        format!("`{}{}` should be {want:?}, the file has {got:?}", peft::KEY_PREFIX, to_peft(k))
+                    })
+                    .collect();
+                let more =
+                    if shapes.len() > 3 { format!("; … ({} tensors in all)", shapes.len()) } else { String::new() };
+                return Err(ModelError::Adapter(format!(
+                    "adapter `{name}`: {}{more}; check r / rank_pattern in adapter_config.json",
+                    shapes[..shapes.len().min(3)].join("; ")
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        *self = model;
+        let missing: Vec<String> = report
+            .missing
+            .iter()
+            .filter(|k| in_slot(k, slot))
+            .map(|k| format!("{}{}", peft::KEY_PREFIX, to_peft(k)))
+            .collect();
+        let unexpected: Vec<String> =
+            report.unexpected.iter().map(|k| format!("{}{}", peft::KEY_PREFIX, to_peft(k))).collect();
+        if !missing.is_empty() || !unexpected.is_empty() {
+            self.delete_adapter(name)?;
+            let list = |v: &[String]| {
+                let mut modules: Vec<&str> = v.iter().map(|k| k.rsplitn(3, '.').nth(2).unwrap_or(k)).collect();
+                modules.dedup();
+                let more = if modules.len() > 6 { format!(", … ({} modules)", modules.len()) } else { String::new() };
+                modules.iter().take(6).copied().collect::<Vec<_>>().join(", ") + &more
+            };
+            let mut problems = Vec::new();
+            if !missing.is_empty() {
+                problems.push(format!("the config wraps modules the file has no weights for [{}]", list(&missing)));
+            }
+            if !unexpected.is_empty() {
+                problems.push(format!(
+                    "the file has weights for modules the config/model does not wrap [{}]",
+                    list(&unexpected)
+                ));
+            }
+            return Err(ModelError::Adapter(format!(
+                "adapter `{name}` does not fit its config and this model: {}",
+                problems.join("; ")
+            )));
+        }
+        Ok(rest)
+    }
+
+    /// Loads the adapter directory `dir` (`adapter_config.json` + `adapter_model.safetensors` or
+    /// `.bin`) as adapter `name`. A relative `base_model_name_or_path` that names a directory next
+    /// to the adapter is made absolute in the kept config, so a later save points at it still.
+    pub fn load_adapter(&mut self, dir: &Path, name: &str) -> Result<LoadedAdapter> {
+        let (mut config, sd) = peft::read_adapter(dir)?;
+        if let Some(base) = config.base_model_name_or_path.as_deref() {
+            let rel = dir.join(base);
+            if Path::new(base).is_relative() && rel.is_dir() {
+                config.base_model_name_or_path = Some(std::fs::canonicalize(&rel).unwrap_or(rel).display().to_string());
+            }
+        }
+        let modules_to_save = self.load_adapter_tensors(name, config.clone(), &sd)?;
+        Ok(LoadedAdapter { config, modules_to_save })
+    }
+
+    /// Loads a causal LM with the adapter of `dir` as `default`: the base is `base` if given, else
+    /// `base_model_name_or_path` (relative to `dir`, or a hub id). Adapters carrying whole tensors
+    /// (`modules_to_save`, e.g. a reward model's `score`) belong to the heads' loaders instead.
+    pub fn from_adapter(dir: &Path, base: Option<&Path>, device: &B::Device) -> Result<(Self, HfConfig)> {
+        let config = peft::LoraConfig::load(dir)?;
+        let base_dir = match base {
+            Some(b) => b.to_path_buf(),
+            None => peft::resolve_base(dir, &config)?,
+        };
+        let (mut model, hf) = Self::from_pretrained(&base_dir, device)?;
+        let loaded = model.load_adapter(dir, "default")?;
+        if !loaded.modules_to_save.is_empty() {
+            let keys: Vec<&str> = loaded.modules_to_save.keys().collect();
+            return Err(ModelError::Adapter(format!(
+                "{}: the adapter carries whole tensors [{}] (modules_to_save {:?}); load it with the head it belongs to \
+                 (ForSequenceClassification / CausalLmWithValueHead ::from_adapter)",
+                dir.display(),
+                keys.join(", "),
+                loaded.config.modules_to_save
+            )));
+        }
+        Ok((model, hf))
+    }
+
+    /// Makes `name` the active adapter and enables adapters.
+    pub fn set_adapter(&mut self, name: &str) -> Result<()> {
+        let i = self.adapters().index(name)?;
+        let a = self.adapters_mut();
+        if a.merged && a.active != Some(i) {
+            return Err(ModelError::Adapter(format!(
+                "cannot switch to `{name}` while another adapter is merged; unmerge first"
+            )));
+        }
+        a.active = Some(i);
+        a.disabled = false;
+        self.sync_active();
+        Ok(())
+    }
+
+    /// Runs the base model only until [`enable_adapters`](Self::enable_adapters).
+    pub fn disable_adapters(&mut self) -> Result<()> {
+        if self.adapters().merged {
+            return Err(ModelError::Adapter(
+                "cannot disable adapters while one is merged into the weights; unmerge first".into(),
+            ));
+        }
+        self.adapters_mut().disabled = true;
+        self.sync_active();
+        Ok(())
+    }
+
+    pub fn enable_adapters(&mut self) {
+        self.adapters_mut().disabled = false;
+        self.sync_active();
+    }
+
+    /// A copy that runs the base model only (tensors are shared, so this is cheap): the
+    /// reference model of Nash-MD / online DPO with a LoRA policy.
+    pub fn without_adapters(&self) -> Result<Self> {
+        let mut m = self.clone();
+        m.disable_adapters()?;
+        Ok(m)
+    }
+
+    /// Adds the active adapter's `A·B·scaling` into the base weights (PEFT's `merge_adapter`); the
+    /// forward pass then runs the base layers only. Undo with [`unmerge_adapter`](Self::unmerge_adapter).
+    pub fn merge_adapter(&mut self) -> Result<()> {
+        let a = self.adapters();
+        let Some(i) = a.active.filter(|_| !a.disabled) else {
+            return Err(ModelError::Adapter("no active adapter to merge".into()));
+        };
+        if a.merged {
+            return Ok(());
+        }
+        for (_, layer) in self.lora_layers() {
+            let mut p = layer.parts();
+            if p.lora.slots.get(i).is_some_and(Option::is_some) {
+                p.fold(i, 1.0);
+                p.lora.merged = Some(i);
+            }
+        }
+        self.adapters_mut().merged = true;
+        Ok(())
+    }
+
+    /// Subtracts the merged adapter from the base weights again.
+    pub fn unmerge_adapter(&mut self) -> Result<()> {
+        if !self.adapters().merged {
+            return Ok(());
+        }
+        for (_, layer) in self.lora_layers() {
+            let mut p = layer.parts();
+            if let Some(i) = p.lora.merged.take() {
+                p.fold(i, -1.0);
+            }
+        }
+        self.adapters_mut().merged = false;
+        Ok(())
+    }
+
+    /// Merges the active adapter (if any) and removes every adapter: a plain model whose state
+    /// dict is the merged checkpoint (PEFT's `merge_and_unload`).
+    pub fn merge_and_unload(mut self) -> Result<Self> {
+        if self.active_adapter().is_some() {
+            self.merge_adapter()?;
+        }
+        for (_, layer) in self.lora_layers() {
+            let p = layer.parts();
+            p.lora_A.clear();
+            p.lora_B.clear();
+            *p.lora = LoraSlots::default();
+        }
+        *self.adapters_mut() = Adapters::default();
+        Ok(self)
+    }
+
+    /// Removes adapter `name` and its weights; the active adapter stays active unless it was `name`.
+    pub fn delete_adapter(&mut self, name: &str) -> Result<()> {
+        let i = self.adapters().index(name)?;
+        if self.adapters().merged && self.adapters().active == Some(i) {
+            return Err(ModelError::Adapter(format!("adapter `{name}` is merged; unmerge it before deleting")));
+        }
+        for (_, layer) in self.lora_layers() {
+            layer.parts().remove(i);
+        }
+        let a = self.adapters_mut();
+        a.list.remove(i);
+        a.active = match a.active {
+            Some(j) if j == i => None,
+            Some(j) if j > i => Some(j - 1),
+            other => other,
+        };
+        self.sync_active();
+        Ok(())
+    }
+
+    /// A test for parameter keys (module paths, with any prefix such as `backbone.`) that are
+    /// LoRA weights of adapter `name`: for freezing, or for an optimizer's parameter groups.
+    pub fn adapter_key_filter(&self, name: &str) -> Result<impl Fn(&str) -> bool + 'static> {
+        let slot = self.adapters().index(name)?;
+        Ok(move |key: &str| in_slot(key, slot))
+    }
+
+    /// Adapter `name`'s `lora_A` / `lora_B` under their adapter-file keys
+    /// (`base_model.model.<module>.lora_A.weight`, `[r, in]` / `[out, r]`, f32).
+    pub fn adapter_state_dict(&self, name: &str) -> Result<StateDict> {
+        let slot = self.adapters().index(name)?;
+        let mine = module_state_dict_where(self, |k| in_slot(k, slot));
+        let mut sd = StateDict::new();
+        for (k, t) in mine.tensors {
+            let k = k.replacen(&format!(".lora_A.{slot}."), ".lora_A.", 1).replacen(
+                &format!(".lora_B.{slot}."),
+                ".lora_B.",
+                1,
+            );
+            sd.insert(format!("{}{k}", peft::KEY_PREFIX), t);
+        }
+        Ok(sd)
+    }
+
+    /// Writes adapter `name` in PEFT's format into `dir`: `adapter_config.json` and
+    /// `adapter_model.safetensors`, plus `modules_to_save` tensors given by the head (model keys,
+    /// e.g. `score.weight`, stored as `base_model.model.score.weight`). Both files are atomic.
+    pub fn save_adapter(&self, dir: &Path, name: &str, modules_to_save: &StateDict) -> Result<()> {
+        let config =
+            self.adapter_config(name).ok_or_else(|| ModelError::Adapter(format!("no adapter named `{name}`")))?;
+        let mut sd = self.adapter_state_dict(name)?;
+        sd.extend(modules_to_save.add_prefix(peft::KEY_PREFIX));
+        peft::write_adapter(dir, config, &sd)?;
+        Ok(())
+    }
+
+    /// Freezes every parameter except the active adapter's (PEFT's `mark_only_lora_as_trainable`):
+    /// on an autodiff backend only those get gradients, so an optimizer leaves the base weights
+    /// bit-identical. Heads add their own trainable parameters (`score`, `v_head`).
+    pub fn train_adapter_only(self) -> Result<Self> {
+        let name = self.active_adapter().ok_or_else(|| ModelError::Adapter("no active adapter to train".into()))?;
+        let is_adapter = self.adapter_key_filter(name)?;
+        Ok(set_require_grad_where(self, |k| Some(is_adapter(k))))
+    }
+}

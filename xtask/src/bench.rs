@@ -1,0 +1,175 @@
+//! `cargo xtask bench`: throughput of reward training and scoring (and mixture generation),
+//! with the PyTorch/transformers baseline measured in the same run when Python has torch.
+//! Writes JSON; nothing here is a test.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde_json::{json, Value};
+
+use trl_core::{backend, HfConfig};
+use trl_heads::ForSequenceClassification;
+use trl_models::{AnyCausalLm, Padding, TokenBatch};
+use trl_reward::collate::SplitMix64;
+use trl_reward::data::TokenizedPair;
+use trl_reward::{RewardConfig, RewardTrainer};
+
+use crate::common::{Error, B};
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Where to write the JSON report.
+    #[arg(long, default_value = "bench.json")]
+    pub out: PathBuf,
+    /// Cases to run: tiny, medium, mixture.
+    #[arg(long, value_delimiter = ',', default_value = "tiny,medium,mixture")]
+    pub cases: Vec<String>,
+    /// Seconds to spend measuring each number.
+    #[arg(long, default_value_t = 5.0)]
+    pub seconds: f64,
+    /// Python interpreter for the PyTorch baseline (`none` to skip).
+    #[arg(long, default_value = "python3")]
+    pub python: String,
+}
+
+/// A benchmark case: a Llama-style reward model, 16 pairs of 64 tokens per batch.
+struct Case {
+    name: &'static str,
+    config: Value,
+}
+
+fn cases() -> Vec<Case> {
+    let llama = |vocab: usize, hidden: usize, inter: usize, layers: usize, heads: usize, kv: usize| {
+        json!({"model_type": "llama", "vocab_size": vocab, "hidden_size": hidden, "intermediate_size": inter,
+               "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv,
+               "max_position_embeddings": 512, "pad_token_id": 0})
+    };
+    vec![
+        Case { name: "tiny", config: llama(512, 64, 128, 2, 4, 2) },
+        Case { name: "medium", config: llama(8192, 512, 1024, 6, 8, 8) },
+    ]
+}
+
+const PAIRS: usize = 16;
+const SEQ: usize = 64;
+
+fn random_pairs(vocab: usize, n: usize) -> Vec<TokenizedPair> {
+    let mut rng = SplitMix64(7);
+    let mut seq = || (0..SEQ).map(|_| 2 + rng.below(vocab - 2) as i64).collect::<Vec<_>>();
+    (0..n)
+        .map(|_| TokenizedPair { chosen: seq(), rejected: seq(), margin: None, chosen_text: String::new(), rejected_text: String::new() })
+        .collect()
+}
+
+fn model<BB: burn::tensor::backend::Backend>(config: &HfConfig, device: &BB::Device) -> Result<ForSequenceClassification<BB>, Error> {
+    let backbone = AnyCausalLm::<BB>::init(config, device)?;
+    Ok(ForSequenceClassification::with_fresh_score(backbone, config, 1, device)?)
+}
+
+/// Training pairs/s through the real trainer loop (warm-up steps excluded).
+fn train_throughput(config: &HfConfig, seconds: f64) -> Result<f64, Error> {
+    let device = backend::device();
+    let vocab = config.require_usize("vocab_size")?;
+    let probe = |steps: u64| -> Result<f64, Error> {
+        let tmp = std::env::temp_dir().join(format!("trl-bench-{}", std::process::id()));
+        let cfg = RewardConfig { output_dir: tmp.clone(), max_steps: Some(steps), per_device_train_batch_size: PAIRS, logging_steps: steps, save_steps: u64::MAX, num_print_samples: 0, ..RewardConfig::default() };
+        let pairs = random_pairs(vocab, PAIRS * steps as usize);
+        let mut trainer = RewardTrainer::new(cfg, model::<backend::Train>(config, &device)?, config.clone(), None, 0)?;
+        let start = Instant::now();
+        trainer.train(&pairs, &[], 0, &mut |_| std::ops::ControlFlow::Continue(()))?;
+        let secs = start.elapsed().as_secs_f64();
+        let _ = std::fs::remove_dir_all(&tmp);
+        Ok(secs)
+    };
+    let one = probe(2)?;
+    let steps = ((seconds / (one / 2.0).max(1e-4)) as u64).clamp(3, 2000);
+    let base = probe(2)?;
+    let total = probe(steps + 2)?;
+    Ok((steps * PAIRS as u64) as f64 / (total - base).max(1e-9))
+}
+
+/// Scoring pairs/s: no-grad forward of chosen ++ rejected.
+fn score_throughput(config: &HfConfig, seconds: f64) -> Result<f64, Error> {
+    let device = backend::device();
+    let vocab = config.require_usize("vocab_size")?;
+    let m = model::<B>(config, &device)?;
+    let pairs = random_pairs(vocab, PAIRS);
+    let rows: Vec<Vec<i64>> = pairs.iter().map(|p| p.chosen.clone()).chain(pairs.iter().map(|p| p.rejected.clone())).collect();
+    let batch = TokenBatch::pad(&rows, 0, Padding::Right, None)?;
+    let run = || -> Result<(), Error> {
+        m.forward(&batch, false)?.rewards.into_data();
+        Ok(())
+    };
+    run()?;
+    let (mut n, start) = (0usize, Instant::now());
+    while n < 3 || start.elapsed().as_secs_f64() < seconds {
+        run()?;
+        n += 1;
+    }
+    Ok((n * PAIRS) as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Runs the PyTorch baseline script on the same configs; `None` when Python/torch is missing.
+fn torch_baseline(python: &str, selected: &[&Case], seconds: f64) -> Option<Value> {
+    if python == "none" || selected.is_empty() {
+        return None;
+    }
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench/torch_baseline.py");
+    let spec: Vec<Value> = selected.iter().map(|c| json!({"name": c.name, "config": c.config, "batch_pairs": PAIRS, "seq_len": SEQ, "seconds": seconds})).collect();
+    let file = std::env::temp_dir().join(format!("trl-bench-cases-{}.json", std::process::id()));
+    std::fs::write(&file, serde_json::to_string(&spec).ok()?).ok()?;
+    let out = std::process::Command::new(python).arg(&script).arg(&file).output().ok()?;
+    let _ = std::fs::remove_file(&file);
+    if !out.status.success() {
+        eprintln!("baseline skipped: {}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or(""));
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+pub fn run(args: BenchArgs) -> Result<(), Error> {
+    let want = |n: &str| args.cases.iter().any(|c| c == n);
+    let all = cases();
+    let selected: Vec<&Case> = all.iter().filter(|c| want(c.name)).collect();
+    eprintln!("measuring the PyTorch baseline ({} cases)…", selected.len());
+    let baseline = torch_baseline(&args.python, &selected, args.seconds);
+    let base_of = |name: &str, key: &str| -> Option<f64> {
+        baseline.as_ref()?.get("results")?.as_array()?.iter().find(|r| r.get("name").and_then(Value::as_str) == Some(name))?.get(key)?.as_f64()
+    };
+    let mut results = Vec::new();
+    for case in &selected {
+        let config = HfConfig::from_value(case.config.clone())?;
+        eprintln!("{}: training…", case.name);
+        let train = train_throughput(&config, args.seconds)?;
+        eprintln!("{}: scoring…", case.name);
+        let score = score_throughput(&config, args.seconds)?;
+        let (bt, bs) = (base_of(case.name, "train_pairs_per_sec"), base_of(case.name, "score_pairs_per_sec"));
+        let r = json!({
+            "name": case.name, "batch_pairs": PAIRS, "seq_len": SEQ,
+            "train_pairs_per_sec": train, "score_pairs_per_sec": score,
+            "torch_train_pairs_per_sec": bt, "torch_score_pairs_per_sec": bs,
+            "train_ratio": bt.map(|b| train / b), "score_ratio": bs.map(|b| score / b),
+        });
+        eprintln!("{r}");
+        results.push(r);
+    }
+    if want("mixture") {
+        eprintln!("mixture: cached vs recompute generation…");
+        let device = backend::device();
+        let p = trl_gen::bench::bench_model::<B>(&device)?;
+        let r = trl_gen::bench::bench_model::<B>(&device)?;
+        let prompts = trl_gen::bench::bench_prompts(16, 512, 0);
+        let (cached, recompute) = trl_gen::bench_mixture(&p, &r, &prompts, 64)?;
+        let tokens = 16.0 * 64.0;
+        let m = json!({"name": "mixture", "prompts": 16, "new_tokens": 64, "cached_tokens_per_sec": tokens / cached,
+                       "recompute_tokens_per_sec": tokens / recompute, "speedup": recompute / cached});
+        eprintln!("{m}");
+        results.push(m);
+    }
+    let report = json!({"backend": backend::name(), "threads": std::thread::available_parallelism().map(|n| n.get()).ok(),
+                        "baseline": baseline.as_ref().map(|b| json!({"torch": b.get("torch"), "threads": b.get("threads")})),
+                        "results": results});
+    trl_core::atomic::write_json_atomic(&args.out, &report)?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
