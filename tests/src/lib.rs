@@ -60,7 +60,14 @@ pub fn assert_close_where(what: &str, got: &[f32], want: &[f32], tol: f32, keep:
             worst = (d, i);
         }
     }
-    assert!(worst.0 <= tol, "{what}: max |Δ| = {} at flat index {} (got {}, want {}), tolerance {tol}", worst.0, worst.1, got[worst.1], want[worst.1]);
+    assert!(
+        worst.0 <= tol,
+        "{what}: max |Δ| = {} at flat index {} (got {}, want {}), tolerance {tol}",
+        worst.0,
+        worst.1,
+        got[worst.1],
+        want[worst.1]
+    );
 }
 
 pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {

@@ -59,7 +59,8 @@ fn cached_decoding_equals_full_forward() {
         let mut got = vec![0f32; bs * t * v];
         let mut start = 0;
         for len in std::iter::once(3).chain(std::iter::repeat_n(1, t - 3)) {
-            let take = |x: &[i64]| (0..bs).flat_map(|r| x[r * t + start..r * t + start + len].to_vec()).collect::<Vec<_>>();
+            let take =
+                |x: &[i64]| (0..bs).flat_map(|r| x[r * t + start..r * t + start + len].to_vec()).collect::<Vec<_>>();
             let h = model.forward_cached(&take(&b.input_ids), &take(&b.attention_mask), len, &mut cache).unwrap();
             let step = to_vec(model.logits(h));
             for r in 0..bs {

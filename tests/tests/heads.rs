@@ -1,7 +1,7 @@
 //! Value-head and reward-model parity with TRL 0.28 / transformers, plus load/save (issue 4).
 
 use trl_core::checkpoint::DEFAULT_MAX_SHARD_SIZE;
-use trl_heads::{CausalLmWithValueHead, ForSequenceClassification, ValueHeadOptions, VHeadSource};
+use trl_heads::{CausalLmWithValueHead, ForSequenceClassification, VHeadSource, ValueHeadOptions};
 use trl_tests::*;
 
 const ARCHS: &[&str] = &["gpt2", "llama", "qwen2"];
@@ -14,14 +14,17 @@ fn dev() -> burn::tensor::Device<B> {
 fn values_match_trl_both_paddings() {
     for arch in ARCHS {
         let name = format!("{arch}-vhead");
-        let (model, _, source) = CausalLmWithValueHead::<B>::from_pretrained(&fixture(&name), &ValueHeadOptions::default(), &dev()).unwrap();
+        let (model, _, source) =
+            CausalLmWithValueHead::<B>::from_pretrained(&fixture(&name), &ValueHeadOptions::default(), &dev()).unwrap();
         assert_eq!(source, VHeadSource::Restored, "{name}: v_head must come from the checkpoint");
         let exp = expected(&name);
         for case in ["right", "left"] {
             let b = batch(&exp, case);
             let out = model.forward(&b, None).unwrap();
             let (want, _) = floats(&exp, &format!("{case}.values"));
-            assert_close_where(&format!("{name} {case} values"), &to_vec(out.values), &want, 1e-4, |i| b.attention_mask[i] != 0);
+            assert_close_where(&format!("{name} {case} values"), &to_vec(out.values), &want, 1e-4, |i| {
+                b.attention_mask[i] != 0
+            });
         }
         let b = batch(&exp, "right");
         let (want, shape) = floats(&exp, "right.logits");
@@ -34,7 +37,8 @@ fn values_match_trl_both_paddings() {
 fn rewards_match_transformers_both_paddings() {
     for arch in ARCHS {
         let name = format!("{arch}-rm");
-        let (model, cfg, restored) = ForSequenceClassification::<B>::from_pretrained(&fixture(&name), None, &dev()).unwrap();
+        let (model, cfg, restored) =
+            ForSequenceClassification::<B>::from_pretrained(&fixture(&name), None, &dev()).unwrap();
         assert!(restored, "{name}: score must come from the checkpoint");
         assert_eq!(trl_heads::seq_cls::num_labels(&cfg), 1);
         let exp = expected(&name);
@@ -44,7 +48,9 @@ fn rewards_match_transformers_both_paddings() {
             let (want, _) = floats(&exp, &format!("{case}.rewards"));
             assert_close(&format!("{name} {case} rewards"), &to_vec(out.rewards), &want, 1e-4);
             let (want, _) = floats(&exp, &format!("{case}.scores"));
-            assert_close_where(&format!("{name} {case} scores"), &to_vec(out.scores.unwrap()), &want, 1e-4, |i| b.attention_mask[i] != 0);
+            assert_close_where(&format!("{name} {case} scores"), &to_vec(out.scores.unwrap()), &want, 1e-4, |i| {
+                b.attention_mask[i] != 0
+            });
         }
     }
 }
@@ -54,16 +60,20 @@ fn rewards_match_transformers_both_paddings() {
 fn sharded_value_head_checkpoint_loads() {
     let dir = fixture("gpt2-vhead-sharded");
     assert!(dir.join("model.safetensors.index.json").is_file());
-    let (sharded, _, source) = CausalLmWithValueHead::<B>::from_pretrained(&dir, &ValueHeadOptions::default(), &dev()).unwrap();
+    let (sharded, _, source) =
+        CausalLmWithValueHead::<B>::from_pretrained(&dir, &ValueHeadOptions::default(), &dev()).unwrap();
     assert_eq!(source, VHeadSource::Restored);
-    let (single, _, _) = CausalLmWithValueHead::<B>::from_pretrained(&fixture("gpt2-vhead"), &ValueHeadOptions::default(), &dev()).unwrap();
+    let (single, _, _) =
+        CausalLmWithValueHead::<B>::from_pretrained(&fixture("gpt2-vhead"), &ValueHeadOptions::default(), &dev())
+            .unwrap();
     assert_eq!(sharded.state_dict(), single.state_dict());
 }
 
 /// A plain LM checkpoint gets a fresh head and says so.
 #[test]
 fn plain_checkpoint_gets_fresh_head() {
-    let (model, _, source) = CausalLmWithValueHead::<B>::from_pretrained(&fixture("gpt2"), &ValueHeadOptions::default(), &dev()).unwrap();
+    let (model, _, source) =
+        CausalLmWithValueHead::<B>::from_pretrained(&fixture("gpt2"), &ValueHeadOptions::default(), &dev()).unwrap();
     assert_eq!(source, VHeadSource::Fresh);
     let sd = model.state_dict();
     assert_eq!(sd.get("v_head.summary.weight").unwrap().shape.to_vec(), vec![1, 64]);
@@ -81,22 +91,27 @@ fn malformed_head_is_an_error() {
     let mut sd = trl_core::checkpoint::load_dir(&src).unwrap();
     sd.insert("v_head.summary.weight", burn::tensor::TensorData::new(vec![0f32; 32], [1, 32]));
     trl_core::checkpoint::save_weights(&sd, tmp.path(), DEFAULT_MAX_SHARD_SIZE).unwrap();
-    let err = CausalLmWithValueHead::<B>::from_pretrained(tmp.path(), &ValueHeadOptions::default(), &dev()).unwrap_err();
+    let err =
+        CausalLmWithValueHead::<B>::from_pretrained(tmp.path(), &ValueHeadOptions::default(), &dev()).unwrap_err();
     assert!(err.to_string().contains("v_head.summary.weight"), "{err}");
     sd.remove("v_head.summary.weight");
     trl_core::checkpoint::save_weights(&sd, tmp.path(), DEFAULT_MAX_SHARD_SIZE).unwrap();
-    let err = CausalLmWithValueHead::<B>::from_pretrained(tmp.path(), &ValueHeadOptions::default(), &dev()).unwrap_err();
+    let err =
+        CausalLmWithValueHead::<B>::from_pretrained(tmp.path(), &ValueHeadOptions::default(), &dev()).unwrap_err();
     assert!(err.to_string().contains("v_head.summary.weight"), "{err}");
 }
 
 /// Save → load keeps every tensor bit-exact, single file and sharded.
 #[test]
 fn save_and_reload_round_trip() {
-    let (vm, cfg, _) = CausalLmWithValueHead::<B>::from_pretrained(&fixture("llama-vhead"), &ValueHeadOptions::default(), &dev()).unwrap();
+    let (vm, cfg, _) =
+        CausalLmWithValueHead::<B>::from_pretrained(&fixture("llama-vhead"), &ValueHeadOptions::default(), &dev())
+            .unwrap();
     for shard in [DEFAULT_MAX_SHARD_SIZE, 20_000] {
         let tmp = tempfile::tempdir().unwrap();
         vm.save_pretrained(&cfg, tmp.path(), shard).unwrap();
-        let (back, _, source) = CausalLmWithValueHead::<B>::from_pretrained(tmp.path(), &ValueHeadOptions::default(), &dev()).unwrap();
+        let (back, _, source) =
+            CausalLmWithValueHead::<B>::from_pretrained(tmp.path(), &ValueHeadOptions::default(), &dev()).unwrap();
         assert_eq!(source, VHeadSource::Restored);
         assert_eq!(back.state_dict(), vm.state_dict());
     }
@@ -122,7 +137,8 @@ fn reward_model_needs_pad_id_for_batches() {
 /// A causal-LM checkpoint becomes a reward model with a fresh 1-label score head.
 #[test]
 fn causal_lm_checkpoint_gets_fresh_score() {
-    let (model, cfg, restored) = ForSequenceClassification::<B>::from_pretrained(&fixture("llama"), None, &dev()).unwrap();
+    let (model, cfg, restored) =
+        ForSequenceClassification::<B>::from_pretrained(&fixture("llama"), None, &dev()).unwrap();
     assert!(!restored);
     assert_eq!(model.score.weight.dims(), [64, 1]);
     assert_eq!(cfg.architectures(), vec!["LlamaForSequenceClassification".to_string()]);

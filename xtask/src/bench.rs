@@ -57,11 +57,20 @@ fn random_pairs(vocab: usize, n: usize) -> Vec<TokenizedPair> {
     let mut rng = SplitMix64(7);
     let mut seq = || (0..SEQ).map(|_| 2 + rng.below(vocab - 2) as i64).collect::<Vec<_>>();
     (0..n)
-        .map(|_| TokenizedPair { chosen: seq(), rejected: seq(), margin: None, chosen_text: String::new(), rejected_text: String::new() })
+        .map(|_| TokenizedPair {
+            chosen: seq(),
+            rejected: seq(),
+            margin: None,
+            chosen_text: String::new(),
+            rejected_text: String::new(),
+        })
         .collect()
 }
 
-fn model<BB: burn::tensor::backend::Backend>(config: &HfConfig, device: &BB::Device) -> Result<ForSequenceClassification<BB>, Error> {
+fn model<BB: burn::tensor::backend::Backend>(
+    config: &HfConfig,
+    device: &BB::Device,
+) -> Result<ForSequenceClassification<BB>, Error> {
     let backbone = AnyCausalLm::<BB>::init(config, device)?;
     Ok(ForSequenceClassification::with_fresh_score(backbone, config, 1, device)?)
 }
@@ -72,7 +81,15 @@ fn train_throughput(config: &HfConfig, seconds: f64) -> Result<f64, Error> {
     let vocab = config.require_usize("vocab_size")?;
     let probe = |steps: u64| -> Result<f64, Error> {
         let tmp = std::env::temp_dir().join(format!("trl-bench-{}", std::process::id()));
-        let cfg = RewardConfig { output_dir: tmp.clone(), max_steps: Some(steps), per_device_train_batch_size: PAIRS, logging_steps: steps, save_steps: u64::MAX, num_print_samples: 0, ..RewardConfig::default() };
+        let cfg = RewardConfig {
+            output_dir: tmp.clone(),
+            max_steps: Some(steps),
+            per_device_train_batch_size: PAIRS,
+            logging_steps: steps,
+            save_steps: u64::MAX,
+            num_print_samples: 0,
+            ..RewardConfig::default()
+        };
         let pairs = random_pairs(vocab, PAIRS * steps as usize);
         let mut trainer = RewardTrainer::new(cfg, model::<backend::Train>(config, &device)?, config.clone(), None, 0)?;
         let start = Instant::now();
@@ -94,7 +111,8 @@ fn score_throughput(config: &HfConfig, seconds: f64) -> Result<f64, Error> {
     let vocab = config.require_usize("vocab_size")?;
     let m = model::<B>(config, &device)?;
     let pairs = random_pairs(vocab, PAIRS);
-    let rows: Vec<Vec<i64>> = pairs.iter().map(|p| p.chosen.clone()).chain(pairs.iter().map(|p| p.rejected.clone())).collect();
+    let rows: Vec<Vec<i64>> =
+        pairs.iter().map(|p| p.chosen.clone()).chain(pairs.iter().map(|p| p.rejected.clone())).collect();
     let batch = TokenBatch::pad(&rows, 0, Padding::Right, None)?;
     let run = || -> Result<(), Error> {
         m.forward(&batch, false)?.rewards.into_data();
@@ -115,7 +133,10 @@ fn torch_baseline(python: &str, selected: &[&Case], seconds: f64) -> Option<Valu
         return None;
     }
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench/torch_baseline.py");
-    let spec: Vec<Value> = selected.iter().map(|c| json!({"name": c.name, "config": c.config, "batch_pairs": PAIRS, "seq_len": SEQ, "seconds": seconds})).collect();
+    let spec: Vec<Value> = selected
+        .iter()
+        .map(|c| json!({"name": c.name, "config": c.config, "batch_pairs": PAIRS, "seq_len": SEQ, "seconds": seconds}))
+        .collect();
     let file = std::env::temp_dir().join(format!("trl-bench-cases-{}.json", std::process::id()));
     std::fs::write(&file, serde_json::to_string(&spec).ok()?).ok()?;
     let out = std::process::Command::new(python).arg(&script).arg(&file).output().ok()?;
@@ -134,7 +155,14 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
     eprintln!("measuring the PyTorch baseline ({} cases)…", selected.len());
     let baseline = torch_baseline(&args.python, &selected, args.seconds);
     let base_of = |name: &str, key: &str| -> Option<f64> {
-        baseline.as_ref()?.get("results")?.as_array()?.iter().find(|r| r.get("name").and_then(Value::as_str) == Some(name))?.get(key)?.as_f64()
+        baseline
+            .as_ref()?
+            .get("results")?
+            .as_array()?
+            .iter()
+            .find(|r| r.get("name").and_then(Value::as_str) == Some(name))?
+            .get(key)?
+            .as_f64()
     };
     let mut results = Vec::new();
     for case in &selected {

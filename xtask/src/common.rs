@@ -41,7 +41,13 @@ impl ModelDir {
             .and_then(|t| self.tokenizer.token_to_id(t))
             .or_else(|| self.config.get("pad_token_id").and_then(|v| v.as_i64()))
             .or_else(|| self.tokenizer.eos_id())
-            .ok_or_else(|| format!("{}: no pad token (tokenizer_config.json) nor pad_token_id (config.json); set one", self.dir.display()).into())
+            .ok_or_else(|| {
+                format!(
+                    "{}: no pad token (tokenizer_config.json) nor pad_token_id (config.json); set one",
+                    self.dir.display()
+                )
+                .into()
+            })
     }
 }
 
@@ -83,7 +89,8 @@ fn safetensors_keys(path: &Path) -> Result<Vec<String>, Error> {
 /// Reads texts from a JSON array of strings, or an object with a `texts` array.
 pub fn read_texts(path: &Path) -> Result<Vec<String>, Error> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: invalid JSON: {e}", path.display()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: invalid JSON: {e}", path.display()))?;
     let list = match &value {
         serde_json::Value::Array(a) => a,
         serde_json::Value::Object(o) => o
@@ -95,7 +102,9 @@ pub fn read_texts(path: &Path) -> Result<Vec<String>, Error> {
     let texts = list
         .iter()
         .enumerate()
-        .map(|(i, v)| v.as_str().map(String::from).ok_or_else(|| format!("{}: item {i} is not a string", path.display())))
+        .map(|(i, v)| {
+            v.as_str().map(String::from).ok_or_else(|| format!("{}: item {i} is not a string", path.display()))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     if texts.is_empty() {
         return Err(format!("{}: no texts to run", path.display()).into());

@@ -59,7 +59,8 @@ pub fn run(args: ForwardArgs) -> Result<(), Error> {
             out.insert("logits", data(o.logits.expect("requested")));
         }
         Kind::ValueHead => {
-            let (model, _, _) = CausalLmWithValueHead::<B>::from_pretrained(&m.dir, &ValueHeadOptions::default(), &device)?;
+            let (model, _, _) =
+                CausalLmWithValueHead::<B>::from_pretrained(&m.dir, &ValueHeadOptions::default(), &device)?;
             let o = model.forward(&batch, None)?;
             out.insert("logits", data(o.logits));
             out.insert("values", o.values.into_data().convert::<f32>());

@@ -42,8 +42,12 @@ fn parse(line: &str, n: usize, args: &ScoreArgs, m: &ModelDir) -> Result<(Value,
     let at = |reason: String| -> Error { format!("{}:{n}: {reason}", args.input.display()).into() };
     let v: Value = serde_json::from_str(line).map_err(|e| at(format!("invalid JSON: {e}")))?;
     let eos = if args.no_eos { String::new() } else { m.tokenizer.eos_token.clone().unwrap_or_default() };
-    let field = |k: &str| v.get(k).map(|x| serde_json::from_value::<Content>(x.clone())).transpose()
-            .map_err(|_| at(format!("`{k}` must be a string or a list of {{\"role\", \"content\"}} messages")));
+    let field = |k: &str| {
+        v.get(k)
+            .map(|x| serde_json::from_value::<Content>(x.clone()))
+            .transpose()
+            .map_err(|_| at(format!("`{k}` must be a string or a list of {{\"role\", \"content\"}} messages")))
+    };
     let prompt = field("prompt")?;
     let r = |c: &Content| render(prompt.as_ref(), c, &m.tokenizer, &eos, None).map_err(|e| at(e.to_string()));
     let row = match (field("text")?, field("response")?, field("chosen")?, field("rejected")?) {
@@ -58,7 +62,11 @@ fn parse(line: &str, n: usize, args: &ScoreArgs, m: &ModelDir) -> Result<(Value,
 pub fn run(args: ScoreArgs) -> Result<(), Error> {
     let m = ModelDir::open(&args.model)?;
     if m.kind != Kind::Reward {
-        return Err(format!("{} is not a reward model (config.json names no *ForSequenceClassification)", m.dir.display()).into());
+        return Err(format!(
+            "{} is not a reward model (config.json names no *ForSequenceClassification)",
+            m.dir.display()
+        )
+        .into());
     }
     let device = trl_core::backend::device();
     let (mut model, _, _) = ForSequenceClassification::<B>::from_pretrained(&m.dir, None, &device)?;
@@ -70,7 +78,11 @@ pub fn run(args: ScoreArgs) -> Result<(), Error> {
         .enumerate()
         .map(|(i, l)| l.map(|l| (i + 1, l)))
         .collect::<Result<Vec<_>, _>>()?;
-    let rows = lines.iter().filter(|(_, l)| !l.trim().is_empty()).map(|(n, l)| parse(l, *n, &args, &m)).collect::<Result<Vec<_>, _>>()?;
+    let rows = lines
+        .iter()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(n, l)| parse(l, *n, &args, &m))
+        .collect::<Result<Vec<_>, _>>()?;
     if rows.is_empty() {
         return Err(format!("{}: no rows to score", args.input.display()).into());
     }
@@ -90,7 +102,13 @@ pub fn run(args: ScoreArgs) -> Result<(), Error> {
             .collect();
         let ids = texts.iter().map(|t| m.tokenizer.encode(t, true)).collect::<Result<Vec<_>, _>>()?;
         let batch = TokenBatch::pad(&ids, pad, Padding::Right, None)?;
-        let rewards = model.forward(&batch, false)?.rewards.into_data().convert::<f32>().to_vec::<f32>().map_err(|e| format!("{e:?}"))?;
+        let rewards = model
+            .forward(&batch, false)?
+            .rewards
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .map_err(|e| format!("{e:?}"))?;
         let labels = rewards.len() / texts.len();
         let mut k = 0;
         for (v, row) in chunk {

@@ -8,8 +8,8 @@ use burn::prelude::*;
 
 use trl_core::backend;
 use trl_heads::ForSequenceClassification;
-use trl_reward::data::{read_rows, tokenize, TokenizedPair};
-use trl_reward::{synthetic, Event, RewardConfig, RewardTrainer};
+use trl_reward::data::{read_rows, tokenize};
+use trl_reward::{synthetic, Event, Job, RewardConfig, RewardTrainer};
 
 type TB = backend::Train;
 
@@ -99,12 +99,8 @@ pub fn run(args: TrainArgs) -> Result<(), Error> {
     args.apply(&mut cfg);
     cfg.validate()?;
     let device = backend::device();
-    let (mut trainer, train, eval, dropped) = if builtin {
-        let job = synthetic::job::<TB>(cfg, &device)?;
-        (job.trainer, job.train, job.eval, job.dropped)
-    } else {
-        user_job(&args, cfg, &device)?
-    };
+    let Job { mut trainer, train, eval, dropped } =
+        if builtin { synthetic::job::<TB>(cfg, &device)? } else { user_job(&args, cfg, &device)? };
     eprintln!(
         "training on {} pairs, evaluating on {} ({} dropped as longer than max_length {:?}); backend {}; output {}",
         train.len(),
@@ -146,11 +142,7 @@ pub fn run(args: TrainArgs) -> Result<(), Error> {
 }
 
 /// The user's model (`--model`) and data (`--train-file`, `--eval-file` or `eval_split`).
-fn user_job(
-    args: &TrainArgs,
-    cfg: RewardConfig,
-    device: &Device<TB>,
-) -> Result<(RewardTrainer<TB>, Vec<TokenizedPair>, Vec<TokenizedPair>, usize), Error> {
+fn user_job(args: &TrainArgs, cfg: RewardConfig, device: &Device<TB>) -> Result<Job<TB>, Error> {
     TB::seed(device, cfg.seed);
     let id = args.model.as_ref().ok_or("--model is required with --train-file")?;
     let dir = trl_core::source::resolve(id)?;
@@ -187,7 +179,7 @@ fn user_job(
     let eval = tokenize(&eval_rows, &tokenizer, &eos, cfg.max_length, template.as_deref())?;
     let dropped = train.dropped_too_long + eval.dropped_too_long;
     let trainer = RewardTrainer::new(cfg, model, hf_config, Some(tokenizer), pad_id)?;
-    Ok((trainer, train.pairs, eval.pairs, dropped))
+    Ok(Job { trainer, train: train.pairs, eval: eval.pairs, dropped })
 }
 
 fn report(ev: Event, tty: bool) {

@@ -1,6 +1,8 @@
 //! A tokenized batch on the host, and what every layer of a forward pass shares: the attention
 //! mask and the position ids, built once per batch (not once per layer).
 
+use std::cell::RefCell;
+
 use burn::prelude::*;
 
 use crate::error::{ModelError, Result};
@@ -84,6 +86,10 @@ impl TokenBatch {
 }
 
 /// What every layer of one forward pass shares.
+///
+/// Besides mask and positions it memoises, per head count, the tensors that lay activations
+/// out for attention (row permutations, the mask expanded over heads), so each is built once
+/// per forward pass instead of once per layer.
 pub struct Context<B: Backend> {
     /// `[batch, 1, q_len, kv_len]`, true where attention is blocked (future or padding keys).
     pub mask: Tensor<B, 4, Bool>,
@@ -92,6 +98,21 @@ pub struct Context<B: Backend> {
     pub batch: usize,
     pub q_len: usize,
     pub kv_len: usize,
+    memo: RefCell<Vec<(Memo, Memoised<B>)>>,
+}
+
+/// What [`Context`] memoises, by kind and head counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Memo {
+    ToHeads { heads: usize, groups: usize },
+    FromHeads { heads: usize },
+    Mask { heads: usize },
+}
+
+#[derive(Clone)]
+enum Memoised<B: Backend> {
+    Index(Tensor<B, 1, Int>),
+    Mask(Tensor<B, 4, Bool>),
 }
 
 impl<B: Backend> Context<B> {
@@ -100,7 +121,15 @@ impl<B: Backend> Context<B> {
     ///
     /// A query never has every key blocked: its own position stays visible, so padded rows
     /// give finite (ignored) values instead of NaN, in the forward and the backward pass.
-    pub fn new(kv_mask: &[i64], batch: usize, kv_len: usize, q_len: usize, position_ids: Option<&[i64]>, sliding_window: Option<usize>, device: &B::Device) -> Self {
+    pub fn new(
+        kv_mask: &[i64],
+        batch: usize,
+        kv_len: usize,
+        q_len: usize,
+        position_ids: Option<&[i64]>,
+        sliding_window: Option<usize>,
+        device: &B::Device,
+    ) -> Self {
         let past = kv_len - q_len;
         let mut positions = Vec::with_capacity(batch * q_len);
         let mut mask = Vec::with_capacity(batch * q_len * kv_len);
@@ -121,11 +150,71 @@ impl<B: Backend> Context<B> {
             }
         }
         let mask = Tensor::from_data(TensorData::new(mask, [batch, 1, q_len, kv_len]), device);
-        Self { mask, positions, batch, q_len, kv_len }
+        Self { mask, positions, batch, q_len, kv_len, memo: RefCell::new(Vec::new()) }
+    }
+
+    fn memoised(&self, key: Memo, make: impl FnOnce() -> Memoised<B>) -> Memoised<B> {
+        if let Some((_, v)) = self.memo.borrow().iter().find(|(k, _)| *k == key) {
+            return v.clone();
+        }
+        let v = make();
+        self.memo.borrow_mut().push((key, v.clone()));
+        v
+    }
+
+    fn index(&self, key: Memo, rows: impl Iterator<Item = usize>) -> Tensor<B, 1, Int> {
+        let device = self.mask.device();
+        let Memoised::Index(t) = self.memoised(key, || {
+            let idx: Vec<i64> = rows.map(|r| r as i64).collect();
+            let n = idx.len();
+            Memoised::Index(Tensor::from_data(TensorData::new(idx, [n]), &device))
+        }) else {
+            unreachable!("memo keys are typed")
+        };
+        t
+    }
+
+    /// Rows of flat `[batch * q_len * heads, head_dim]` token-major activations, reordered to
+    /// head-major `(batch, heads * groups, q_len)`; each KV head repeated `groups` times.
+    pub fn to_heads_index(&self, heads: usize, groups: usize) -> Tensor<B, 1, Int> {
+        let (b, t, out) = (self.batch, self.q_len, heads * groups);
+        let rows = (0..b)
+            .flat_map(move |bi| (0..out).flat_map(move |h| (0..t).map(move |ti| (bi * t + ti) * heads + h / groups)));
+        self.index(Memo::ToHeads { heads, groups }, rows)
+    }
+
+    /// The inverse layout: head-major `(batch, heads, q_len)` rows back to token-major.
+    pub fn from_heads_index(&self, heads: usize) -> Tensor<B, 1, Int> {
+        let (b, t) = (self.batch, self.q_len);
+        let rows =
+            (0..b).flat_map(move |bi| (0..t).flat_map(move |ti| (0..heads).map(move |h| (bi * heads + h) * t + ti)));
+        self.index(Memo::FromHeads { heads }, rows)
+    }
+
+    /// The mask expanded over `heads` and laid out contiguously (for kernels that do not
+    /// broadcast cheaply, such as the autodiff attention path).
+    pub fn mask_for_heads(&self, heads: usize) -> Tensor<B, 4, Bool> {
+        let Memoised::Mask(m) = self.memoised(Memo::Mask { heads }, || {
+            let [b, _, q, k] = self.mask.dims();
+            let m = self.mask.clone().expand([b, heads, q, k]);
+            // A contiguous copy: reshaping through a flat view materialises the expansion.
+            Memoised::Mask(m.reshape([b * heads * q * k]).reshape([b, heads, q, k]))
+        }) else {
+            unreachable!("memo keys are typed")
+        };
+        m
     }
 
     /// The context of a whole (uncached) batch.
     pub fn for_batch(batch: &TokenBatch, sliding_window: Option<usize>, device: &B::Device) -> Self {
-        Self::new(&batch.attention_mask, batch.batch, batch.seq, batch.seq, batch.position_ids.as_deref(), sliding_window, device)
+        Self::new(
+            &batch.attention_mask,
+            batch.batch,
+            batch.seq,
+            batch.seq,
+            batch.position_ids.as_deref(),
+            sliding_window,
+            device,
+        )
     }
 }

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use crate::batch::Context;
 use crate::error::{ModelError, Result};
-use crate::layers::{attend, split_heads, Conv1D, KvCache, LayerNorm};
+use crate::layers::{attend, Conv1D, KvCache, LayerNorm};
 use crate::lora::{Adapters, LoraLayer};
 
 fn yes() -> bool {
@@ -182,15 +182,15 @@ impl Gpt2Config {
 impl<B: Backend> Gpt2Block<B> {
     fn forward(
         &self,
-        x: Tensor<B, 3>,
+        x: Tensor<B, 2>,
         ctx: &Context<B>,
         cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
-    ) -> Tensor<B, 3> {
-        let [b, t, d] = x.dims();
-        let qkv = self.attn.c_attn.forward(self.ln_1.forward(x.clone()));
+    ) -> Tensor<B, 2> {
+        let [n, d] = x.dims();
         let heads = self.attn.n_head;
-        let part = |i: usize| split_heads(qkv.clone().slice([0..b, 0..t, i * d..(i + 1) * d]), heads);
-        let a = attend(part(0), part(1), part(2), ctx, cache, self.attn.scale);
+        let qkv = self.attn.c_attn.forward(self.ln_1.forward(x.clone()));
+        let part = |i: usize| qkv.clone().slice([0..n, i * d..(i + 1) * d]);
+        let a = attend(part(0), part(1), part(2), (heads, heads), ctx, cache, self.attn.scale);
         let x = x + self.attn.c_proj.forward(a);
         let m = self.mlp.c_proj.forward(self.mlp.act.apply(self.mlp.c_fc.forward(self.ln_2.forward(x.clone()))));
         x + m
@@ -214,12 +214,15 @@ impl<B: Backend> Gpt2LMHeadModel<B> {
         let pos =
             Tensor::<B, 2, Int>::from_data(TensorData::new(ctx.positions.clone(), [ctx.batch, ctx.q_len]), &device);
         let tr = &self.transformer;
-        let mut x = tr.wte.forward(ids) + tr.wpe.forward(pos);
+        let [b, t] = ids.dims();
+        let x = tr.wte.forward(ids) + tr.wpe.forward(pos);
+        let d = x.dims()[2];
+        let mut x = x.reshape([b * t, d]);
         for (i, block) in tr.h.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             x = block.forward(x, ctx, slot);
         }
-        Ok(tr.ln_f.forward(x))
+        Ok(tr.ln_f.forward(x).reshape([b, t, d]))
     }
 
     /// `[batch, seq, n_embd]` → `[batch, seq, vocab]`

@@ -73,10 +73,20 @@ pub struct Rope {
     pub attention_scaling: f32,
 }
 
-/// The cos and sin tables of one forward pass, `[batch, 1, q_len, head_dim]`.
+/// The cos and sin tables of one forward pass for activations `width = heads * head_dim` wide,
+/// with the permutation that swaps the halves of every head (`rotate_half`, its sign folded
+/// into `sin`).
+struct RopeWidth<B: Backend> {
+    width: usize,
+    cos: Tensor<B, 2>,
+    sin: Tensor<B, 2>,
+    perm: Tensor<B, 1, Int>,
+}
+
+/// RoPE tables of one forward pass, for flat `[tokens, heads * head_dim]` activations: one set
+/// per head count used (query heads, KV heads).
 pub struct RopeTables<B: Backend> {
-    pub cos: Tensor<B, 4>,
-    pub sin: Tensor<B, 4>,
+    by_width: Vec<RopeWidth<B>>,
 }
 
 impl Rope {
@@ -86,39 +96,49 @@ impl Rope {
         Self { inv_freq, attention_scaling: 1.0 }
     }
 
-    /// Tables for the positions of `ctx`.
-    pub fn tables<B: Backend>(&self, ctx: &Context<B>, device: &B::Device) -> RopeTables<B> {
+    /// Tables for the positions of `ctx`, for activations of `heads` heads each (e.g. the
+    /// query and the KV head counts). Built once per forward pass and shared by every layer.
+    pub fn tables<B: Backend>(&self, ctx: &Context<B>, heads: &[usize], device: &B::Device) -> RopeTables<B> {
         let half = self.inv_freq.len();
         let dim = 2 * half;
         let n = ctx.positions.len();
-        let mut cos = Vec::with_capacity(n * dim);
-        let mut sin = Vec::with_capacity(n * dim);
+        let (mut cos, mut sin) = (Vec::with_capacity(n * dim), Vec::with_capacity(n * dim));
         for &p in &ctx.positions {
             let start = cos.len();
             for &f in &self.inv_freq {
                 let a = p as f32 * f;
                 cos.push(a.cos() * self.attention_scaling);
-                sin.push(a.sin() * self.attention_scaling);
+                sin.push(-a.sin() * self.attention_scaling);
             }
             cos.extend_from_within(start..start + half);
-            sin.extend_from_within(start..start + half);
+            for i in start..start + half {
+                sin.push(-sin[i]);
+            }
         }
-        let shape = [ctx.batch, 1, ctx.q_len, dim];
-        RopeTables {
-            cos: Tensor::from_data(TensorData::new(cos, shape), device),
-            sin: Tensor::from_data(TensorData::new(sin, shape), device),
+        let cos = Tensor::<B, 2>::from_data(TensorData::new(cos, [n, dim]), device);
+        let sin = Tensor::<B, 2>::from_data(TensorData::new(sin, [n, dim]), device);
+        let mut by_width: Vec<RopeWidth<B>> = Vec::new();
+        for &h in heads {
+            if by_width.iter().any(|r| r.width == h * dim) {
+                continue;
+            }
+            let wide = |t: &Tensor<B, 2>| t.clone().reshape([n, 1, dim]).expand([n, h, dim]).reshape([n, h * dim]);
+            let perm: Vec<i64> = (0..h * dim).map(|i| (i - i % dim + (i % dim + half) % dim) as i64).collect();
+            let perm = Tensor::from_data(TensorData::new(perm, [h * dim]), device);
+            by_width.push(RopeWidth { width: h * dim, cos: wide(&cos), sin: wide(&sin), perm });
         }
+        RopeTables { by_width }
     }
 }
 
 impl<B: Backend> RopeTables<B> {
-    /// Rotates `[batch, heads, q_len, head_dim]` (the `rotate_half` convention of transformers).
-    pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let [b, h, t, d] = x.dims();
-        let x1 = x.clone().slice([0..b, 0..h, 0..t, 0..d / 2]);
-        let x2 = x.clone().slice([0..b, 0..h, 0..t, d / 2..d]);
-        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-        x * self.cos.clone() + rotated * self.sin.clone()
+    /// Rotates flat `[tokens, heads * head_dim]` activations:
+    /// `x · cos + rotate_half(x) · sin`, with `rotate_half` as one gather.
+    pub fn apply(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let width = x.dims()[1];
+        let r =
+            self.by_width.iter().find(|r| r.width == width).expect("rope tables are built for every head count used");
+        x.clone() * r.cos.clone() + x.select(1, r.perm.clone()) * r.sin.clone()
     }
 }
 
@@ -167,47 +187,48 @@ impl<B: Backend> KvCache<B> {
 
 /// Scaled dot-product attention of one layer.
 ///
-/// `q`: `[batch, heads, q_len, head_dim]`; `k`, `v`: `[batch, kv_heads, q_len, head_dim]` for
-/// the new tokens. With a cache slot, new keys/values are appended to it first. KV heads are
-/// shared by `heads / kv_heads` query heads (grouped-query attention).
-/// Returns `[batch, q_len, heads * head_dim]`.
+/// `q`: flat `[batch * q_len, heads * head_dim]`; `k`, `v`: `[batch * q_len, kv_heads * head_dim]`
+/// for the new tokens; `(heads, kv_heads)` their head counts. Activations are moved to the kernel's head-major layout with one row
+/// gather each (which also repeats KV heads for grouped-query attention) and back with one
+/// more. With a cache slot, new keys/values are appended to it first. Returns flat
+/// `[batch * q_len, heads * head_dim]`.
 pub fn attend<B: Backend>(
-    q: Tensor<B, 4>,
-    k: Tensor<B, 4>,
-    v: Tensor<B, 4>,
+    q: Tensor<B, 2>,
+    k: Tensor<B, 2>,
+    v: Tensor<B, 2>,
+    (heads, kv_heads): (usize, usize),
     ctx: &Context<B>,
     cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
     scale: f64,
-) -> Tensor<B, 3> {
+) -> Tensor<B, 2> {
+    let (b, t, d) = (ctx.batch, ctx.q_len, q.dims()[1] / heads);
+    let to_heads = |x: Tensor<B, 2>, h: usize, groups: usize| {
+        x.reshape([b * t * h, d]).select(0, ctx.to_heads_index(h, groups)).reshape([b, h * groups, t, d])
+    };
+    let groups = heads / kv_heads;
+    let q = to_heads(q, heads, 1);
     let (k, v) = match cache {
+        None => (to_heads(k, kv_heads, groups), to_heads(v, kv_heads, groups)),
         Some(slot) => {
-            let kv = match slot.take() {
+            let (k, v) = (to_heads(k, kv_heads, 1), to_heads(v, kv_heads, 1));
+            let (k, v) = match slot.take() {
                 Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
                 None => (k, v),
             };
-            *slot = Some(kv.clone());
-            kv
+            *slot = Some((k.clone(), v.clone()));
+            let s = k.dims()[2];
+            let rep =
+                |x: Tensor<B, 4>| x.unsqueeze_dim::<5>(2).expand([b, kv_heads, groups, s, d]).reshape([b, heads, s, d]);
+            if groups == 1 {
+                (k, v)
+            } else {
+                (rep(k), rep(v))
+            }
         }
-        None => (k, v),
-    };
-    let [b, heads, t, d] = q.dims();
-    let kv_heads = k.dims()[1];
-    let (k, v) = if kv_heads == heads {
-        (k, v)
-    } else {
-        let groups = heads / kv_heads;
-        let s = k.dims()[2];
-        let rep =
-            |x: Tensor<B, 4>| x.unsqueeze_dim::<5>(2).expand([b, kv_heads, groups, s, d]).reshape([b, heads, s, d]);
-        (rep(k), rep(v))
     };
     let options = AttentionModuleOptions { scale: Some(scale), softcap: None, is_causal: false };
-    let out = attention(q, k, v, Some(ctx.mask.clone()), None, options);
-    out.swap_dims(1, 2).reshape([b, t, heads * d])
-}
-
-/// `[batch, seq, heads * head_dim]` → `[batch, heads, seq, head_dim]`
-pub fn split_heads<B: Backend>(x: Tensor<B, 3>, heads: usize) -> Tensor<B, 4> {
-    let [b, t, hd] = x.dims();
-    x.reshape([b, t, heads, hd / heads]).swap_dims(1, 2)
+    // Backends that differentiate attention decompose it and want the mask laid out per head.
+    let mask = if B::ad_enabled(&q.device()) { ctx.mask_for_heads(heads) } else { ctx.mask.clone() };
+    let out = attention(q, k, v, Some(mask), None, options);
+    out.reshape([b * heads * t, d]).select(0, ctx.from_heads_index(heads)).reshape([b * t, heads * d])
 }

@@ -12,7 +12,7 @@ use trl_core::HfConfig;
 
 use crate::batch::Context;
 use crate::error::{ModelError, Result};
-use crate::layers::{attend, linear, split_heads, KvCache, RmsNorm, Rope, RopeTables};
+use crate::layers::{attend, linear, KvCache, RmsNorm, Rope, RopeTables};
 use crate::lora::{Adapters, Linear, LoraLayer};
 
 /// The fields of a Llama-family `config.json` that the model uses.
@@ -263,24 +263,30 @@ pub struct LlamaForCausalLM<B: Backend> {
 }
 
 impl<B: Backend> LlamaDecoderLayer<B> {
+    /// `x`: flat `[batch * q_len, hidden]` → the same.
     fn forward(
         &self,
-        x: Tensor<B, 3>,
+        x: Tensor<B, 2>,
         ctx: &Context<B>,
         rope: &RopeTables<B>,
         cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
-    ) -> Tensor<B, 3> {
+    ) -> Tensor<B, 2> {
         let a = &self.self_attn;
         let h = self.input_layernorm.forward(x.clone());
-        let mut q = split_heads(a.q_proj.forward(h.clone()), a.num_heads);
-        let mut k = split_heads(a.k_proj.forward(h.clone()), a.num_kv_heads);
-        let v = split_heads(a.v_proj.forward(h), a.num_kv_heads);
+        let mut q = a.q_proj.forward(h.clone());
+        let mut k = a.k_proj.forward(h.clone());
+        let v = a.v_proj.forward(h);
         if let (Some(qn), Some(kn)) = (&a.q_norm, &a.k_norm) {
-            q = qn.forward(q);
-            k = kn.forward(k);
+            let per_head = |norm: &RmsNorm<B>, x: Tensor<B, 2>, heads: usize| {
+                let [n, w] = x.dims();
+                norm.forward(x.reshape([n * heads, w / heads])).reshape([n, w])
+            };
+            q = per_head(qn, q, a.num_heads);
+            k = per_head(kn, k, a.num_kv_heads);
         }
-        let head_dim = q.dims()[3];
-        let out = attend(rope.apply(q), rope.apply(k), v, ctx, cache, 1.0 / (head_dim as f64).sqrt());
+        let head_dim = q.dims()[1] / a.num_heads;
+        let scale = 1.0 / (head_dim as f64).sqrt();
+        let out = attend(rope.apply(q), rope.apply(k), v, (a.num_heads, a.num_kv_heads), ctx, cache, scale);
         let x = x + a.o_proj.forward(out);
         let h = self.post_attention_layernorm.forward(x.clone());
         let m = &self.mlp;
@@ -297,13 +303,18 @@ impl<B: Backend> LlamaForCausalLM<B> {
         mut cache: Option<&mut KvCache<B>>,
     ) -> Result<Tensor<B, 3>> {
         let device = ids.device();
-        let rope = Rope { inv_freq: self.rope_inv_freq.clone(), attention_scaling: 1.0 }.tables(ctx, &device);
-        let mut x = self.model.embed_tokens.forward(ids);
+        let heads =
+            self.model.layers.first().map(|l| [l.self_attn.num_heads, l.self_attn.num_kv_heads]).unwrap_or([1, 1]);
+        let rope = Rope { inv_freq: self.rope_inv_freq.clone(), attention_scaling: 1.0 }.tables(ctx, &heads, &device);
+        let [b, t] = ids.dims();
+        let x = self.model.embed_tokens.forward(ids);
+        let hidden = x.dims()[2];
+        let mut x = x.reshape([b * t, hidden]);
         for (i, layer) in self.model.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             x = layer.forward(x, ctx, &rope, slot);
         }
-        Ok(self.model.norm.forward(x))
+        Ok(self.model.norm.forward(x).reshape([b, t, hidden]))
     }
 
     /// `[batch, seq, hidden]` → `[batch, seq, vocab]`

@@ -5,7 +5,7 @@ use minijinja::{context, Environment, Error as JinjaError, ErrorKind};
 use trl_core::Tokenizer;
 
 use crate::data::Message;
-use crate::error::{RewardError, Result};
+use crate::error::{Result, RewardError};
 
 /// Renders `messages` with `template` (no generation prompt), exposing `bos_token`,
 /// `eos_token` and `raise_exception` as transformers does.

@@ -4,13 +4,19 @@
 use trl_models::{Padding, TokenBatch};
 
 use crate::data::TokenizedPair;
-use crate::error::{RewardError, Result};
+use crate::error::{Result, RewardError};
 
 /// `2B` rows (chosen `0..B`, rejected `B..2B`), right padded with `pad_id`.
-pub fn collate(pairs: &[&TokenizedPair], pad_id: i64, pad_to_multiple_of: Option<usize>) -> Result<(TokenBatch, Option<Vec<f32>>)> {
-    let rows: Vec<Vec<i64>> = pairs.iter().map(|p| p.chosen.clone()).chain(pairs.iter().map(|p| p.rejected.clone())).collect();
+pub fn collate(
+    pairs: &[&TokenizedPair],
+    pad_id: i64,
+    pad_to_multiple_of: Option<usize>,
+) -> Result<(TokenBatch, Option<Vec<f32>>)> {
+    let rows: Vec<Vec<i64>> =
+        pairs.iter().map(|p| p.chosen.clone()).chain(pairs.iter().map(|p| p.rejected.clone())).collect();
     let batch = TokenBatch::pad(&rows, pad_id, Padding::Right, pad_to_multiple_of).map_err(RewardError::Model)?;
-    let margins = pairs.iter().any(|p| p.margin.is_some()).then(|| pairs.iter().map(|p| p.margin.unwrap_or(0.0)).collect());
+    let margins =
+        pairs.iter().any(|p| p.margin.is_some()).then(|| pairs.iter().map(|p| p.margin.unwrap_or(0.0)).collect());
     Ok((batch, margins))
 }
 

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{RewardError, Result};
+use crate::error::{Result, RewardError};
 
 /// Training settings (TRL 1.x `RewardConfig` defaults).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -28,6 +28,10 @@ pub struct RewardConfig {
     pub eval_steps: Option<u64>,
     pub save_steps: u64,
     pub seed: u64,
+    /// Shuffle the training pairs each epoch (seeded by `seed` and the epoch, so a resumed run
+    /// replays the same order). `false` reads them in file order every epoch, as a
+    /// `SequentialSampler` would: for step-by-step comparisons with another trainer.
+    pub shuffle: bool,
     pub warmup_steps: u64,
     pub warmup_ratio: f64,
     /// Global-norm clipping (`None` disables it).
@@ -65,6 +69,7 @@ impl Default for RewardConfig {
             eval_steps: None,
             save_steps: 500,
             seed: 42,
+            shuffle: true,
             warmup_steps: 0,
             warmup_ratio: 0.0,
             max_grad_norm: Some(1.0),
@@ -104,10 +109,10 @@ impl RewardConfig {
         if self.gradient_accumulation_steps == 0 {
             return bad("gradient_accumulation_steps must be at least 1");
         }
-        if !(self.learning_rate > 0.0) {
+        if self.learning_rate.is_nan() || self.learning_rate <= 0.0 {
             return bad("learning_rate must be positive");
         }
-        if self.max_steps.is_none() && !(self.num_train_epochs > 0.0) {
+        if self.max_steps.is_none() && (self.num_train_epochs.is_nan() || self.num_train_epochs <= 0.0) {
             return bad("set num_train_epochs > 0 or max_steps");
         }
         if !(0.0..1.0).contains(&self.eval_split) {
@@ -119,11 +124,16 @@ impl RewardConfig {
         Ok(())
     }
 
+    /// Optimizer steps per epoch for `n_pairs` training pairs: `ceil(batches / accumulation)`,
+    /// as transformers counts them (an epoch's last step takes the left-over micro-batches).
+    pub fn steps_per_epoch(&self, n_pairs: usize) -> u64 {
+        let batches = n_pairs.div_ceil(self.per_device_train_batch_size) as u64;
+        batches.div_ceil(self.gradient_accumulation_steps as u64).max(1)
+    }
+
     /// Optimizer steps in total for `n_pairs` training pairs (transformers' arithmetic).
     pub fn total_steps(&self, n_pairs: usize) -> u64 {
-        let batches = n_pairs.div_ceil(self.per_device_train_batch_size) as u64;
-        let per_epoch = (batches / self.gradient_accumulation_steps as u64).max(1);
-        self.max_steps.unwrap_or_else(|| (self.num_train_epochs * per_epoch as f64).ceil() as u64)
+        self.max_steps.unwrap_or_else(|| (self.num_train_epochs * self.steps_per_epoch(n_pairs) as f64).ceil() as u64)
     }
 
     /// Warmup steps: `warmup_steps` if set, else `ceil(warmup_ratio · total)`.

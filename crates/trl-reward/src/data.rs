@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use trl_core::Tokenizer;
 
-use crate::error::{RewardError, Result};
+use crate::error::{Result, RewardError};
 
 /// One chat message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,7 +61,9 @@ pub fn parse_row(value: Value) -> std::result::Result<PreferenceRow, String> {
     }
     for key in ["chosen", "rejected"] {
         if value.get(key).is_none() {
-            return Err(format!("missing `{key}` (rows need `chosen` and `rejected`, optionally `prompt` and `margin`)"));
+            return Err(format!(
+                "missing `{key}` (rows need `chosen` and `rejected`, optionally `prompt` and `margin`)"
+            ));
         }
     }
     let row: PreferenceRow = serde_json::from_value(value).map_err(|e| e.to_string())?;
@@ -84,7 +86,13 @@ fn read_jsonl(path: &Path, skip_bad_rows: bool) -> Result<Loaded> {
         match parsed {
             Ok(row) => out.rows.push(row),
             Err(_) if skip_bad_rows => out.skipped += 1,
-            Err(reason) => return Err(RewardError::Row { path: path.to_path_buf(), line: i + 1, reason: format!("{reason} (or pass --skip-bad-rows)") }),
+            Err(reason) => {
+                return Err(RewardError::Row {
+                    path: path.to_path_buf(),
+                    line: i + 1,
+                    reason: format!("{reason} (or pass --skip-bad-rows)"),
+                })
+            }
         }
     }
     if out.rows.is_empty() {
@@ -113,7 +121,13 @@ pub struct Tokenized {
 
 /// Renders one side as TRL 1.x does: explicit prompt concatenated in front; plain text gets
 /// the EOS string appended when missing; conversations go through the chat template.
-pub fn render(prompt: Option<&Content>, side: &Content, tok: &Tokenizer, eos: &str, template: Option<&str>) -> Result<String> {
+pub fn render(
+    prompt: Option<&Content>,
+    side: &Content,
+    tok: &Tokenizer,
+    eos: &str,
+    template: Option<&str>,
+) -> Result<String> {
     match side {
         Content::Text(t) => {
             let mut text = match prompt {
@@ -132,7 +146,10 @@ pub fn render(prompt: Option<&Content>, side: &Content, tok: &Tokenizer, eos: &s
             };
             all.extend(m.iter().cloned());
             let template = template.or(tok.chat_template.as_deref()).ok_or_else(|| {
-                RewardError::Template("conversational rows need a chat template: the tokenizer has none; pass --chat-template FILE".into())
+                RewardError::Template(
+                    "conversational rows need a chat template: the tokenizer has none; pass --chat-template FILE"
+                        .into(),
+                )
             })?;
             crate::chat::apply_chat_template(template, &all, tok)
         }
@@ -140,14 +157,23 @@ pub fn render(prompt: Option<&Content>, side: &Content, tok: &Tokenizer, eos: &s
 }
 
 /// Tokenizes rows, dropping (and counting) those where either side exceeds `max_length`.
-pub fn tokenize(rows: &[PreferenceRow], tok: &Tokenizer, eos: &str, max_length: Option<usize>, template: Option<&str>) -> Result<Tokenized> {
+pub fn tokenize(
+    rows: &[PreferenceRow],
+    tok: &Tokenizer,
+    eos: &str,
+    max_length: Option<usize>,
+    template: Option<&str>,
+) -> Result<Tokenized> {
     let mut out = Tokenized::default();
     for row in rows {
         let chosen_text = render(row.prompt.as_ref(), &row.chosen, tok, eos, template)?;
         let rejected_text = render(row.prompt.as_ref(), &row.rejected, tok, eos, template)?;
         let chosen = tok.encode(&chosen_text, true)?;
         let rejected = tok.encode(&rejected_text, true)?;
-        if max_length.is_some_and(|m| chosen.len() > m || rejected.len() > m) || chosen.is_empty() || rejected.is_empty() {
+        if max_length.is_some_and(|m| chosen.len() > m || rejected.len() > m)
+            || chosen.is_empty()
+            || rejected.is_empty()
+        {
             out.dropped_too_long += 1;
             continue;
         }

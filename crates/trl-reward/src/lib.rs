@@ -16,11 +16,11 @@ pub mod loss;
 pub mod optim;
 pub mod parquet;
 
-pub use error::{RewardError, Result};
+pub use error::{Result, RewardError};
 pub mod config;
 pub mod report;
 pub mod synthetic;
 pub mod trainer;
 
 pub use config::RewardConfig;
-pub use trainer::{Event, LogEntry, RewardTrainer, Summary};
+pub use trainer::{Event, Job, LogEntry, RewardTrainer, Summary};

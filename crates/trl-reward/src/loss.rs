@@ -8,7 +8,12 @@ use serde::{Deserialize, Serialize};
 /// `-log σ(r_c − r_r − margin)` averaged, plus `coef · mean((r_c + r_r)²)` when centering.
 ///
 /// `chosen`, `rejected`, `margin`: `[B]`. Returns `[1]`.
-pub fn bradley_terry<B: Backend>(chosen: Tensor<B, 1>, rejected: Tensor<B, 1>, margin: Option<Tensor<B, 1>>, center_coef: Option<f64>) -> Tensor<B, 1> {
+pub fn bradley_terry<B: Backend>(
+    chosen: Tensor<B, 1>,
+    rejected: Tensor<B, 1>,
+    margin: Option<Tensor<B, 1>>,
+    center_coef: Option<f64>,
+) -> Tensor<B, 1> {
     let mut diff = chosen.clone() - rejected.clone();
     if let Some(m) = margin {
         diff = diff - m;
@@ -48,7 +53,27 @@ impl PairMetrics {
             hi = hi.max(x);
             sum += x;
         }
-        Self { accuracy: wins as f64 / n as f64, margin, min_reward: lo, mean_reward: sum / (2 * n) as f64, max_reward: hi, pairs: n }
+        Self {
+            accuracy: wins as f64 / n as f64,
+            margin,
+            min_reward: lo,
+            mean_reward: sum / (2 * n) as f64,
+            max_reward: hi,
+            pairs: n,
+        }
+    }
+
+    /// Every float through [`crate::trainer::json_exact`] (exact through JSON).
+    pub fn json_exact(self) -> Self {
+        use crate::trainer::json_exact as r;
+        Self {
+            accuracy: r(self.accuracy),
+            margin: r(self.margin),
+            min_reward: r(self.min_reward),
+            mean_reward: r(self.mean_reward),
+            max_reward: r(self.max_reward),
+            pairs: self.pairs,
+        }
     }
 
     /// Pair-weighted mean of several batches' metrics (min/max over all).

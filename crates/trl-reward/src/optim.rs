@@ -1,7 +1,7 @@
 //! AdamW with PyTorch's semantics (decoupled weight decay, eps added after the bias-corrected
-//! square root), global-norm gradient clipping as `torch.nn.utils.clip_grad_norm_`, and the
-//! linear warmup/decay schedule of transformers. State is saved by parameter key, so a
-//! resumed run continues exactly.
+//! square root) and transformers' choice of which parameters decay, global-norm gradient
+//! clipping as `torch.nn.utils.clip_grad_norm_`, and the linear warmup/decay schedule of
+//! transformers. State is saved by parameter key, so a resumed run continues exactly.
 
 use std::collections::HashMap;
 
@@ -28,6 +28,22 @@ impl Default for AdamWConfig {
     }
 }
 
+/// Whether weight decay applies to the parameter at `path` (`(field, holding type)` pairs, as
+/// burn's module visitors report them), by transformers' `Trainer.get_decay_parameter_names`:
+/// every parameter except those of a LayerNorm module and those whose lower-cased name
+/// contains `bias`, `layernorm`, `rmsnorm`, a `norm` component or a `_norm` suffix.
+/// (Biases and norm scales do not decay; embeddings, projections and `score` do.)
+pub fn decays(path: &[(String, String)]) -> bool {
+    if path.last().is_some_and(|(_, holder)| holder == "Struct:LayerNorm") {
+        return false;
+    }
+    let name = path.iter().map(|(n, _)| n.to_lowercase()).collect::<Vec<_>>();
+    let part = |p: &String| {
+        p.contains("bias") || p.contains("layernorm") || p.contains("rmsnorm") || p == "norm" || p.ends_with("_norm")
+    };
+    !name.iter().any(part)
+}
+
 /// Per-parameter moments, flattened, on the inner (non-autodiff) backend.
 pub struct AdamW<B: Backend> {
     pub config: AdamWConfig,
@@ -40,14 +56,15 @@ impl<B: Backend> AdamW<B> {
         Self { config, step: 0, state: HashMap::new() }
     }
 
-    /// Applies one update with learning rate `lr` to every parameter that has a gradient.
+    /// Applies one update with learning rate `lr` to every parameter that has a gradient;
+    /// weight decay only where [`decays`] says so.
     pub fn step<AB, M>(&mut self, module: M, lr: f64, grads: &mut GradientsParams) -> M
     where
         AB: AutodiffBackend<InnerBackend = B>,
         M: AutodiffModule<AB>,
     {
         self.step += 1;
-        let mut mapper = Step::<AB> { opt: self, lr, grads };
+        let mut mapper = Step::<AB> { opt: self, lr, grads, path: Vec::new() };
         module.map(&mut mapper)
     }
 
@@ -80,9 +97,18 @@ struct Step<'a, AB: AutodiffBackend> {
     opt: &'a mut AdamW<AB::InnerBackend>,
     lr: f64,
     grads: &'a mut GradientsParams,
+    path: Vec<(String, String)>,
 }
 
 impl<AB: AutodiffBackend> ModuleMapper<AB> for Step<'_, AB> {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.push((name.to_string(), container_type.to_string()));
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<AB, D>>) -> Param<Tensor<AB, D>> {
         let (id, tensor, mapper) = param.consume();
         let Some(grad) = self.grads.remove::<AB::InnerBackend, D>(id) else {
@@ -93,14 +119,17 @@ impl<AB: AutodiffBackend> ModuleMapper<AB> for Step<'_, AB> {
         let n = shape.num_elements();
         let p = tensor.inner().reshape([n]);
         let g = grad.reshape([n]);
+        // torch: exp_avg.lerp_(grad, 1 - beta1); exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         let (m, v) = match self.opt.state.remove(&id) {
-            Some((m, v)) => (m * c.beta1 + g.clone() * (1.0 - c.beta1), v * c.beta2 + g.square() * (1.0 - c.beta2)),
-            None => (g.clone() * (1.0 - c.beta1), g.square() * (1.0 - c.beta2)),
+            Some((m, v)) => {
+                (m.clone() + (g.clone() - m) * (1.0 - c.beta1), v * c.beta2 + g.clone() * g * (1.0 - c.beta2))
+            }
+            None => (g.clone() * (1.0 - c.beta1), g.clone() * g * (1.0 - c.beta2)),
         };
         let t = self.opt.step as i32;
         let bc1 = 1.0 - c.beta1.powi(t);
         let bc2 = 1.0 - c.beta2.powi(t);
-        let p = if c.weight_decay != 0.0 { p * (1.0 - self.lr * c.weight_decay) } else { p };
+        let p = if c.weight_decay != 0.0 && decays(&self.path) { p * (1.0 - self.lr * c.weight_decay) } else { p };
         let denom = v.clone().sqrt() / bc2.sqrt() + c.eps;
         let p = p - m.clone() / denom * (self.lr / bc1);
         self.opt.state.insert(id, (m, v));
@@ -112,7 +141,11 @@ impl<AB: AutodiffBackend> ModuleMapper<AB> for Step<'_, AB> {
 /// Global L2 norm of all gradients, and scales them so it is at most `max_norm`
 /// (`clip_grad_norm_`: coefficient `max_norm / (norm + 1e-6)`, clamped to 1). Returns the norm
 /// before clipping.
-pub fn clip_grad_norm<AB: AutodiffBackend, M: AutodiffModule<AB>>(module: &M, grads: &mut GradientsParams, max_norm: Option<f64>) -> f64 {
+pub fn clip_grad_norm<AB: AutodiffBackend, M: AutodiffModule<AB>>(
+    module: &M,
+    grads: &mut GradientsParams,
+    max_norm: Option<f64>,
+) -> f64 {
     struct Norm<'a, AB: AutodiffBackend> {
         grads: &'a GradientsParams,
         sum: Option<Tensor<AB::InnerBackend, 1>>,
@@ -165,7 +198,11 @@ pub fn linear_schedule(base_lr: f64, step: u64, warmup: u64, total: u64) -> f64 
 }
 
 /// Adds every gradient of `new` into `acc` (gradient accumulation).
-pub fn add_grads<AB: AutodiffBackend, M: AutodiffModule<AB>>(module: &M, acc: &mut GradientsParams, mut new: GradientsParams) {
+pub fn add_grads<AB: AutodiffBackend, M: AutodiffModule<AB>>(
+    module: &M,
+    acc: &mut GradientsParams,
+    mut new: GradientsParams,
+) {
     struct Add<'a> {
         acc: &'a mut GradientsParams,
         new: &'a mut GradientsParams,

@@ -5,7 +5,7 @@ use std::path::Path;
 use parquet::file::reader::{FileReader, SerializedFileReader};
 
 use crate::data::{parse_row, Loaded};
-use crate::error::{RewardError, Result};
+use crate::error::{Result, RewardError};
 
 /// Reads every row of a Parquet file as a preference row (snappy, gzip or uncompressed).
 pub fn read_parquet(path: &Path, skip_bad_rows: bool) -> Result<Loaded> {
@@ -19,7 +19,13 @@ pub fn read_parquet(path: &Path, skip_bad_rows: bool) -> Result<Loaded> {
         match parsed {
             Ok(r) => out.rows.push(r),
             Err(_) if skip_bad_rows => out.skipped += 1,
-            Err(reason) => return Err(RewardError::Row { path: path.to_path_buf(), line: i + 1, reason: format!("row {}: {reason}", i + 1) }),
+            Err(reason) => {
+                return Err(RewardError::Row {
+                    path: path.to_path_buf(),
+                    line: i + 1,
+                    reason: format!("row {}: {reason}", i + 1),
+                })
+            }
         }
     }
     if out.rows.is_empty() {

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use trl_core::atomic::write_atomic;
 
-use crate::error::{RewardError, Result};
+use crate::error::{Result, RewardError};
 use crate::trainer::{LogEntry, Sample};
 
 /// A Markdown table of sample predictions, like TRL's `visualize_samples`.
@@ -28,6 +28,9 @@ pub fn samples_table(samples: &[Sample]) -> String {
 const W: usize = 640;
 const H: usize = 360;
 const MARGIN: usize = 40;
+
+/// A line to plot: its points `(step, value)` and colour.
+type Series<'a> = (&'a [(f64, f64)], [u8; 3]);
 
 /// A white RGB canvas with an axis box, on which series are drawn scaled to the data.
 struct Canvas {
@@ -67,7 +70,7 @@ impl Canvas {
     }
 
     /// Draws each series (points `(step, value)`) in its colour, sharing the axes' ranges.
-    fn plot(&mut self, series: &[(&[(f64, f64)], [u8; 3])]) {
+    fn plot(&mut self, series: &[Series]) {
         let all = series.iter().flat_map(|(s, _)| s.iter());
         let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
         for &(x, y) in all {
@@ -112,7 +115,9 @@ pub fn plot_history(history: &[LogEntry], dir: &Path) -> Result<()> {
         history.iter().filter(|e| e.split == split).map(|e| (e.step as f64, f(e))).collect()
     };
     let (blue, orange) = ([31, 119, 180], [255, 127, 14]);
-    for (name, f) in [("loss", (|e: &LogEntry| e.loss) as fn(&LogEntry) -> f64), ("accuracy", |e: &LogEntry| e.metrics.accuracy)] {
+    for (name, f) in
+        [("loss", (|e: &LogEntry| e.loss) as fn(&LogEntry) -> f64), ("accuracy", |e: &LogEntry| e.metrics.accuracy)]
+    {
         let (train, eval) = (pick("train", f), pick("eval", f));
         let mut c = Canvas::new();
         c.plot(&[(&train, blue), (&eval, orange)]);

@@ -6,21 +6,30 @@
 
 use std::str::FromStr;
 
+use burn::tensor::backend::AutodiffBackend;
 use serde_json::json;
 
 use trl_core::{HfConfig, Tokenizer};
+use trl_heads::ForSequenceClassification;
+use trl_models::AnyCausalLm;
 
 use crate::collate::SplitMix64;
 use crate::config::RewardConfig;
-use crate::data::{Content, PreferenceRow};
+use crate::data::{tokenize, Content, PreferenceRow};
+use crate::error::Result;
+use crate::trainer::{Job, RewardTrainer};
 
 const FILLER: &[&str] = &[
-    "the", "cat", "sat", "on", "a", "mat", "while", "rain", "fell", "over", "quiet", "hills", "and", "birds", "sang", "near", "old",
-    "river", "boats", "drift", "slowly", "past", "green", "fields", "under", "grey", "sky", "children", "play", "games", "today",
+    "the", "cat", "sat", "on", "a", "mat", "while", "rain", "fell", "over", "quiet", "hills", "and", "birds", "sang",
+    "near", "old", "river", "boats", "drift", "slowly", "past", "green", "fields", "under", "grey", "sky", "children",
+    "play", "games", "today",
 ];
 const FIXED: &[&str] = &["please", "repeat", "number", "answer", ":", "."];
 /// How many distinct numbers the task uses.
 pub const NUMBERS: usize = 20;
+/// Training and held-out rows of the built-in job.
+pub const TRAIN_ROWS: usize = 4096;
+pub const EVAL_ROWS: usize = 512;
 pub const PAD: &str = "<pad>";
 pub const EOS: &str = "<eos>";
 pub const UNK: &str = "<unk>";
@@ -42,7 +51,8 @@ pub fn tokenizer() -> Tokenizer {
         .enumerate()
         .map(|(i, t)| json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}))
         .collect();
-    let map: serde_json::Map<String, serde_json::Value> = vocab.iter().enumerate().map(|(i, w)| (w.clone(), json!(i))).collect();
+    let map: serde_json::Map<String, serde_json::Value> =
+        vocab.iter().enumerate().map(|(i, w)| (w.clone(), json!(i))).collect();
     let spec = json!({
         "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
         "normalizer": null, "pre_tokenizer": {"type": "WhitespaceSplit"}, "post_processor": null, "decoder": null,
@@ -119,4 +129,24 @@ pub fn training_config() -> RewardConfig {
         max_length: Some(64),
         ..RewardConfig::default()
     }
+}
+
+/// Sets up the built-in job with `config` (normally [`training_config`], possibly edited):
+/// a freshly initialised [`model_config`] model (the backend seeded with `config.seed` first),
+/// [`TRAIN_ROWS`] training rows drawn with `config.seed`, [`EVAL_ROWS`] held-out rows drawn
+/// with another seed, and the built-in tokenizer.
+pub fn job<B: AutodiffBackend>(config: RewardConfig, device: &B::Device) -> Result<Job<B>> {
+    config.validate()?;
+    B::seed(device, config.seed);
+    let hf = model_config();
+    let backbone = AnyCausalLm::<B>::init(&hf, device)?;
+    let model = ForSequenceClassification::with_fresh_score(backbone, &hf, 1, device)?;
+    let tok = tokenizer();
+    let pad_id = model.pad_token_id.or(tok.pad_id()).expect("the built-in model config has a pad id");
+    let eos = config.eos_token.clone().unwrap_or_else(|| EOS.to_string());
+    let train = tokenize(&rows(TRAIN_ROWS, config.seed), &tok, &eos, config.max_length, None)?;
+    let eval = tokenize(&rows(EVAL_ROWS, config.seed.wrapping_add(1_000_003)), &tok, &eos, config.max_length, None)?;
+    let dropped = train.dropped_too_long + eval.dropped_too_long;
+    let trainer = RewardTrainer::new(config, model, hf, Some(tok), pad_id)?;
+    Ok(Job { trainer, train: train.pairs, eval: eval.pairs, dropped })
 }

@@ -1,11 +1,14 @@
 //! The reward trainer: TRL 1.x's `RewardTrainer` loop with exact resume.
 //!
 //! One optimizer step = `gradient_accumulation_steps` micro-batches of
-//! `per_device_train_batch_size` pairs, each scored in one forward pass (chosen ++ rejected),
-//! loss divided by the number of micro-batches, gradients summed, clipped by global norm, then
-//! AdamW at the linearly scheduled learning rate. Checkpoints hold the model in HF layout plus
-//! optimizer moments and the data position, so `resume` continues bit for bit.
+//! `per_device_train_batch_size` pairs (fewer for an epoch's last step when the epoch's
+//! batches do not divide evenly, as in transformers), each scored in one forward pass
+//! (chosen ++ rejected), loss divided by the step's number of micro-batches, gradients summed,
+//! clipped by global norm, then AdamW at the linearly scheduled learning rate. Checkpoints hold
+//! the model in HF layout plus optimizer moments, the data position and the logging window, so
+//! `resume` continues bit for bit and writes the same `metrics.jsonl`.
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -24,7 +27,7 @@ use trl_heads::ForSequenceClassification;
 use crate::collate::{collate, epoch_order};
 use crate::config::RewardConfig;
 use crate::data::TokenizedPair;
-use crate::error::{RewardError, Result};
+use crate::error::{Result, RewardError};
 use crate::loss::{bradley_terry, preference_probability, PairMetrics};
 use crate::optim::{add_grads, clip_grad_norm, linear_schedule, AdamW, AdamWConfig};
 
@@ -47,6 +50,33 @@ pub struct LogEntry {
     pub pairs_per_sec: Option<f64>,
 }
 
+/// `x` rounded to at most 15 significant digits and 22 decimal places: a value serde_json
+/// writes and reads back bit for bit (its default float parser is exact for such decimals,
+/// not for arbitrary 17-digit ones). Everything the trainer logs or keeps in
+/// `trainer_state.json` goes through it, so a resumed run's `metrics.jsonl` is byte-identical.
+pub fn json_exact(x: f64) -> f64 {
+    if !x.is_finite() || x == 0.0 {
+        return x;
+    }
+    let decimals = (14 - x.abs().log10().floor() as i32).clamp(0, 22) as usize;
+    format!("{x:.decimals$}").parse().unwrap_or(x)
+}
+
+impl LogEntry {
+    /// Every float through [`json_exact`].
+    pub fn json_exact(self) -> Self {
+        Self {
+            epoch: json_exact(self.epoch),
+            loss: json_exact(self.loss),
+            metrics: self.metrics.json_exact(),
+            learning_rate: self.learning_rate.map(json_exact),
+            grad_norm: self.grad_norm.map(json_exact),
+            pairs_per_sec: self.pairs_per_sec.map(json_exact),
+            ..self
+        }
+    }
+}
+
 /// Where training stands; saved in every checkpoint as `trainer_state.json`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TrainerState {
@@ -57,6 +87,20 @@ pub struct TrainerState {
     pub batch_in_epoch: usize,
     pub num_tokens: u64,
     pub log_history: Vec<LogEntry>,
+    /// Sum of every optimizer step's loss so far (for `Summary::train_loss`).
+    #[serde(default)]
+    pub loss_sum: f64,
+    /// Steps since the last training log line, not yet logged.
+    #[serde(default)]
+    pub window: LogWindow,
+}
+
+/// The training steps since the last log line (a log line averages them).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LogWindow {
+    pub loss: f64,
+    pub steps: u64,
+    pub metrics: Vec<PairMetrics>,
 }
 
 /// What a finished run reports (`summary.json`).
@@ -83,11 +127,22 @@ pub struct Sample {
     pub probability: f32,
 }
 
-/// Events the trainer reports while it runs (for progress bars and logs).
+/// Events the trainer reports while it runs (for progress bars and logs). The callback
+/// returns [`ControlFlow::Break`] to stop training once the current step is done (after its
+/// log line, evaluation and checkpoint), as an interrupted run would.
 pub enum Event<'a> {
     Step { step: u64, total: u64, loss: f64 },
     Log(&'a LogEntry),
     Checkpoint(&'a Path),
+}
+
+/// A trainer with the data it is to train on (what `cargo xtask train` sets up).
+pub struct Job<B: AutodiffBackend> {
+    pub trainer: RewardTrainer<B>,
+    pub train: Vec<TokenizedPair>,
+    pub eval: Vec<TokenizedPair>,
+    /// Rows dropped as longer than `max_length`.
+    pub dropped: usize,
 }
 
 /// A reward model under training, with its optimizer and position.
@@ -101,14 +156,62 @@ pub struct RewardTrainer<B: AutodiffBackend> {
     optimizer: AdamW<B::InnerBackend>,
 }
 
+/// Rewards of a batch of pairs, scored in one forward pass.
+struct Scored<B: Backend> {
+    chosen: Tensor<B, 1>,
+    rejected: Tensor<B, 1>,
+    margin: Option<Tensor<B, 1>>,
+    /// Non-pad tokens in the batch.
+    tokens: u64,
+}
+
+/// Scores `pairs` (chosen ++ rejected, right padded) with `model`.
+fn score<B: Backend>(
+    model: &ForSequenceClassification<B>,
+    pairs: &[&TokenizedPair],
+    pad_id: i64,
+    multiple: Option<usize>,
+) -> Result<Scored<B>> {
+    let (batch, margins) = collate(pairs, pad_id, multiple)?;
+    let n = pairs.len();
+    let r = model.forward(&batch, false)?.rewards.slice([0..2 * n, 0..1]).reshape([2 * n]);
+    let device = r.device();
+    let margin = margins.map(|m| Tensor::from_data(TensorData::new(m, [n]), &device));
+    Ok(Scored {
+        chosen: r.clone().narrow(0, 0, n),
+        rejected: r.narrow(0, n, n),
+        margin,
+        tokens: batch.num_tokens() as u64,
+    })
+}
+
 const STATE_FILE: &str = "trainer_state.json";
 const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 
 impl<B: AutodiffBackend> RewardTrainer<B> {
-    pub fn new(config: RewardConfig, model: ForSequenceClassification<B>, hf_config: HfConfig, tokenizer: Option<Tokenizer>, pad_id: i64) -> Result<Self> {
+    pub fn new(
+        config: RewardConfig,
+        model: ForSequenceClassification<B>,
+        hf_config: HfConfig,
+        tokenizer: Option<Tokenizer>,
+        pad_id: i64,
+    ) -> Result<Self> {
         config.validate()?;
-        let adam = AdamWConfig { beta1: config.adam_beta1, beta2: config.adam_beta2, eps: config.adam_epsilon, weight_decay: config.weight_decay };
-        Ok(Self { config, model, hf_config, tokenizer, state: TrainerState::default(), pad_id, optimizer: AdamW::new(adam) })
+        let adam = AdamWConfig {
+            beta1: config.adam_beta1,
+            beta2: config.adam_beta2,
+            eps: config.adam_epsilon,
+            weight_decay: config.weight_decay,
+        };
+        Ok(Self {
+            config,
+            model,
+            hf_config,
+            tokenizer,
+            state: TrainerState::default(),
+            pad_id,
+            optimizer: AdamW::new(adam),
+        })
     }
 
     /// The newest `checkpoint-N` directory under `output_dir`, if any.
@@ -130,24 +233,27 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
         let device = self.model.backbone.device();
         let (model, _, _) = ForSequenceClassification::<B>::from_pretrained(dir, None, &device)?;
         self.model = model;
-        let text = std::fs::read_to_string(dir.join(STATE_FILE)).map_err(|e| RewardError::io(&dir.join(STATE_FILE), e))?;
-        self.state = serde_json::from_str(&text).map_err(|e| RewardError::Data { path: dir.join(STATE_FILE), reason: e.to_string() })?;
+        let text =
+            std::fs::read_to_string(dir.join(STATE_FILE)).map_err(|e| RewardError::io(&dir.join(STATE_FILE), e))?;
+        self.state = serde_json::from_str(&text)
+            .map_err(|e| RewardError::Data { path: dir.join(STATE_FILE), reason: e.to_string() })?;
         let sd = checkpoint::load_safetensors(&dir.join(OPTIMIZER_FILE))?;
         self.optimizer.load_state_dict(&sd, &param_ids(&self.model), self.state.global_step, &device);
         Ok(())
     }
 
-    fn score(model: &ForSequenceClassification<B>, pairs: &[&TokenizedPair], pad_id: i64, multiple: Option<usize>) -> Result<(Tensor<B, 1>, Tensor<B, 1>, Option<Tensor<B, 1>>, u64)> {
-        let (batch, margins) = collate(pairs, pad_id, multiple)?;
-        let n = pairs.len();
-        let r = model.forward(&batch, false)?.rewards.slice([0..2 * n, 0..1]).reshape([2 * n]);
-        let device = r.device();
-        let margin = margins.map(|m| Tensor::from_data(TensorData::new(m, [n]), &device));
-        Ok((r.clone().slice([0..n]), r.slice([n..2 * n]), margin, batch.num_tokens() as u64))
-    }
-
     /// Trains on `train` until `total_steps`, evaluating on `eval`; calls `on_event` as it goes.
-    pub fn train(&mut self, train: &[TokenizedPair], eval: &[TokenizedPair], dropped: usize, on_event: &mut dyn FnMut(Event)) -> Result<Summary> {
+    ///
+    /// When `on_event` breaks, training stops after the current step and nothing final is
+    /// written (no final model, summary or plots): the returned summary's `global_step` is
+    /// then below `state.total_steps`, and the run continues with [`Self::resume_from`].
+    pub fn train(
+        &mut self,
+        train: &[TokenizedPair],
+        eval: &[TokenizedPair],
+        dropped: usize,
+        on_event: &mut dyn FnMut(Event) -> ControlFlow<()>,
+    ) -> Result<Summary> {
         if train.is_empty() {
             return Err(RewardError::Config("no training pairs left (all dropped by max_length?)".into()));
         }
@@ -157,28 +263,39 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
         self.state.total_steps = total;
         let bs = cfg.per_device_train_batch_size;
         let batches_per_epoch = train.len().div_ceil(bs);
+        // A fresh run starts `metrics.jsonl` afresh; a resumed one continues the checkpoint's.
+        self.write_metrics()?;
         let start = Instant::now();
-        let (mut window_loss, mut window_metrics, mut window_steps) = (0.0, Vec::new(), 0u64);
         let mut pairs_done = 0usize;
-        let mut train_loss_sum = 0.0;
-        let first_step = self.state.global_step;
-        while self.state.global_step < total {
+        let mut stop = false;
+        while self.state.global_step < total && !stop {
             let lr = linear_schedule(cfg.learning_rate, self.state.global_step, warmup, total);
+            if self.state.batch_in_epoch >= batches_per_epoch {
+                self.state.epoch += 1;
+                self.state.batch_in_epoch = 0;
+            }
+            let order = if cfg.shuffle {
+                epoch_order(train.len(), cfg.seed, self.state.epoch)
+            } else {
+                (0..train.len()).collect()
+            };
+            // transformers: an epoch's last step takes the remaining micro-batches and divides by their number
+            let micro = cfg.gradient_accumulation_steps.min(batches_per_epoch - self.state.batch_in_epoch);
             let mut grads: Option<GradientsParams> = None;
             let mut step_loss = 0.0;
             let mut step_metrics = Vec::new();
-            for _ in 0..cfg.gradient_accumulation_steps {
-                if self.state.batch_in_epoch >= batches_per_epoch {
-                    self.state.epoch += 1;
-                    self.state.batch_in_epoch = 0;
-                }
-                let order = epoch_order(train.len(), cfg.seed, self.state.epoch);
+            for _ in 0..micro {
                 let lo = self.state.batch_in_epoch * bs;
                 let idx = &order[lo..(lo + bs).min(train.len())];
                 let pairs: Vec<&TokenizedPair> = idx.iter().map(|&i| &train[i]).collect();
-                let (rc, rr, margin, tokens) = Self::score(&self.model, &pairs, self.pad_id, cfg.pad_to_multiple_of)?;
-                let loss = bradley_terry(rc.clone(), rr.clone(), margin, cfg.center_rewards_coefficient) / cfg.gradient_accumulation_steps as f64;
-                let host = Tensor::cat(vec![rc.inner(), rr.inner(), loss.clone().inner()], 0).into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default();
+                let Scored { chosen: rc, rejected: rr, margin, tokens } =
+                    score(&self.model, &pairs, self.pad_id, cfg.pad_to_multiple_of)?;
+                let loss = bradley_terry(rc.clone(), rr.clone(), margin, cfg.center_rewards_coefficient) / micro as f64;
+                let host = Tensor::cat(vec![rc.inner(), rr.inner(), loss.clone().inner()], 0)
+                    .into_data()
+                    .convert::<f32>()
+                    .to_vec::<f32>()
+                    .unwrap_or_default();
                 let n = pairs.len();
                 step_loss += host[2 * n] as f64;
                 step_metrics.push(PairMetrics::from_rewards(&host[..n], &host[n..2 * n]));
@@ -199,42 +316,40 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
             self.model = self.optimizer.step(self.model.clone(), lr, &mut grads);
             self.state.global_step += 1;
             let step = self.state.global_step;
-            train_loss_sum += step_loss;
-            window_loss += step_loss;
-            window_metrics.extend(step_metrics);
-            window_steps += 1;
-            on_event(Event::Step { step, total, loss: step_loss });
-            if step % cfg.logging_steps == 0 || step == total {
+            self.state.loss_sum = json_exact(self.state.loss_sum + step_loss);
+            self.state.window.loss = json_exact(self.state.window.loss + step_loss);
+            self.state.window.steps += 1;
+            self.state.window.metrics.extend(step_metrics.into_iter().map(PairMetrics::json_exact));
+            stop |= on_event(Event::Step { step, total, loss: step_loss }).is_break();
+            if step.is_multiple_of(cfg.logging_steps) || step == total {
+                let window = std::mem::take(&mut self.state.window);
                 let secs = start.elapsed().as_secs_f64().max(1e-9);
                 let entry = LogEntry {
                     step,
                     epoch: self.epoch_float(batches_per_epoch),
                     split: "train".into(),
-                    loss: window_loss / window_steps as f64,
-                    metrics: PairMetrics::merge(&window_metrics),
+                    loss: window.loss / window.steps as f64,
+                    metrics: PairMetrics::merge(&window.metrics),
                     num_tokens: self.state.num_tokens,
                     learning_rate: Some(lr),
                     grad_norm: Some(norm),
                     pairs_per_sec: Some(pairs_done as f64 / secs),
                 };
-                self.log(entry, on_event)?;
-                (window_loss, window_steps) = (0.0, 0);
-                window_metrics.clear();
+                stop |= self.log(entry, on_event)?;
             }
-            if !eval.is_empty() && (cfg.eval_steps.is_some_and(|e| step % e == 0) || step == total) {
+            if !eval.is_empty() && (cfg.eval_steps.is_some_and(|e| step.is_multiple_of(e)) || step == total) {
                 let entry = self.evaluate(eval)?;
-                self.log(entry, on_event)?;
+                stop |= self.log(entry, on_event)?;
             }
-            if step % cfg.save_steps == 0 || step == total {
+            if step.is_multiple_of(cfg.save_steps) || step == total {
                 let dir = self.save_checkpoint()?;
-                on_event(Event::Checkpoint(&dir));
+                stop |= on_event(Event::Checkpoint(&dir)).is_break();
             }
         }
         let seconds = start.elapsed().as_secs_f64();
-        let steps_run = (self.state.global_step - first_step).max(1);
         let summary = Summary {
             global_step: self.state.global_step,
-            train_loss: train_loss_sum / steps_run as f64,
+            train_loss: self.state.loss_sum / self.state.global_step.max(1) as f64,
             final_eval: self.state.log_history.iter().rev().find(|e| e.split == "eval").cloned(),
             train_pairs: train.len(),
             eval_pairs: eval.len(),
@@ -242,7 +357,9 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
             seconds,
             pairs_per_sec: pairs_done as f64 / seconds.max(1e-9),
         };
-        self.save_final(&summary, if eval.is_empty() { train } else { eval })?;
+        if self.state.global_step >= total {
+            self.save_final(&summary, if eval.is_empty() { train } else { eval })?;
+        }
         Ok(summary)
     }
 
@@ -250,15 +367,32 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
         self.state.epoch as f64 + self.state.batch_in_epoch as f64 / batches_per_epoch.max(1) as f64
     }
 
-    fn log(&mut self, entry: LogEntry, on_event: &mut dyn FnMut(Event)) -> Result<()> {
+    /// Appends `entry` to `metrics.jsonl` and the history; returns whether `on_event` broke.
+    fn log(&mut self, entry: LogEntry, on_event: &mut dyn FnMut(Event) -> ControlFlow<()>) -> Result<bool> {
         use std::io::Write;
+        let entry = entry.json_exact();
         let path = self.config.output_dir.join("metrics.jsonl");
         std::fs::create_dir_all(&self.config.output_dir).map_err(|e| RewardError::io(&self.config.output_dir, e))?;
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| RewardError::io(&path, e))?;
+        let mut f =
+            std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| RewardError::io(&path, e))?;
         let line = serde_json::to_string(&entry).expect("log entries serialise");
         writeln!(f, "{line}").map_err(|e| RewardError::io(&path, e))?;
-        on_event(Event::Log(&entry));
+        let stop = on_event(Event::Log(&entry)).is_break();
         self.state.log_history.push(entry);
+        Ok(stop)
+    }
+
+    /// Writes `metrics.jsonl` from the history (one JSON object a line).
+    fn write_metrics(&self) -> Result<()> {
+        let out = &self.config.output_dir;
+        std::fs::create_dir_all(out).map_err(|e| RewardError::io(out, e))?;
+        let text: String = self
+            .state
+            .log_history
+            .iter()
+            .map(|e| serde_json::to_string(e).expect("log entries serialise") + "\n")
+            .collect();
+        write_atomic(&out.join("metrics.jsonl"), text.as_bytes())?;
         Ok(())
     }
 
@@ -268,9 +402,11 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
         let (mut loss_sum, mut parts, mut tokens) = (0.0, Vec::new(), 0u64);
         for chunk in eval.chunks(self.config.per_device_eval_batch_size) {
             let pairs: Vec<&TokenizedPair> = chunk.iter().collect();
-            let (rc, rr, margin, t) = RewardTrainer::<B>::score_inner(&model, &pairs, self.pad_id, self.config.pad_to_multiple_of)?;
+            let Scored { chosen: rc, rejected: rr, margin, tokens: t } =
+                score(&model, &pairs, self.pad_id, self.config.pad_to_multiple_of)?;
             let loss = bradley_terry(rc.clone(), rr.clone(), margin, self.config.center_rewards_coefficient);
-            let host = Tensor::cat(vec![rc, rr, loss], 0).into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default();
+            let host =
+                Tensor::cat(vec![rc, rr, loss], 0).into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default();
             let n = pairs.len();
             loss_sum += host[2 * n] as f64 * n as f64;
             parts.push(PairMetrics::from_rewards(&host[..n], &host[n..2 * n]));
@@ -290,15 +426,6 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
         })
     }
 
-    fn score_inner(model: &ForSequenceClassification<B::InnerBackend>, pairs: &[&TokenizedPair], pad_id: i64, multiple: Option<usize>) -> Result<(Tensor<B::InnerBackend, 1>, Tensor<B::InnerBackend, 1>, Option<Tensor<B::InnerBackend, 1>>, u64)> {
-        let (batch, margins) = collate(pairs, pad_id, multiple)?;
-        let n = pairs.len();
-        let r = model.forward(&batch, false)?.rewards.slice([0..2 * n, 0..1]).reshape([2 * n]);
-        let device = r.device();
-        let margin = margins.map(|m| Tensor::from_data(TensorData::new(m, [n]), &device));
-        Ok((r.clone().slice([0..n]), r.slice([n..2 * n]), margin, batch.num_tokens() as u64))
-    }
-
     /// Rewards of the first `n` pairs, for the sample table.
     pub fn samples(&self, pairs: &[TokenizedPair], n: usize) -> Result<Vec<Sample>> {
         let model = self.model.valid();
@@ -306,13 +433,19 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
         if take.is_empty() {
             return Ok(Vec::new());
         }
-        let (rc, rr, _, _) = RewardTrainer::<B>::score_inner(&model, &take, self.pad_id, None)?;
+        let Scored { chosen: rc, rejected: rr, .. } = score(&model, &take, self.pad_id, None)?;
         let rc = rc.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default();
         let rr = rr.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default();
         Ok(take
             .iter()
             .zip(rc.iter().zip(&rr))
-            .map(|(p, (&c, &r))| Sample { chosen_text: p.chosen_text.clone(), rejected_text: p.rejected_text.clone(), chosen_reward: c, rejected_reward: r, probability: preference_probability(c, r) })
+            .map(|(p, (&c, &r))| Sample {
+                chosen_text: p.chosen_text.clone(),
+                rejected_text: p.rejected_text.clone(),
+                chosen_reward: c,
+                rejected_reward: r,
+                probability: preference_probability(c, r),
+            })
             .collect())
     }
 
@@ -350,8 +483,7 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
         self.save_model(out)?;
         write_json_atomic(&out.join("training_config.json"), &self.config)?;
         write_json_atomic(&out.join("summary.json"), summary)?;
-        let lines: Vec<String> = self.state.log_history.iter().map(|e| serde_json::to_string(e).expect("serialisable")).collect();
-        write_atomic(&out.join("metrics.jsonl"), (lines.join("\n") + "\n").as_bytes())?;
+        self.write_metrics()?;
         let samples = self.samples(sample_from, self.config.num_print_samples)?;
         let jsonl: Vec<String> = samples.iter().map(|s| serde_json::to_string(s).expect("serialisable")).collect();
         write_atomic(&out.join("samples.jsonl"), (jsonl.join("\n") + "\n").as_bytes())?;
