@@ -26,10 +26,14 @@ pub struct GenerateArgs {
     /// Model directory (or a hub id already in the local cache); its tokenizer is used.
     #[arg(long)]
     pub model: String,
+    /// A PEFT LoRA adapter applied on --model (the base) for the policy.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     /// Reference model: sample from the geometric mixture of --model and this one.
     #[arg(long)]
     pub ref_model: Option<String>,
-    /// Weight β of the reference in the mixture (needs --ref-model) [default: 0.5].
+    /// Weight β of the reference in the mixture [default: 0.5]. With --adapter and no
+    /// --ref-model the reference is the base model with the adapter disabled.
     #[arg(long)]
     pub mixture_coef: Option<f64>,
     /// JSONL file of prompts: `{"prompt": "..."}` or a JSON string per line.
@@ -66,8 +70,8 @@ pub struct GenerateArgs {
 
 /// Runs `cargo xtask generate`.
 pub fn run(args: GenerateArgs) -> Result<()> {
-    if args.mixture_coef.is_some() && args.ref_model.is_none() {
-        return Err("--mixture-coef needs --ref-model".into());
+    if args.mixture_coef.is_some() && args.ref_model.is_none() && args.adapter.is_none() {
+        return Err("--mixture-coef needs --ref-model (or --adapter, whose base is then the reference)".into());
     }
     if args.batch_size == 0 {
         return Err("--batch-size must be at least 1".into());
@@ -78,10 +82,15 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let cfg = sampling_config(&args, &dir, &tokenizer)?;
     cfg.validate()?;
     let prompts = read_prompts(&args.prompts)?;
-    let policy = load_lm(&dir, &device)?;
-    let reference = match &args.ref_model {
-        Some(r) => Some(load_lm(&trl_core::source::resolve(r)?, &device)?),
-        None => None,
+    let mut policy = load_lm(&dir, &device)?;
+    if let Some(a) = &args.adapter {
+        // A value-head adapter's `v_head` (modules_to_save) plays no part in generation.
+        policy.load_adapter(a, "default")?;
+    }
+    let reference = match (&args.ref_model, args.mixture_coef) {
+        (Some(r), _) => Some(load_lm(&trl_core::source::resolve(r)?, &device)?),
+        (None, Some(_)) => Some(policy.without_adapters()?),
+        (None, None) => None,
     };
     let job = Job { tokenizer: &tokenizer, prompts: &prompts, cfg: &cfg, batch_size: args.batch_size };
     let write = |sink: &mut dyn Write| match &reference {

@@ -17,6 +17,9 @@ pub struct ScoreArgs {
     /// Reward model directory or hub id (`org/name[@rev]`).
     #[arg(long)]
     pub model: String,
+    /// A PEFT LoRA reward adapter (with its `score` in modules_to_save) applied on --model.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     /// JSONL rows: `{"text"}`, `{"prompt","response"}` or `{"prompt","chosen","rejected"}`.
     #[arg(long)]
     pub input: PathBuf,
@@ -61,15 +64,18 @@ fn parse(line: &str, n: usize, args: &ScoreArgs, m: &ModelDir) -> Result<(Value,
 
 pub fn run(args: ScoreArgs) -> Result<(), Error> {
     let m = ModelDir::open(&args.model)?;
-    if m.kind != Kind::Reward {
-        return Err(format!(
-            "{} is not a reward model (config.json names no *ForSequenceClassification)",
-            m.dir.display()
-        )
-        .into());
-    }
     let device = trl_core::backend::device();
-    let (mut model, _, _) = ForSequenceClassification::<B>::from_pretrained(&m.dir, None, &device)?;
+    let (mut model, _, has_score) = match &args.adapter {
+        Some(a) => ForSequenceClassification::<B>::from_adapter(a, Some(&m.dir), &device)?,
+        None if m.kind == Kind::Reward => ForSequenceClassification::<B>::from_pretrained(&m.dir, None, &device)?,
+        None => {
+            let why = "is not a reward model (config.json names no *ForSequenceClassification); pass --adapter";
+            return Err(format!("{} {why}", m.dir.display()).into());
+        }
+    };
+    if !has_score {
+        return Err("neither the model nor the adapter has a trained `score` head: rewards would be random".into());
+    }
     let pad = m.pad_id()?;
     model.pad_token_id = model.pad_token_id.or(Some(pad));
     let file = std::fs::File::open(&args.input).map_err(|e| format!("{}: {e}", args.input.display()))?;
