@@ -29,6 +29,20 @@ fn logits_match_transformers() {
     }
 }
 
+/// `hidden_states` (embeddings, every layer, final norm) equal transformers' to 1e-4.
+#[test]
+fn all_hidden_states_match_transformers() {
+    for name in MODELS {
+        let model = load(name);
+        let exp = expected(name);
+        let all = model.hidden_states(&batch(&exp, "single")).unwrap();
+        let (want, shape) = floats(&exp, "single.hidden_states");
+        assert_eq!(all.len(), shape[0], "{name}: number of hidden states");
+        let got: Vec<f32> = all.into_iter().flat_map(to_vec).collect();
+        assert_close(&format!("{name} hidden states"), &got, &want, 1e-4);
+    }
+}
+
 /// Causal LM loss with -100 labels equals transformers' to 1e-5.
 #[test]
 fn lm_loss_matches_transformers() {

@@ -198,12 +198,15 @@ impl<B: Backend> Gpt2Block<B> {
 }
 
 impl<B: Backend> Gpt2LMHeadModel<B> {
+    /// With `hidden_states`, every layer's input and the final output are pushed there, as
+    /// transformers' `output_hidden_states` (embeddings first, the last one after the norm).
     /// Last hidden state after `ln_f`, `[batch, q_len, n_embd]`, for `ids` `[batch, q_len]`.
     pub fn forward_hidden(
         &self,
         ids: Tensor<B, 2, Int>,
         ctx: &Context<B>,
         mut cache: Option<&mut KvCache<B>>,
+        mut hidden_states: Option<&mut Vec<Tensor<B, 3>>>,
     ) -> Result<Tensor<B, 3>> {
         let device = ids.device();
         if let Some(&p) = ctx.positions.iter().max() {
@@ -219,10 +222,17 @@ impl<B: Backend> Gpt2LMHeadModel<B> {
         let d = x.dims()[2];
         let mut x = x.reshape([b * t, d]);
         for (i, block) in tr.h.iter().enumerate() {
+            if let Some(all) = hidden_states.as_deref_mut() {
+                all.push(x.clone().reshape([b, t, d]));
+            }
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             x = block.forward(x, ctx, slot);
         }
-        Ok(tr.ln_f.forward(x).reshape([b, t, d]))
+        let out = tr.ln_f.forward(x).reshape([b, t, d]);
+        if let Some(all) = hidden_states {
+            all.push(out.clone());
+        }
+        Ok(out)
     }
 
     /// `[batch, seq, n_embd]` → `[batch, seq, vocab]`

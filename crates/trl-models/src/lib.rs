@@ -152,9 +152,24 @@ impl<B: Backend> AnyCausalLm<B> {
         cache: Option<&mut KvCache<B>>,
     ) -> Result<Tensor<B, 3>> {
         match self {
-            Self::Gpt2(m) => m.forward_hidden(ids, ctx, cache),
-            Self::Llama(m) => m.forward_hidden(ids, ctx, cache),
+            Self::Gpt2(m) => m.forward_hidden(ids, ctx, cache, None),
+            Self::Llama(m) => m.forward_hidden(ids, ctx, cache, None),
         }
+    }
+
+    /// Every hidden state of an uncached forward pass, as transformers' `hidden_states` with
+    /// `output_hidden_states=True`: `layers + 1` tensors `[batch, seq, hidden]` — the
+    /// embeddings, each layer's output, the last one after the final norm.
+    pub fn hidden_states(&self, batch: &TokenBatch) -> Result<Vec<Tensor<B, 3>>> {
+        let device = self.device();
+        let ctx = self.context(batch, &device);
+        let ids = batch.ids_tensor(&device);
+        let mut all = Vec::with_capacity(self.num_layers() + 1);
+        match self {
+            Self::Gpt2(m) => m.forward_hidden(ids, &ctx, None, Some(&mut all)),
+            Self::Llama(m) => m.forward_hidden(ids, &ctx, None, Some(&mut all)),
+        }?;
+        Ok(all)
     }
 
     /// LM logits from hidden states.

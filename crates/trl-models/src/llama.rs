@@ -295,12 +295,15 @@ impl<B: Backend> LlamaDecoderLayer<B> {
 }
 
 impl<B: Backend> LlamaForCausalLM<B> {
+    /// With `hidden_states`, every layer's input and the final output are pushed there, as
+    /// transformers' `output_hidden_states` (embeddings first, the last one after the norm).
     /// Last hidden state after the final norm, `[batch, q_len, hidden]`.
     pub fn forward_hidden(
         &self,
         ids: Tensor<B, 2, Int>,
         ctx: &Context<B>,
         mut cache: Option<&mut KvCache<B>>,
+        mut hidden_states: Option<&mut Vec<Tensor<B, 3>>>,
     ) -> Result<Tensor<B, 3>> {
         let device = ids.device();
         let heads =
@@ -311,10 +314,17 @@ impl<B: Backend> LlamaForCausalLM<B> {
         let hidden = x.dims()[2];
         let mut x = x.reshape([b * t, hidden]);
         for (i, layer) in self.model.layers.iter().enumerate() {
+            if let Some(all) = hidden_states.as_deref_mut() {
+                all.push(x.clone().reshape([b, t, hidden]));
+            }
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             x = layer.forward(x, ctx, &rope, slot);
         }
-        Ok(self.model.norm.forward(x).reshape([b, t, hidden]))
+        let out = self.model.norm.forward(x).reshape([b, t, hidden]);
+        if let Some(all) = hidden_states {
+            all.push(out.clone());
+        }
+        Ok(out)
     }
 
     /// `[batch, seq, hidden]` → `[batch, seq, vocab]`
