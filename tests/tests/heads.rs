@@ -101,6 +101,16 @@ fn malformed_head_is_an_error() {
     assert!(err.to_string().contains("v_head.summary.weight"), "{err}");
 }
 
+/// Where to also keep what [`save_and_reload_round_trip`] saves, for the Python load check in
+/// docs/checkpoints.md (`TRL_RS_EXPORT=DIR cargo test -p trl-tests --test heads round_trip`).
+fn export(name: &str, save: impl Fn(&std::path::Path)) {
+    if let Ok(root) = std::env::var("TRL_RS_EXPORT") {
+        let dir = std::path::Path::new(&root).join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        save(&dir);
+    }
+}
+
 /// Save → load keeps every tensor bit-exact, single file and sharded.
 #[test]
 fn save_and_reload_round_trip() {
@@ -114,6 +124,7 @@ fn save_and_reload_round_trip() {
             CausalLmWithValueHead::<B>::from_pretrained(tmp.path(), &ValueHeadOptions::default(), &dev()).unwrap();
         assert_eq!(source, VHeadSource::Restored);
         assert_eq!(back.state_dict(), vm.state_dict());
+        export(&format!("llama-vhead-{shard}"), |d| vm.save_pretrained(&cfg, d, shard).unwrap());
     }
     let (rm, cfg, _) = ForSequenceClassification::<B>::from_pretrained(&fixture("qwen2-rm"), None, &dev()).unwrap();
     let tmp = tempfile::tempdir().unwrap();
@@ -122,6 +133,7 @@ fn save_and_reload_round_trip() {
     assert!(restored);
     assert_eq!(cfg2.architectures(), vec!["Qwen2ForSequenceClassification".to_string()]);
     assert_eq!(back.state_dict(), rm.state_dict());
+    export("qwen2-rm", |d| rm.save_pretrained(&cfg, d, DEFAULT_MAX_SHARD_SIZE).unwrap());
 }
 
 /// Without `pad_token_id`, a batch of more than one row is a clear error.
