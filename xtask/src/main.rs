@@ -12,6 +12,11 @@ mod train;
 
 use clap::{Parser, Subcommand};
 
+/// Tensor ops allocate and free large buffers at a high rate; mimalloc reuses them instead of
+/// returning pages to the OS (measured: about a third more training throughput on the CPU).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Train, score and generate with Hugging Face reward and value-head models, in Rust.
 #[derive(Parser)]
 #[command(name = "cargo xtask", version, about)]
@@ -23,7 +28,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Train a reward model (no arguments: the built-in task on a small model).
-    Train(train::TrainArgs),
+    Train(Box<train::TrainArgs>),
     /// Run one padded batch through a model and write its tensors to safetensors.
     Forward(forward::ForwardArgs),
     /// Score texts or preference pairs with a reward model (JSONL in, JSONL out).
@@ -37,7 +42,7 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Train(args) => train::run(args),
+        Command::Train(args) => train::run(*args),
         Command::Forward(args) => forward::run(args),
         Command::Score(args) => score::run(args),
         Command::Generate(args) => generate::run(args),
