@@ -1,23 +1,30 @@
 //! `cargo xtask train`: reward-model training, on the built-in task or the user's data.
+//! Arguments and the run live here; building the model and reading the data, in [`setup`].
+
+mod setup;
 
 use std::io::IsTerminal;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 
-use burn::prelude::*;
-
 use trl_core::backend;
-use trl_heads::ForSequenceClassification;
-use trl_reward::data::{read_rows, tokenize};
-use trl_reward::{synthetic, Event, Job, RewardConfig, RewardTrainer};
+use trl_reward::{synthetic, Event, Job, LoraSettings, RewardConfig, RewardTrainer};
 
 type TB = backend::Train;
 
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
-    /// Model directory or hub id (`org/name[@rev]`); a causal LM gets a fresh score head.
+    /// Model directory or hub id (`org/name[@rev]`); a causal LM gets a fresh score head. A PEFT
+    /// adapter directory loads its base and keeps training the adapter.
     #[arg(long)]
     pub model: Option<String>,
+    /// Start from random weights: a `config.json` (or a directory holding one) gives the
+    /// architecture, the backbone and a fresh score head are drawn with `seed`.
+    #[arg(long, conflicts_with = "model")]
+    pub init_config: Option<PathBuf>,
+    /// Tokenizer directory (default: the model's, or the `--init-config` file's directory).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
     /// Preference data (`.jsonl` or `.parquet`) with `chosen`/`rejected` (and optional `prompt`, `margin`).
     #[arg(long)]
     pub train_file: Option<PathBuf>,
@@ -61,6 +68,22 @@ pub struct TrainArgs {
     /// Skip (and count) malformed rows instead of failing.
     #[arg(long)]
     pub skip_bad_rows: bool,
+    /// Train a LoRA adapter of this rank (and `score`) on the frozen `--model`. Any `--lora-*`
+    /// flag or `--use-rslora` turns LoRA on, with TRL's defaults for the rest: r 16, alpha 32,
+    /// dropout 0.05 (off while training unless `disable_dropout = false`), PEFT's target modules.
+    #[arg(long)]
+    pub lora_r: Option<usize>,
+    #[arg(long)]
+    pub lora_alpha: Option<f64>,
+    #[arg(long)]
+    pub lora_dropout: Option<f64>,
+    /// Comma-separated module names, or `all-linear` (default: `q_proj,v_proj` for the Llama
+    /// family, `c_attn` for GPT-2).
+    #[arg(long, value_delimiter = ',')]
+    pub lora_targets: Option<Vec<String>>,
+    /// Scale the adapter by `alpha / √r` instead of `alpha / r`.
+    #[arg(long)]
+    pub use_rslora: bool,
 }
 
 impl TrainArgs {
@@ -84,13 +107,28 @@ impl TrainArgs {
             cfg.eval_steps = self.eval_steps;
         }
         cfg.skip_bad_rows |= self.skip_bad_rows;
+        let lora_flags = self.lora_r.is_some()
+            || self.lora_alpha.is_some()
+            || self.lora_dropout.is_some()
+            || self.lora_targets.is_some()
+            || self.use_rslora;
+        if lora_flags {
+            let l = cfg.lora.get_or_insert_with(LoraSettings::default);
+            l.r = self.lora_r.unwrap_or(l.r);
+            l.alpha = self.lora_alpha.unwrap_or(l.alpha);
+            l.dropout = self.lora_dropout.unwrap_or(l.dropout);
+            if self.lora_targets.is_some() {
+                l.target_modules = self.lora_targets.clone();
+            }
+            l.use_rslora |= self.use_rslora;
+        }
     }
 }
 
 type Error = Box<dyn std::error::Error>;
 
 pub fn run(args: TrainArgs) -> Result<(), Error> {
-    let builtin = args.model.is_none() && args.train_file.is_none();
+    let builtin = args.model.is_none() && args.init_config.is_none() && args.train_file.is_none();
     let mut cfg = match &args.config {
         Some(p) => RewardConfig::from_file(p)?,
         None if builtin => synthetic::training_config(),
@@ -99,10 +137,20 @@ pub fn run(args: TrainArgs) -> Result<(), Error> {
     args.apply(&mut cfg);
     cfg.validate()?;
     let device = backend::device();
+    if cfg.lora.is_some() && args.model.is_none() {
+        return Err("LoRA trains an adapter on pretrained base weights: give the base with --model \
+                    (random-init and built-in models have no base on disk for the adapter to point at)"
+            .into());
+    }
     let Job { mut trainer, train, eval, dropped } =
-        if builtin { synthetic::job::<TB>(cfg, &device)? } else { user_job(&args, cfg, &device)? };
+        if builtin { synthetic::job::<TB>(cfg, &device)? } else { setup::user_job(&args, cfg, &device)? };
+    let what = match trainer.adapter() {
+        Some(name) => format!("LoRA adapter `{name}` + score"),
+        None => "the whole model".into(),
+    };
     eprintln!(
-        "training on {} pairs, evaluating on {} ({} dropped as longer than max_length {:?}); backend {}; output {}",
+        "training {what} on {} pairs, evaluating on {} ({} dropped as longer than max_length {:?}); backend {}; \
+         output {}",
         train.len(),
         eval.len(),
         dropped,
@@ -139,47 +187,6 @@ pub fn run(args: TrainArgs) -> Result<(), Error> {
         );
     }
     Ok(())
-}
-
-/// The user's model (`--model`) and data (`--train-file`, `--eval-file` or `eval_split`).
-fn user_job(args: &TrainArgs, cfg: RewardConfig, device: &Device<TB>) -> Result<Job<TB>, Error> {
-    TB::seed(device, cfg.seed);
-    let id = args.model.as_ref().ok_or("--model is required with --train-file")?;
-    let dir = trl_core::source::resolve(id)?;
-    let tokenizer = trl_core::Tokenizer::from_dir(&dir)?;
-    let (mut model, hf_config, restored) = ForSequenceClassification::<TB>::from_pretrained(&dir, None, device)?;
-    if !restored {
-        eprintln!("note: {} has no `score` head; starting a fresh one (num_labels = 1)", dir.display());
-    }
-    if model.pad_token_id.is_none() {
-        model.pad_token_id = tokenizer.pad_id();
-    }
-    let pad_id = model
-        .pad_token_id
-        .or(tokenizer.pad_id())
-        .ok_or("the tokenizer has neither a pad nor an EOS token; set pad_token in tokenizer_config.json")?;
-    let eos = cfg.eos_token.clone().or(tokenizer.eos_token.clone()).unwrap_or_default();
-    let template = args.chat_template.as_ref().map(std::fs::read_to_string).transpose()?;
-
-    let path = args.train_file.as_ref().ok_or("--train-file is required with --model")?;
-    let loaded = read_rows(path, cfg.skip_bad_rows)?;
-    if loaded.skipped > 0 {
-        eprintln!("skipped {} malformed row(s) of {}", loaded.skipped, path.display());
-    }
-    let (train_rows, eval_rows) = match &args.eval_file {
-        Some(e) => (loaded.rows, read_rows(e, cfg.skip_bad_rows)?.rows),
-        None => {
-            let n_eval = (loaded.rows.len() as f64 * cfg.eval_split).round() as usize;
-            let mut rows = loaded.rows;
-            let eval = rows.split_off(rows.len() - n_eval);
-            (rows, eval)
-        }
-    };
-    let train = tokenize(&train_rows, &tokenizer, &eos, cfg.max_length, template.as_deref())?;
-    let eval = tokenize(&eval_rows, &tokenizer, &eos, cfg.max_length, template.as_deref())?;
-    let dropped = train.dropped_too_long + eval.dropped_too_long;
-    let trainer = RewardTrainer::new(cfg, model, hf_config, Some(tokenizer), pad_id)?;
-    Ok(Job { trainer, train: train.pairs, eval: eval.pairs, dropped })
 }
 
 fn report(ev: Event, tty: bool) {

@@ -11,7 +11,7 @@ use burn::prelude::*;
 use serde_json::{json, Map, Value};
 
 use trl_core::module_io::set_require_grad_where;
-use trl_core::peft::{self, LoraConfig};
+use trl_core::peft::{self, AdapterKey, LoraConfig};
 use trl_core::{checkpoint, load_module, module_state_dict, HfConfig, StateDict, Strictness};
 use trl_models::{AnyCausalLm, TokenBatch};
 
@@ -87,6 +87,23 @@ impl<B: Backend> ForSequenceClassification<B> {
             .init(device);
         let pad_token_id = cfg.get("pad_token_id").and_then(Value::as_i64);
         Ok(Self { backbone: backbone.without_lm_head(), score, pad_token_id })
+    }
+
+    /// A randomly initialised reward model for `config` (transformers' `from_config`): a fresh
+    /// backbone and a fresh `score`, with `num_labels` as given, else the config's when it names a
+    /// `*ForSequenceClassification`, else 1 (as TRL's RewardTrainer forces). Returns the config
+    /// marked as a reward model. Seed the backend first (`B::seed`) for reproducible weights.
+    pub fn from_config(
+        config: &HfConfig,
+        num_labels_override: Option<usize>,
+        device: &B::Device,
+    ) -> Result<(Self, HfConfig)> {
+        let n = num_labels_override.unwrap_or(if is_seq_cls(config) { num_labels(config) } else { 1 });
+        let backbone = AnyCausalLm::init(config, device)?;
+        let model = Self::with_fresh_score(backbone, config, n, device)?;
+        let mut config = config.clone();
+        mark_as_seq_cls(&mut config, n);
+        Ok((model, config))
     }
 
     /// Loads a `*ForSequenceClassification` checkpoint, or a causal-LM checkpoint with a fresh
@@ -237,6 +254,56 @@ impl<B: Backend> ForSequenceClassification<B> {
             StateDict::new()
         };
         Ok(self.backbone.save_adapter(dir, name, &extra)?)
+    }
+
+    /// Loads the weights of the adapter directory `dir` into the attached adapter `name`, and its
+    /// `score` (when `score` is in the adapter's `modules_to_save`), in place: parameter ids, the
+    /// adapter's slot and `require_grad` stay as they are (resuming a training run on the same
+    /// base). The file must fit the adapter exactly: same rank, alpha and modules, every tensor
+    /// present, nothing else.
+    pub fn load_adapter_weights(self, dir: &Path, name: &str) -> Result<Self> {
+        let (file_cfg, sd) = peft::read_adapter(dir)?;
+        let bad = |reason: String| HeadError::Config { path: dir.display().to_string(), reason };
+        let slot = self
+            .backbone
+            .adapter_names()
+            .iter()
+            .position(|n| *n == name)
+            .ok_or_else(|| bad(format!("the model has no adapter `{name}` to load weights into")))?;
+        let cfg = self.backbone.adapter_config(name).expect("the adapter exists");
+        let shape = |c: &LoraConfig| {
+            (c.r, c.lora_alpha, c.use_rslora, c.target_modules.clone(), c.rank_pattern.clone(), c.alpha_pattern.clone())
+        };
+        if shape(&file_cfg) != shape(cfg) {
+            return Err(bad(format!(
+                "adapter config differs from adapter `{name}`'s (r, lora_alpha, use_rslora, target_modules, rank/alpha \
+                 patterns): file {:?}, model {:?}",
+                shape(&file_cfg),
+                shape(cfg)
+            )));
+        }
+        let score = self.score_is_saved(name);
+        let mut ours = StateDict::new();
+        for (key, t) in sd.tensors {
+            match peft::parse_key(&key) {
+                Some(AdapterKey::Lora { module, a }) => {
+                    ours.insert(format!("backbone.{module}.lora_{}.{slot}.weight", if a { 'A' } else { 'B' }), t)
+                }
+                Some(AdapterKey::Full(k)) if score && k.starts_with(SCORE_PREFIX) => ours.insert(k, t),
+                _ => return Err(bad(format!("`{key}` has no place in adapter `{name}` of this model"))),
+            }
+        }
+        let (model, report) = load_module(self, &ours, Strictness::Partial)?;
+        let is_adapter = model.backbone.adapter_key_filter(name)?;
+        let missing: Vec<&String> =
+            report.missing.iter().filter(|k| is_adapter(k) || (score && k.starts_with(SCORE_PREFIX))).collect();
+        if !missing.is_empty() || !report.unexpected.is_empty() {
+            return Err(bad(format!(
+                "adapter file does not fit adapter `{name}`: missing {missing:?}, unexpected {:?}",
+                report.unexpected
+            )));
+        }
+        Ok(model)
     }
 
     fn score_is_saved(&self, adapter: &str) -> bool {

@@ -598,6 +598,17 @@ impl<B: Backend> AnyCausalLm<B> {
         Ok(())
     }
 
+    /// Sets the dropout probability of every adapter at every projection to `p`, leaving the
+    /// adapters' configs (and so what [`save_adapter`](Self::save_adapter) writes) alone: TRL's
+    /// `disable_dropout_in_model` on a PEFT model is `set_lora_dropout(0.0)`.
+    pub fn set_lora_dropout(&mut self, p: f64) {
+        for (_, layer) in self.lora_layers() {
+            for slot in layer.parts().lora.slots.iter_mut().flatten() {
+                slot.dropout = p;
+            }
+        }
+    }
+
     /// A test for parameter keys (module paths, with any prefix such as `backbone.`) that are
     /// LoRA weights of adapter `name`: for freezing, or for an optimizer's parameter groups.
     pub fn adapter_key_filter(&self, name: &str) -> Result<impl Fn(&str) -> bool + 'static> {

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use trl_core::peft::{self, LoraConfig, TargetModules};
 
 use crate::error::{Result, RewardError};
 
@@ -41,7 +42,9 @@ pub struct RewardConfig {
     pub adam_beta2: f64,
     pub adam_epsilon: f64,
     pub pad_to_multiple_of: Option<usize>,
-    /// Zero every dropout (our backbones run without dropout; kept for config compatibility).
+    /// Zero every dropout while training, as TRL does after wrapping the model with PEFT: our
+    /// backbones run without dropout anyway, so this switches off LoRA's `lora_dropout` (the saved
+    /// `adapter_config.json` keeps the configured value, as TRL's does).
     pub disable_dropout: bool,
     /// EOS string appended to plain text (default: the tokenizer's).
     pub eos_token: Option<String>,
@@ -51,6 +54,101 @@ pub struct RewardConfig {
     pub num_print_samples: usize,
     /// Fraction of the training file held out for evaluation when no eval file is given.
     pub eval_split: f64,
+    /// Train a LoRA adapter (and `score`) on a frozen base instead of the whole model.
+    pub lora: Option<LoraSettings>,
+}
+
+/// A LoRA adapter to train: TRL's `ModelConfig` `lora_*` fields and defaults (the `lora_`
+/// prefix is optional in a config file), made into PEFT's `SEQ_CLS` task as TRL's reward
+/// script does, with `score` in `modules_to_save` as PEFT's `PeftModelForSequenceClassification`
+/// adds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoraSettings {
+    #[serde(alias = "lora_r")]
+    pub r: usize,
+    #[serde(alias = "lora_alpha")]
+    pub alpha: f64,
+    #[serde(alias = "lora_dropout")]
+    pub dropout: f64,
+    /// Module names, or `["all-linear"]`; unset: PEFT's default for the architecture
+    /// (`q_proj`, `v_proj` for the Llama family, `c_attn` for GPT-2).
+    #[serde(alias = "lora_target_modules")]
+    pub target_modules: Option<Vec<String>>,
+    /// Trained and saved whole; `score` is always among them.
+    #[serde(alias = "lora_modules_to_save")]
+    pub modules_to_save: Vec<String>,
+    /// Scale by `alpha / √r` instead of `alpha / r`.
+    pub use_rslora: bool,
+    /// Written to `adapter_config.json` so that PEFT and trl-rs find the base (a local path or
+    /// a hub id). Unset: the directory the model's `config.json` was read from, made absolute.
+    pub base_model_name_or_path: Option<String>,
+    /// The base's hub revision, when it is a hub id.
+    pub revision: Option<String>,
+}
+
+impl Default for LoraSettings {
+    fn default() -> Self {
+        Self {
+            r: 16,
+            alpha: 32.0,
+            dropout: 0.05,
+            target_modules: None,
+            modules_to_save: vec!["score".into()],
+            use_rslora: false,
+            base_model_name_or_path: None,
+            revision: None,
+        }
+    }
+}
+
+impl LoraSettings {
+    /// The PEFT config of a new adapter for a `model_type` backbone (`fan_in_fan_out` for
+    /// GPT-2's Conv1D, as PEFT forces it).
+    pub fn lora_config(&self, model_type: &str) -> Result<LoraConfig> {
+        self.validate()?;
+        let targets = match self.target_modules.as_deref() {
+            Some([one]) if one == "all-linear" => TargetModules::AllLinear,
+            Some(list) if !list.is_empty() => TargetModules::Names(list.to_vec()),
+            _ => TargetModules::Names(
+                peft::default_target_modules(model_type)
+                    .ok_or_else(|| {
+                        RewardError::Config(format!(
+                            "lora: PEFT has no default target modules for model_type `{model_type}`; set target_modules"
+                        ))
+                    })?
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
+            ),
+        };
+        let mut c = LoraConfig::new(self.r, self.alpha, targets);
+        c.task_type = Some("SEQ_CLS".into());
+        c.lora_dropout = self.dropout;
+        c.use_rslora = self.use_rslora;
+        c.fan_in_fan_out = model_type == "gpt2";
+        c.modules_to_save = self.modules_to_save.clone();
+        if !c.modules_to_save.iter().any(|m| m == "score") {
+            c.modules_to_save.push("score".into());
+        }
+        c.base_model_name_or_path = self.base_model_name_or_path.clone();
+        c.revision = self.revision.clone();
+        Ok(c)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: &str| Err(RewardError::Config(format!("lora: {m}")));
+        if self.r == 0 {
+            return bad("r must be at least 1");
+        }
+        if !self.alpha.is_finite() || self.alpha <= 0.0 {
+            return bad("alpha must be positive");
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad("dropout must be in [0, 1)");
+        }
+        Ok(())
+    }
 }
 
 impl Default for RewardConfig {
@@ -83,6 +181,7 @@ impl Default for RewardConfig {
             skip_bad_rows: false,
             num_print_samples: 4,
             eval_split: 0.0,
+            lora: None,
         }
     }
 }
@@ -120,6 +219,9 @@ impl RewardConfig {
         }
         if self.logging_steps == 0 || self.save_steps == 0 || self.eval_steps == Some(0) {
             return bad("logging_steps, save_steps and eval_steps must be at least 1");
+        }
+        if let Some(l) = &self.lora {
+            l.validate()?;
         }
         Ok(())
     }

@@ -19,6 +19,8 @@ pub enum RewardError {
     Config(String),
     #[error("chat template: {0}")]
     Template(String),
+    #[error("preference data: {0}")]
+    Content(String),
 }
 
 impl RewardError {

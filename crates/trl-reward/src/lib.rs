@@ -22,5 +22,5 @@ pub mod report;
 pub mod synthetic;
 pub mod trainer;
 
-pub use config::RewardConfig;
+pub use config::{LoraSettings, RewardConfig};
 pub use trainer::{Event, Job, LogEntry, RewardTrainer, Summary};

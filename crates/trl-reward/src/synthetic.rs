@@ -11,7 +11,6 @@ use serde_json::json;
 
 use trl_core::{HfConfig, Tokenizer};
 use trl_heads::ForSequenceClassification;
-use trl_models::AnyCausalLm;
 
 use crate::collate::SplitMix64;
 use crate::config::RewardConfig;
@@ -138,9 +137,7 @@ pub fn training_config() -> RewardConfig {
 pub fn job<B: AutodiffBackend>(config: RewardConfig, device: &B::Device) -> Result<Job<B>> {
     config.validate()?;
     B::seed(device, config.seed);
-    let hf = model_config();
-    let backbone = AnyCausalLm::<B>::init(&hf, device)?;
-    let model = ForSequenceClassification::with_fresh_score(backbone, &hf, 1, device)?;
+    let (model, hf) = ForSequenceClassification::<B>::from_config(&model_config(), Some(1), device)?;
     let tok = tokenizer();
     let pad_id = model.pad_token_id.or(tok.pad_id()).expect("the built-in model config has a pad id");
     let eos = config.eos_token.clone().unwrap_or_else(|| EOS.to_string());

@@ -7,6 +7,15 @@
 //! clipped by global norm, then AdamW at the linearly scheduled learning rate. Checkpoints hold
 //! the model in HF layout plus optimizer moments, the data position and the logging window, so
 //! `resume` continues bit for bit and writes the same `metrics.jsonl`.
+//!
+//! **LoRA.** When the model has an active adapter (one the trainer attached from
+//! [`RewardConfig::lora`], or one loaded with the model), only that adapter and `score` train:
+//! everything else is frozen, has no gradient and no optimizer moments. Checkpoints and the final
+//! output are then PEFT adapter directories (`adapter_config.json`, `adapter_model.safetensors`
+//! with `score` in `modules_to_save`) plus the trainer files, and [`RewardTrainer::resume_from`]
+//! loads a checkpoint's adapter weights onto the same base. `disable_dropout` (the default) turns
+//! the adapter's dropout off, as TRL does; when dropout stays on, the backend is reseeded from
+//! `(seed, step)` before every step so that a resumed run draws the same masks.
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -21,10 +30,10 @@ use serde::{Deserialize, Serialize};
 use trl_core::atomic::{write_atomic, write_json_atomic};
 use trl_core::checkpoint::{self, DEFAULT_MAX_SHARD_SIZE};
 use trl_core::module_io::param_ids;
-use trl_core::{HfConfig, Tokenizer};
+use trl_core::{peft, HfConfig, Tokenizer};
 use trl_heads::ForSequenceClassification;
 
-use crate::collate::{collate, epoch_order};
+use crate::collate::{collate, epoch_order, SplitMix64};
 use crate::config::RewardConfig;
 use crate::data::TokenizedPair;
 use crate::error::{Result, RewardError};
@@ -154,6 +163,10 @@ pub struct RewardTrainer<B: AutodiffBackend> {
     pub state: TrainerState,
     pub pad_id: i64,
     optimizer: AdamW<B::InnerBackend>,
+    /// The LoRA adapter under training; `None` for a full fine-tune.
+    adapter: Option<String>,
+    /// Dropout is live (LoRA dropout with `disable_dropout` off): reseed before every step.
+    reseed: bool,
 }
 
 /// Rewards of a batch of pairs, scored in one forward pass.
@@ -187,16 +200,68 @@ fn score<B: Backend>(
 
 const STATE_FILE: &str = "trainer_state.json";
 const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+/// The name of the adapter the trainer attaches (PEFT's default).
+pub const ADAPTER_NAME: &str = "default";
+
+/// The seed of the backend's RNG for optimizer step `step` (0-based): what dropout draws from.
+fn step_seed(seed: u64, step: u64) -> u64 {
+    SplitMix64(seed ^ step.wrapping_mul(0xE703_7ED1_A0B4_28DB)).next_u64()
+}
+
+/// The directory `config.json` was read from, absolute, if it holds the config and weights.
+fn base_dir(hf: &HfConfig) -> Option<String> {
+    let dir = hf.path.parent().filter(|d| hf.path.is_file() && checkpoint::weight_files(d).is_ok())?;
+    Some(std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()).display().to_string())
+}
 
 impl<B: AutodiffBackend> RewardTrainer<B> {
+    /// A trainer for `model`. With `config.lora` it first attaches a fresh adapter
+    /// [`ADAPTER_NAME`] (drawn after seeding the backend with `config.seed`); a model that comes
+    /// with an active adapter trains that one. In both cases only the adapter and `score` train.
     pub fn new(
-        config: RewardConfig,
-        model: ForSequenceClassification<B>,
+        mut config: RewardConfig,
+        mut model: ForSequenceClassification<B>,
         hf_config: HfConfig,
         tokenizer: Option<Tokenizer>,
         pad_id: i64,
     ) -> Result<Self> {
         config.validate()?;
+        let attached = model.backbone.adapter_names().iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        if let Some(lora) = config.lora.as_mut() {
+            if !attached.is_empty() {
+                return Err(RewardError::Config(format!(
+                    "the model already carries adapter(s) [{}]; leave `lora` unset to keep training the active one",
+                    attached.join(", ")
+                )));
+            }
+            if lora.base_model_name_or_path.is_none() {
+                lora.base_model_name_or_path = Some(base_dir(&hf_config).ok_or_else(|| {
+                    RewardError::Config(
+                        "lora: the base model was not read from a checkpoint directory (random init?), and an \
+                         adapter needs its base on disk: save the base and set lora.base_model_name_or_path"
+                            .into(),
+                    )
+                })?);
+            }
+            let mt = hf_config.model_type().unwrap_or_default();
+            B::seed(&model.backbone.device(), config.seed);
+            model.add_adapter(ADAPTER_NAME, lora.lora_config(mt)?)?;
+        }
+        let adapter = model.backbone.active_adapter().map(String::from);
+        if adapter.is_none() && !model.backbone.adapter_names().is_empty() {
+            return Err(RewardError::Config(
+                "the model carries adapters but none is active: activate the one to train (set_adapter)".into(),
+            ));
+        }
+        let mut reseed = false;
+        if let Some(name) = &adapter {
+            model = model.train_adapter_only()?;
+            if config.disable_dropout {
+                model.backbone.set_lora_dropout(0.0);
+            } else {
+                reseed = model.backbone.adapter_config(name).is_some_and(|c| c.lora_dropout > 0.0);
+            }
+        }
         let adam = AdamWConfig {
             beta1: config.adam_beta1,
             beta2: config.adam_beta2,
@@ -211,7 +276,14 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
             state: TrainerState::default(),
             pad_id,
             optimizer: AdamW::new(adam),
+            adapter,
+            reseed,
         })
+    }
+
+    /// The LoRA adapter being trained, if any (else the whole model trains).
+    pub fn adapter(&self) -> Option<&str> {
+        self.adapter.as_deref()
     }
 
     /// The newest `checkpoint-N` directory under `output_dir`, if any.
@@ -228,11 +300,33 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
             .map(|(_, p)| p)
     }
 
-    /// Restores weights, optimizer moments and position from a checkpoint directory.
+    /// Restores weights, optimizer moments and position from a checkpoint directory. With LoRA
+    /// the checkpoint's adapter (and `score`) is loaded onto this trainer's base, which must be the
+    /// base the run started from.
     pub fn resume_from(&mut self, dir: &Path) -> Result<()> {
         let device = self.model.backbone.device();
-        let (model, _, _) = ForSequenceClassification::<B>::from_pretrained(dir, None, &device)?;
-        self.model = model;
+        let is_adapter = peft::is_adapter_dir(dir);
+        match &self.adapter {
+            Some(name) if is_adapter => self.model = self.model.clone().load_adapter_weights(dir, name)?,
+            None if !is_adapter => {
+                let (model, _, _) = ForSequenceClassification::<B>::from_pretrained(dir, None, &device)?;
+                self.model = model;
+            }
+            Some(name) => {
+                return Err(RewardError::Config(format!(
+                    "{}: not a LoRA checkpoint (no adapter_config.json), but this trainer trains adapter `{name}`; \
+                     resume without the lora settings",
+                    dir.display()
+                )))
+            }
+            None => {
+                return Err(RewardError::Config(format!(
+                    "{}: a LoRA checkpoint, but this trainer fine-tunes the whole model; resume with the lora \
+                     settings the run used (see its training_config.json)",
+                    dir.display()
+                )))
+            }
+        }
         let text =
             std::fs::read_to_string(dir.join(STATE_FILE)).map_err(|e| RewardError::io(&dir.join(STATE_FILE), e))?;
         self.state = serde_json::from_str(&text)
@@ -270,6 +364,9 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
         let mut stop = false;
         while self.state.global_step < total && !stop {
             let lr = linear_schedule(cfg.learning_rate, self.state.global_step, warmup, total);
+            if self.reseed {
+                B::seed(&self.model.backbone.device(), step_seed(cfg.seed, self.state.global_step));
+            }
             if self.state.batch_in_epoch >= batches_per_epoch {
                 self.state.epoch += 1;
                 self.state.batch_in_epoch = 0;
@@ -449,9 +546,13 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
             .collect())
     }
 
-    /// Writes the model in HF layout (config, weights, tokenizer) into `dir`.
+    /// Writes the model into `dir` with the tokenizer: in HF layout (config, weights), or with
+    /// LoRA as a PEFT adapter (`adapter_config.json`, `adapter_model.safetensors` with `score`).
     pub fn save_model(&self, dir: &Path) -> Result<()> {
-        self.model.save_pretrained(&self.hf_config, dir, DEFAULT_MAX_SHARD_SIZE)?;
+        match &self.adapter {
+            Some(name) => self.model.save_adapter(dir, name)?,
+            None => self.model.save_pretrained(&self.hf_config, dir, DEFAULT_MAX_SHARD_SIZE)?,
+        }
         if let Some(t) = &self.tokenizer {
             t.save(dir)?;
         }
