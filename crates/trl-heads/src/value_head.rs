@@ -291,3 +291,38 @@ pub(crate) fn prefix_error(e: trl_core::Error, prefix: &str) -> HeadError {
         other => HeadError::Core(other),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn size(v: serde_json::Value) -> Result<usize> {
+        head_hidden_size(&HfConfig::from_value(v).unwrap())
+    }
+
+    /// TRL 1.6+ priority: `word_embed_proj_dim` > `hidden_size` (GPT-2's `n_embd`) >
+    /// `text_config.hidden_size` > `decoder.hidden_size` (encoder–decoder only), else an error.
+    #[test]
+    fn hidden_size_follows_trl_priority() {
+        assert_eq!(size(json!({"word_embed_proj_dim": 16, "hidden_size": 32})).unwrap(), 16);
+        assert_eq!(size(json!({"hidden_size": 32, "text_config": {"hidden_size": 8}})).unwrap(), 32);
+        assert_eq!(size(json!({"n_embd": 24})).unwrap(), 24);
+        assert_eq!(size(json!({"text_config": {"hidden_size": 8}})).unwrap(), 8);
+        assert_eq!(size(json!({"is_encoder_decoder": true, "decoder": {"hidden_size": 12}})).unwrap(), 12);
+        let err = size(json!({"is_encoder_decoder": false, "decoder": {"hidden_size": 12}})).unwrap_err();
+        assert!(err.to_string().contains("hidden size"), "{err}");
+    }
+
+    /// `summary_dropout_prob` 0 means no dropout layer; the `normal` init zeroes the bias.
+    #[test]
+    fn dropout_and_init_options() {
+        type B = trl_core::backend::Default;
+        let device = trl_core::backend::device();
+        let head = ValueHead::<B>::new(8, 0.0, VHeadInit::Normal { std: 0.2 }, &device);
+        assert!(head.dropout.is_none());
+        let bias = head.summary.bias.as_ref().unwrap().val().into_data().to_vec::<f32>().unwrap();
+        assert_eq!(bias, vec![0.0]);
+        assert!(ValueHead::<B>::new(8, 0.1, VHeadInit::Default, &device).dropout.is_some());
+    }
+}
