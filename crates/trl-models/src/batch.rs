@@ -133,8 +133,14 @@ impl<B: Backend> Context<B> {
         let past = kv_len - q_len;
         let mut positions = Vec::with_capacity(batch * q_len);
         let mut mask = Vec::with_capacity(batch * q_len * kv_len);
+        // Row by row with slice copies (keys before the query: blocked where padding; the query
+        // itself: visible; after it: blocked), not element by element.
+        let future = vec![true; kv_len];
+        let mut padding = Vec::with_capacity(kv_len);
         for b in 0..batch {
             let row = &kv_mask[b * kv_len..(b + 1) * kv_len];
+            padding.clear();
+            padding.extend(row.iter().map(|&m| m == 0));
             let mut count = row[..past].iter().filter(|&&m| m != 0).count() as i64;
             for i in 0..q_len {
                 let qi = past + i;
@@ -143,10 +149,15 @@ impl<B: Backend> Context<B> {
                     Some(p) => p[b * q_len + i],
                     None => (count - 1).max(0),
                 });
-                for (j, &m) in row.iter().enumerate() {
-                    let outside = sliding_window.is_some_and(|w| qi >= w && j <= qi - w);
-                    mask.push(j != qi && (j > qi || m == 0 || outside));
+                let start = mask.len();
+                mask.extend_from_slice(&padding[..qi]);
+                if let Some(w) = sliding_window {
+                    // keys `j <= qi - w` are outside the window
+                    let lo = (qi + 1).saturating_sub(w).min(qi);
+                    mask[start..start + lo].fill(true);
                 }
+                mask.push(false);
+                mask.extend_from_slice(&future[qi + 1..]);
             }
         }
         let mask = Tensor::from_data(TensorData::new(mask, [batch, 1, q_len, kv_len]), device);
