@@ -9,6 +9,7 @@
 //! the built-in task `cargo xtask train` runs with no arguments.
 
 pub mod chat;
+pub mod checkpoint;
 pub mod collate;
 pub mod data;
 pub mod error;
