@@ -75,11 +75,13 @@ fn model<BB: burn::tensor::backend::Backend>(
     Ok(ForSequenceClassification::with_fresh_score(backbone, config, 1, device)?)
 }
 
-/// Training pairs/s through the real trainer loop (warm-up steps excluded).
+/// Training pairs/s through the real trainer loop, from the median time between consecutive
+/// optimizer steps' events (model set-up and the final checkpoint write are not counted).
 fn train_throughput(config: &HfConfig, seconds: f64) -> Result<f64, Error> {
     let device = backend::device();
     let vocab = config.require_usize("vocab_size")?;
-    let probe = |steps: u64| -> Result<f64, Error> {
+    // Step times, from the trainer's per-step events, of a run of `steps` optimizer steps.
+    let run = |steps: u64| -> Result<Vec<Instant>, Error> {
         let tmp = std::env::temp_dir().join(format!("trl-bench-{}", std::process::id()));
         let cfg = RewardConfig {
             output_dir: tmp.clone(),
@@ -92,17 +94,25 @@ fn train_throughput(config: &HfConfig, seconds: f64) -> Result<f64, Error> {
         };
         let pairs = random_pairs(vocab, PAIRS * steps as usize);
         let mut trainer = RewardTrainer::new(cfg, model::<backend::Train>(config, &device)?, config.clone(), None, 0)?;
-        let start = Instant::now();
-        trainer.train(&pairs, &[], 0, &mut |_| std::ops::ControlFlow::Continue(()))?;
-        let secs = start.elapsed().as_secs_f64();
+        let mut times = Vec::new();
+        trainer.train(&pairs, &[], 0, &mut |ev| {
+            if let trl_reward::Event::Step { .. } = ev {
+                times.push(Instant::now());
+            }
+            std::ops::ControlFlow::Continue(())
+        })?;
         let _ = std::fs::remove_dir_all(&tmp);
-        Ok(secs)
+        Ok(times)
     };
-    let one = probe(2)?;
-    let steps = ((seconds / (one / 2.0).max(1e-4)) as u64).clamp(3, 2000);
-    let base = probe(2)?;
-    let total = probe(steps + 2)?;
-    Ok((steps * PAIRS as u64) as f64 / (total - base).max(1e-9))
+    let probe = run(3)?;
+    let per_step = probe[2].duration_since(probe[1]).as_secs_f64().max(1e-4);
+    let steps = ((seconds / per_step) as u64).clamp(3, 2000) + 1;
+    let times = run(steps)?;
+    let mut gaps: Vec<f64> = times.windows(2).map(|w| w[1].duration_since(w[0]).as_secs_f64()).collect();
+    gaps.sort_by(f64::total_cmp);
+    let (lo, mid, hi) = (gaps[0], gaps[gaps.len() / 2], gaps[gaps.len() - 1]);
+    eprintln!("  {} steps: {lo:.3}s min, {mid:.3}s median, {hi:.3}s max", gaps.len());
+    Ok(PAIRS as f64 / mid.max(1e-9))
 }
 
 /// Scoring pairs/s: no-grad forward of chosen ++ rejected.
