@@ -73,3 +73,16 @@ pub fn assert_close_where(what: &str, got: &[f32], want: &[f32], tol: f32, keep:
 pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
     assert_close_where(what, got, want, tol, |_| true);
 }
+
+/// The lines of `dir/metrics.jsonl`, as text (floats compared digit for digit), without the
+/// wall-clock `pairs_per_sec`: what an interrupted-and-resumed run must reproduce.
+pub fn metrics_lines(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| match l.find(",\"pairs_per_sec\":") {
+            Some(i) => format!("{}}}", &l[..i]),
+            None => l.to_string(),
+        })
+        .collect()
+}

@@ -16,7 +16,7 @@ use trl_core::Tokenizer;
 use trl_heads::ForSequenceClassification;
 use trl_reward::data::{read_rows, tokenize, TokenizedPair};
 use trl_reward::{synthetic, Event, LogEntry, RewardConfig, RewardTrainer};
-use trl_tests::{fixture, B};
+use trl_tests::{fixture, metrics_lines, B};
 
 type TB = Autodiff<B>;
 
@@ -253,19 +253,6 @@ fn parity_llama_margin_grad_accum() {
     parity("llama-margin-ga2");
 }
 
-/// The lines of `metrics.jsonl`, as text (floats compared digit for digit), without the
-/// wall-clock `pairs_per_sec`.
-fn metrics(dir: &Path) -> Vec<String> {
-    std::fs::read_to_string(dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| match l.find(",\"pairs_per_sec\":") {
-            Some(i) => format!("{}}}", &l[..i]),
-            None => l.to_string(),
-        })
-        .collect()
-}
-
 fn resume_config(out: &Path) -> RewardConfig {
     RewardConfig {
         output_dir: out.to_path_buf(),
@@ -335,7 +322,7 @@ fn resume_is_exact() {
         assert_eq!(x.shape, y.shape, "{k}");
         assert!(x.as_bytes() == y.as_bytes(), "{k}: resumed weights differ from the uninterrupted run");
     }
-    let (ma, mb) = (metrics(a.path()), metrics(b.path()));
+    let (ma, mb) = (metrics_lines(a.path()), metrics_lines(b.path()));
     assert_eq!(ma.len(), 6 + 3, "train logs at 2,4,..,12 and evals at 4,8,12");
     assert!(ma.iter().all(|l| serde_json::from_str::<LogEntry>(l).is_ok()), "{ma:#?}");
     assert_eq!(ma, mb, "metrics.jsonl differs after resume");
