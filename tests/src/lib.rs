@@ -46,9 +46,82 @@ pub fn to_vec<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
     t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
 }
 
-/// Max |a - b| over positions where `keep(i)` (flat index), panicking with context if > tol.
-pub fn assert_close_where(what: &str, got: &[f32], want: &[f32], tol: f32, keep: impl Fn(usize) -> bool) {
+/// f32's unit roundoff `u = 2⁻²⁴`: one rounding changes a value by at most `u` of itself.
+pub const U: f32 = f32::EPSILON / 2.0;
+
+/// A comparison bound derived from f32 arithmetic, never from what one machine printed:
+/// `|got − want| ≤ rel · max(1, max |want|)`.
+///
+/// **Why this form.** A sum of `K` products computed in f32, in any order and with any
+/// blocking (the gemm kernels of different CPUs differ in exactly that), is within
+/// `γ_K = K·u/(1 − K·u) ≈ K·u` of the exact sum, relative to `Σ|aᵢbᵢ|` (Higham, *Accuracy and
+/// Stability of Numerical Algorithms*, §3.1). A forward pass is a chain of such reductions
+/// (norms, projections, attention scores, softmax sums, the lm_head), and to first order their
+/// relative errors add along the chain. The activations entering each reduction are normalised
+/// (unit RMS after every norm), so `Σ|aᵢbᵢ|` is of the order of the output's scale or of 1,
+/// whichever is larger: hence the `max(1, ·)`. Two independent computations (ours and
+/// PyTorch's, or the AVX2 and AVX-512 kernels, or a model whose weights differ by an ulp)
+/// each carry such an error, so their difference is bounded by twice one of them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Tol {
+    pub rel: f32,
+}
+
+impl Tol {
+    /// Two f32 runs through a chain of reductions whose lengths add up to `chain`.
+    pub fn chain(chain: usize) -> Self {
+        Self { rel: 2.0 * chain as f32 * U }
+    }
+
+    /// Two f32 forward passes of fixture `name` (its `config.json`, or its adapter's base's)
+    /// up to the logits / values / rewards: per layer the input norm, q/k/v (hidden), the
+    /// attention scores (head_dim), softmax sum and weighted values (up to the model's
+    /// `max_positions` keys each), the output projection, the second norm, the MLP's up and
+    /// down projections (hidden, intermediate); then the final norm and the head (hidden).
+    pub fn forward(name: &str) -> Self {
+        let c = model_config(name);
+        let get = |keys: &[&str]| keys.iter().find_map(|k| c.get(*k).and_then(|v| v.as_u64())).map(|v| v as usize);
+        let hidden = get(&["hidden_size", "n_embd"]).expect("hidden size");
+        let layers = get(&["num_hidden_layers", "n_layer"]).expect("layer count");
+        let heads = get(&["num_attention_heads", "n_head"]).expect("head count");
+        let inter = get(&["intermediate_size", "n_inner"]).unwrap_or(4 * hidden);
+        let head_dim = get(&["head_dim"]).unwrap_or(hidden / heads);
+        let keys = get(&["max_position_embeddings", "n_positions"]).expect("position limit");
+        let per_layer = hidden + hidden + head_dim + 2 * keys + heads * head_dim + hidden + hidden + inter;
+        Self::chain(layers * per_layer + 2 * hidden)
+    }
+
+    /// Log-probabilities (or a cross-entropy) over `vocab` from logits within `logits`: the
+    /// log-sum-exp is 1-Lipschitz in the logits, so each of the two terms of `z_y − lse(z)`
+    /// contributes the logits' error, plus the `vocab`-term sum of the log-sum-exp itself and
+    /// a mean over up to `tokens` terms.
+    pub fn log_softmax(logits: Self, vocab: usize, tokens: usize) -> Self {
+        Self { rel: 2.0 * logits.rel + Self::chain(vocab + tokens).rel }
+    }
+
+    /// The bound for values of scale `want`.
+    pub fn bound(self, want: &[f32]) -> f32 {
+        self.rel * want.iter().fold(1.0f32, |m, w| m.max(w.abs()))
+    }
+}
+
+/// The `config.json` of fixture `name`, or of the base named by its `adapter_config.json`.
+fn model_config(name: &str) -> serde_json::Value {
+    let dir = fixture(name);
+    let read = |p: PathBuf| -> serde_json::Value { serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap() };
+    if dir.join("config.json").is_file() {
+        return read(dir.join("config.json"));
+    }
+    let adapter = read(dir.join("adapter_config.json"));
+    let base = adapter["base_model_name_or_path"].as_str().expect("adapter base");
+    read(dir.join(base).join("config.json"))
+}
+
+/// Max |a - b| over positions where `keep(i)` (flat index), panicking with context if it is
+/// over `tol`'s bound for `want`'s scale.
+pub fn assert_close_where(what: &str, got: &[f32], want: &[f32], tol: Tol, keep: impl Fn(usize) -> bool) {
     assert_eq!(got.len(), want.len(), "{what}: length {} vs expected {}", got.len(), want.len());
+    let bound = tol.bound(want);
     let mut worst = (0.0f32, 0usize);
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         if !keep(i) {
@@ -61,8 +134,8 @@ pub fn assert_close_where(what: &str, got: &[f32], want: &[f32], tol: f32, keep:
         }
     }
     assert!(
-        worst.0 <= tol,
-        "{what}: max |Δ| = {} at flat index {} (got {}, want {}), tolerance {tol}",
+        worst.0 <= bound,
+        "{what}: max |Δ| = {} at flat index {} (got {}, want {}), bound {bound} ({tol:?})",
         worst.0,
         worst.1,
         got[worst.1],
@@ -70,7 +143,7 @@ pub fn assert_close_where(what: &str, got: &[f32], want: &[f32], tol: f32, keep:
     );
 }
 
-pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
+pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: Tol) {
     assert_close_where(what, got, want, tol, |_| true);
 }
 

@@ -13,7 +13,11 @@ use serde_json::Value;
 
 use trl_core::Tokenizer;
 use trl_reward::chat::apply_chat_template;
-use trl_reward::data::{parse_row, read_rows, render, tokenize, Content, Message, PreferenceRow, Tokenized};
+use trl_reward::data::{
+    jsonl_lines, parse_row, read_rows, render, tokenize, Content, JsonlLine, Message, PreferenceRow, SkippedRow,
+    Tokenized,
+};
+use trl_reward::parquet::ParquetFile;
 use trl_reward::RewardError;
 use trl_tests::fixture;
 
@@ -346,4 +350,153 @@ fn template_syntax_errors_and_empty_conversations_are_errors() {
     let row = parse_row(serde_json::json!({"chosen": [], "rejected": [{"role": "user", "content": "x"}]})).unwrap();
     let err = tokenize(&[row], &tok, EOS, None, None).unwrap_err().to_string();
     assert!(err.contains("empty conversation"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hostile input: encodings, and which rows were skipped
+// ---------------------------------------------------------------------------------------------
+
+fn write_bytes(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+#[test]
+fn invalid_utf8_line_names_file_and_line_and_can_be_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = br#"{"chosen": "a", "rejected": "b"}"#;
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(good);
+    bytes.extend_from_slice(b"\n\n{\"chosen\": \"caf\xe9\", \"rejected\": \"b\"}\n");
+    bytes.extend_from_slice(good);
+    bytes.push(b'\n');
+    let path = write_bytes(dir.path(), "latin1.jsonl", &bytes);
+    let err = read_rows(&path, false).unwrap_err();
+    assert!(matches!(err, RewardError::Row { line: 3, .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        format!("{}:3: invalid UTF-8 at byte 16 of the line (or pass --skip-bad-rows)", path.display())
+    );
+    let loaded = read_rows(&path, true).unwrap();
+    assert_eq!((loaded.rows.len(), loaded.skipped), (2, 1));
+    assert_eq!(
+        loaded.first_skipped,
+        [SkippedRow { unit: "line", number: 3, reason: "invalid UTF-8 at byte 16 of the line".into() }]
+    );
+}
+
+#[test]
+fn bom_and_crlf_are_accepted_and_utf16_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "bom.jsonl", "\u{feff}{\"chosen\": \"a\", \"rejected\": \"b\"}\r\n\r\n");
+    let loaded = read_rows(&path, false).unwrap();
+    assert_eq!(loaded.rows.len(), 1);
+    assert_eq!(loaded.rows[0].chosen, Content::Text("a".into()));
+
+    let utf16: Vec<u8> =
+        [0xff, 0xfe].into_iter().chain("{\"chosen\"".encode_utf16().flat_map(u16::to_le_bytes)).collect();
+    let path = write_bytes(dir.path(), "utf16.jsonl", &utf16);
+    for skip in [false, true] {
+        let err = read_rows(&path, skip).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "{}: UTF-16 text (it starts with a UTF-16 byte-order mark); JSONL must be UTF-8: re-save the file \
+                 as UTF-8",
+                path.display()
+            )
+        );
+    }
+}
+
+#[test]
+fn jsonl_lines_numbers_lines_and_keeps_going_past_bad_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_bytes(dir.path(), "lines.jsonl", b"\xef\xbb\xbf\"one\"\n  \n\"tw\xffo\"\r\n\"three\"");
+    let lines: Vec<JsonlLine> = jsonl_lines(&path).unwrap().collect::<Result<_, _>>().unwrap();
+    assert_eq!(
+        lines,
+        [
+            (1, Ok("\"one\"".to_string())),
+            (3, Err("invalid UTF-8 at byte 4 of the line".to_string())),
+            (4, Ok("\"three\"".to_string()))
+        ]
+    );
+    // a directory, or a missing file, is an error naming the path
+    for p in [dir.path().to_path_buf(), dir.path().join("missing.jsonl")] {
+        let err = read_rows(&p, true).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("{}: ", p.display())), "{err}");
+    }
+}
+
+#[test]
+fn loaded_keeps_the_first_five_skipped_lines_with_reasons() {
+    let path = data("bad.jsonl");
+    let loaded = read_rows(&path, true).unwrap();
+    let lines: Vec<usize> = loaded.first_skipped.iter().map(|s| s.number).collect();
+    assert_eq!(lines, [2, 3, 5]);
+    assert!(loaded.first_skipped[0].reason.starts_with("invalid JSON: "), "{:?}", loaded.first_skipped);
+    assert!(loaded.first_skipped[1].reason.starts_with("missing `rejected`"), "{:?}", loaded.first_skipped);
+    assert!(loaded.first_skipped[2].reason.starts_with("mixes plain text and conversations"));
+    let summary = loaded.skipped_summary(&path).unwrap();
+    assert!(summary.starts_with(&format!("skipped 3 malformed row(s) of {} (line 2: invalid JSON: ", path.display())));
+    assert!(summary.contains("; line 3: missing `rejected`"), "{summary}");
+
+    // more than five: five kept, the rest counted
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = String::from("{\"chosen\": \"a\", \"rejected\": \"b\"}\n");
+    for _ in 0..7 {
+        text.push_str("[]\n");
+    }
+    let path = write(dir.path(), "many.jsonl", &text);
+    let loaded = read_rows(&path, true).unwrap();
+    assert_eq!(loaded.skipped, 7);
+    let lines: Vec<usize> = loaded.first_skipped.iter().map(|s| s.number).collect();
+    assert_eq!(lines, [2, 3, 4, 5, 6]);
+    let summary = loaded.skipped_summary(&path).unwrap();
+    assert!(summary.ends_with("; line 6: not a JSON object (rows need `chosen` and `rejected`, optionally `prompt` and `margin`); and 2 more)"), "{summary}");
+    assert!(read_rows(&data("plain.jsonl"), true).unwrap().skipped_summary(&path).is_none());
+}
+
+#[test]
+fn parquet_skipped_rows_are_named_by_row() {
+    let path = data("null_rejected.parquet");
+    let loaded = read_rows(&path, true).unwrap();
+    assert_eq!(loaded.first_skipped.len(), 1);
+    assert_eq!((loaded.first_skipped[0].unit, loaded.first_skipped[0].number), ("row", 2));
+    assert!(loaded.first_skipped[0].reason.starts_with("missing `rejected`"), "{:?}", loaded.first_skipped);
+    let summary = loaded.skipped_summary(&path).unwrap();
+    assert!(
+        summary.starts_with(&format!("skipped 1 malformed row(s) of {} (row 2: missing `rejected`", path.display()))
+    );
+}
+
+#[test]
+fn fake_parquet_and_parquet_rows_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = write(dir.path(), "rows.PARQUET", "{\"chosen\": \"a\", \"rejected\": \"b\"}\n");
+    for skip in [false, true] {
+        let err = read_rows(&fake, skip).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("{}: not a readable Parquet file: ", fake.display())), "{err}");
+    }
+    let file = ParquetFile::open(&data("plain.parquet")).unwrap();
+    assert!(file.columns().iter().any(|c| c == "chosen"), "{:?}", file.columns());
+    let rows: Vec<(usize, Value)> = file.rows(None).unwrap().collect::<Result<_, _>>().unwrap();
+    let jsonl = rows_of_jsonl("plain.jsonl");
+    assert_eq!(rows.len(), jsonl.len());
+    assert_eq!(rows.iter().map(|(n, _)| *n).collect::<Vec<_>>(), (1..=jsonl.len()).collect::<Vec<_>>());
+    for ((_, row), want) in rows.iter().zip(&jsonl) {
+        assert_eq!(row["chosen"], want["chosen"]);
+        assert_eq!(row["rejected"], want["rejected"]);
+    }
+}
+
+fn rows_of_jsonl(file: &str) -> Vec<Value> {
+    std::fs::read_to_string(data(file))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }

@@ -22,14 +22,20 @@ fn values_match_trl_both_paddings() {
             let b = batch(&exp, case);
             let out = model.forward(&b, None).unwrap();
             let (want, _) = floats(&exp, &format!("{case}.values"));
-            assert_close_where(&format!("{name} {case} values"), &to_vec(out.values), &want, 1e-4, |i| {
-                b.attention_mask[i] != 0
-            });
+            assert_close_where(
+                &format!("{name} {case} values"),
+                &to_vec(out.values),
+                &want,
+                Tol::forward(&name),
+                |i| b.attention_mask[i] != 0,
+            );
         }
         let b = batch(&exp, "right");
         let (want, shape) = floats(&exp, "right.logits");
         let got = to_vec(model.forward(&b, None).unwrap().logits);
-        assert_close_where(&format!("{name} logits"), &got, &want, 1e-4, |i| b.attention_mask[i / shape[2]] != 0);
+        assert_close_where(&format!("{name} logits"), &got, &want, Tol::forward(&name), |i| {
+            b.attention_mask[i / shape[2]] != 0
+        });
     }
 }
 
@@ -46,11 +52,15 @@ fn rewards_match_transformers_both_paddings() {
             let b = batch(&exp, case);
             let out = model.forward(&b, true).unwrap();
             let (want, _) = floats(&exp, &format!("{case}.rewards"));
-            assert_close(&format!("{name} {case} rewards"), &to_vec(out.rewards), &want, 1e-4);
+            assert_close(&format!("{name} {case} rewards"), &to_vec(out.rewards), &want, Tol::forward(&name));
             let (want, _) = floats(&exp, &format!("{case}.scores"));
-            assert_close_where(&format!("{name} {case} scores"), &to_vec(out.scores.unwrap()), &want, 1e-4, |i| {
-                b.attention_mask[i] != 0
-            });
+            assert_close_where(
+                &format!("{name} {case} scores"),
+                &to_vec(out.scores.unwrap()),
+                &want,
+                Tol::forward(&name),
+                |i| b.attention_mask[i] != 0,
+            );
         }
     }
 }

@@ -1,6 +1,8 @@
-//! What several subcommands share: resolving a model, its tokenizer and pad id, and deciding
-//! what kind of model a checkpoint holds.
+//! What several subcommands share: resolving a model, its tokenizer and pad id, deciding what
+//! kind of model a checkpoint holds, and fitting token rows into a length limit
+//! (`--max-length`, `--truncation`).
 
+use std::fmt::Display;
 use std::path::{Path, PathBuf};
 
 use trl_core::{HfConfig, Tokenizer};
@@ -14,6 +16,17 @@ pub enum Kind {
     CausalLm,
     ValueHead,
     Reward,
+}
+
+impl Kind {
+    /// The name users see: `causal-LM`, `value-head`, `reward`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::CausalLm => "causal-LM",
+            Kind::ValueHead => "value-head",
+            Kind::Reward => "reward",
+        }
+    }
 }
 
 /// A resolved model directory with its config, tokenizer and kind.
@@ -88,26 +101,134 @@ fn safetensors_keys(path: &Path) -> Result<Vec<String>, Error> {
 
 /// Reads texts from a JSON array of strings, or an object with a `texts` array.
 pub fn read_texts(path: &Path) -> Result<Vec<String>, Error> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let bytes = bytes.strip_prefix("\u{feff}".as_bytes()).unwrap_or(&bytes);
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        let line = bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count() + 1;
+        format!("{}:{line}: invalid UTF-8", path.display())
+    })?;
     let value: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| format!("{}: invalid JSON: {e}", path.display()))?;
+        serde_json::from_str(text).map_err(|e| format!("{}: invalid JSON: {e}", path.display()))?;
+    let shape = || format!("{}: expected a JSON array of strings or {{\"texts\": [...]}}", path.display());
     let list = match &value {
         serde_json::Value::Array(a) => a,
-        serde_json::Value::Object(o) => o
-            .get("texts")
-            .and_then(|t| t.as_array())
-            .ok_or_else(|| format!("{}: expected a JSON array of strings or {{\"texts\": [...]}}", path.display()))?,
-        _ => return Err(format!("{}: expected a JSON array of strings or {{\"texts\": [...]}}", path.display()).into()),
+        serde_json::Value::Object(o) => o.get("texts").and_then(|t| t.as_array()).ok_or_else(shape)?,
+        _ => return Err(shape().into()),
     };
     let texts = list
         .iter()
         .enumerate()
         .map(|(i, v)| {
-            v.as_str().map(String::from).ok_or_else(|| format!("{}: item {i} is not a string", path.display()))
+            v.as_str().map(String::from).ok_or_else(|| format!("{}: text {} is not a string", path.display(), i + 1))
         })
         .collect::<Result<Vec<_>, _>>()?;
     if texts.is_empty() {
         return Err(format!("{}: no texts to run", path.display()).into());
     }
     Ok(texts)
+}
+
+/// What `--truncation` does with a row longer than the length limit.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Truncation {
+    /// Drop the start, keep the end (where a reward is read).
+    Left,
+    /// Drop the end, keep the start.
+    Right,
+    /// Fail, naming the row, its token count and the limit.
+    #[default]
+    Error,
+}
+
+/// A length limit: `--max-length` (at most the model's position limit) and `--truncation`,
+/// applied to each token row before any batch is built, so an over-long row never reaches
+/// the model (nor allocates its attention mask).
+#[derive(Debug, Clone, Copy)]
+pub struct Limit {
+    /// Tokens a sequence may have in all (row plus [`Limit::reserved`]).
+    pub max: usize,
+    /// The model's position limit.
+    pub model_max: usize,
+    /// Whether `max` came from `--max-length` (else it is the model's limit).
+    pub explicit: bool,
+    pub mode: Truncation,
+    /// Tokens kept free after each row (`generate`: `--max-new-tokens`).
+    pub reserved: usize,
+}
+
+impl Limit {
+    /// `--max-length` (default: `model_max`, the model's position limit; larger is an error).
+    pub fn new(max_length: Option<usize>, model_max: usize, mode: Truncation) -> Result<Self, Error> {
+        match max_length {
+            Some(0) => Err("--max-length must be at least 1".into()),
+            Some(m) if m > model_max => Err(format!(
+                "--max-length {m} is larger than the model's {model_max} positions (its position limit); \
+                 pass at most {model_max}"
+            )
+            .into()),
+            m => Ok(Self { max: m.unwrap_or(model_max), model_max, explicit: m.is_some(), mode, reserved: 0 }),
+        }
+    }
+
+    /// Keeps `new_tokens` positions free after every row (generation); at least one token of
+    /// the row must still fit.
+    pub fn reserve(self, new_tokens: usize) -> Result<Self, Error> {
+        if new_tokens >= self.max {
+            return Err(format!(
+                "--max-new-tokens {new_tokens} leaves no room for the prompt: prompt and new tokens must fit in \
+                 {}; pass a smaller --max-new-tokens",
+                self.describe()
+            )
+            .into());
+        }
+        Ok(Self { reserved: new_tokens, ..self })
+    }
+
+    /// Tokens a row may have: the limit less the reserved ones.
+    pub fn budget(&self) -> usize {
+        self.max - self.reserved
+    }
+
+    fn describe(&self) -> String {
+        if self.explicit {
+            format!("--max-length {}", self.max)
+        } else {
+            format!("the model's {} positions", self.max)
+        }
+    }
+
+    /// Fits one token row into the limit: `left` drops its start, `right` its end, `error`
+    /// fails naming `row` (e.g. `rows.jsonl:3`), the token count and the limit. Returns
+    /// whether the row was cut.
+    pub fn fit(&self, ids: &mut Vec<i64>, row: &dyn Display) -> Result<bool, Error> {
+        let budget = self.budget();
+        if ids.len() <= budget {
+            return Ok(false);
+        }
+        match self.mode {
+            Truncation::Left => {
+                ids.drain(..ids.len() - budget);
+                Ok(true)
+            }
+            Truncation::Right => {
+                ids.truncate(budget);
+                Ok(true)
+            }
+            Truncation::Error => {
+                let what = match self.reserved {
+                    0 => format!("{} tokens", ids.len()),
+                    r => format!("prompt of {} tokens + {r} new tokens (--max-new-tokens)", ids.len()),
+                };
+                let mut fixes =
+                    vec!["--truncation left (keeps the end) or --truncation right (keeps the start)".to_string()];
+                if self.max < self.model_max {
+                    fixes.push(format!("a larger --max-length (the model takes up to {})", self.model_max));
+                }
+                if self.reserved > 0 {
+                    fixes.push("a smaller --max-new-tokens".into());
+                }
+                Err(format!("{row}: {what}, longer than {}; pass {}", self.describe(), fixes.join(", or ")).into())
+            }
+        }
+    }
 }

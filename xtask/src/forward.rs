@@ -10,7 +10,7 @@ use trl_core::StateDict;
 use trl_heads::{CausalLmWithValueHead, ForSequenceClassification, VHeadSource, ValueHeadOptions};
 use trl_models::{AnyCausalLm, Padding, TokenBatch};
 
-use crate::common::{read_texts, Error, Kind, ModelDir, B};
+use crate::common::{read_texts, Error, Kind, Limit, ModelDir, Truncation, B};
 
 #[derive(clap::Args, Debug)]
 pub struct ForwardArgs {
@@ -28,10 +28,20 @@ pub struct ForwardArgs {
     pub input: PathBuf,
     #[arg(long, value_enum, default_value = "right")]
     pub padding: Side,
-    /// Output safetensors file: `input_ids`, `attention_mask`, and `logits` (causal LMs and
-    /// value-head models), `values` (value-head models), `rewards` and `scores` (reward models).
+    /// Output safetensors file: `input_ids`, `attention_mask`, `truncated` (i64 `[batch]`, 1
+    /// where --truncation cut the text), and `logits` (causal LMs and value-head models),
+    /// `values` (value-head models), `rewards` and `scores` (reward models).
     #[arg(long)]
     pub out: PathBuf,
+    /// Longest text in tokens, special tokens included [default: the model's position limit,
+    /// which it may not exceed].
+    #[arg(long)]
+    pub max_length: Option<usize>,
+    /// A text longer than --max-length: `error` fails naming it (1-based), its token count
+    /// and the limit; `left` keeps its last tokens; `right` keeps its first. Cut texts are 1 in
+    /// the `truncated` tensor.
+    #[arg(long, value_enum, default_value = "error")]
+    pub truncation: Truncation,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -40,30 +50,27 @@ pub enum Side {
     Left,
 }
 
+/// The loaded model, of whichever kind.
+enum Model {
+    Lm(Box<AnyCausalLm<B>>),
+    ValueHead(Box<CausalLmWithValueHead<B>>),
+    Reward(Box<ForSequenceClassification<B>>),
+}
+
+impl Model {
+    fn backbone(&self) -> &AnyCausalLm<B> {
+        match self {
+            Model::Lm(lm) => lm,
+            Model::ValueHead(m) => &m.pretrained_model,
+            Model::Reward(m) => &m.backbone,
+        }
+    }
+}
+
 pub fn run(args: ForwardArgs) -> Result<(), Error> {
     let m = ModelDir::open(&args.model)?;
     let texts = read_texts(&args.input)?;
-    let rows = texts.iter().map(|t| m.tokenizer.encode(t, true)).collect::<Result<Vec<_>, _>>()?;
-    if let Some(i) = rows.iter().position(Vec::is_empty) {
-        return Err(format!("text {i} tokenizes to nothing").into());
-    }
-    let side = match args.padding {
-        Side::Right => Padding::Right,
-        Side::Left => Padding::Left,
-    };
-    let batch = TokenBatch::pad(&rows, m.pad_id()?, side, None)?;
     let device = trl_core::backend::device();
-    let mut out = StateDict::new();
-    let shape = [batch.batch, batch.seq];
-    out.insert("input_ids", TensorData::new(batch.input_ids.clone(), shape));
-    out.insert("attention_mask", TensorData::new(batch.attention_mask.clone(), shape));
-    let data = |t: Tensor<B, 3>| t.into_data().convert::<f32>();
-    let merge = |lm: &mut AnyCausalLm<B>| -> Result<(), Error> {
-        if args.merge {
-            lm.merge_adapter()?;
-        }
-        Ok(())
-    };
     let base = Some(m.dir.as_path());
     let mut kind = m.kind;
     if let Some(a) = &args.adapter {
@@ -76,15 +83,20 @@ pub fn run(args: ForwardArgs) -> Result<(), Error> {
             kind = Kind::Reward;
         }
     }
-    match kind {
+    let merge = |lm: &mut AnyCausalLm<B>| -> Result<(), Error> {
+        if args.merge {
+            lm.merge_adapter()?;
+        }
+        Ok(())
+    };
+    let model = match kind {
         Kind::CausalLm => {
             let (mut model, _) = match &args.adapter {
                 Some(a) => AnyCausalLm::<B>::from_adapter(a, base, &device)?,
                 None => AnyCausalLm::<B>::from_pretrained(&m.dir, &device)?,
             };
             merge(&mut model)?;
-            let o = model.forward(&batch, true)?;
-            out.insert("logits", data(o.logits.expect("requested")));
+            Model::Lm(Box::new(model))
         }
         Kind::ValueHead => {
             let opts = ValueHeadOptions::default();
@@ -96,9 +108,7 @@ pub fn run(args: ForwardArgs) -> Result<(), Error> {
                 eprintln!("note: no v_head weights found; values come from a freshly initialised head");
             }
             merge(&mut model.pretrained_model)?;
-            let o = model.forward(&batch, None)?;
-            out.insert("logits", data(o.logits));
-            out.insert("values", o.values.into_data().convert::<f32>());
+            Model::ValueHead(Box::new(model))
         }
         Kind::Reward => {
             let (mut model, _, _) = match &args.adapter {
@@ -107,6 +117,46 @@ pub fn run(args: ForwardArgs) -> Result<(), Error> {
             };
             merge(&mut model.backbone)?;
             model.pad_token_id = model.pad_token_id.or(Some(m.pad_id()?));
+            Model::Reward(Box::new(model))
+        }
+    };
+
+    // Every row is fitted to the limit before the batch is built.
+    let limit = Limit::new(args.max_length, model.backbone().max_positions(), args.truncation)?;
+    let mut rows = Vec::with_capacity(texts.len());
+    let mut truncated = Vec::with_capacity(texts.len());
+    for (i, t) in texts.iter().enumerate() {
+        let at = format!("{}: text {}", args.input.display(), i + 1);
+        let mut ids = m.tokenizer.encode(t, true)?;
+        if ids.is_empty() {
+            return Err(format!("{at} has no tokens: nothing to run").into());
+        }
+        truncated.push(i64::from(limit.fit(&mut ids, &at)?));
+        rows.push(ids);
+    }
+    let side = match args.padding {
+        Side::Right => Padding::Right,
+        Side::Left => Padding::Left,
+    };
+    let batch = TokenBatch::pad(&rows, m.pad_id()?, side, None)?;
+    let mut out = StateDict::new();
+    let shape = [batch.batch, batch.seq];
+    out.insert("input_ids", TensorData::new(batch.input_ids.clone(), shape));
+    out.insert("attention_mask", TensorData::new(batch.attention_mask.clone(), shape));
+    let cut = truncated.iter().filter(|&&t| t != 0).count();
+    out.insert("truncated", TensorData::new(truncated, [batch.batch]));
+    let data = |t: Tensor<B, 3>| t.into_data().convert::<f32>();
+    match &model {
+        Model::Lm(model) => {
+            let o = model.forward(&batch, true)?;
+            out.insert("logits", data(o.logits.expect("requested")));
+        }
+        Model::ValueHead(model) => {
+            let o = model.forward(&batch, None)?;
+            out.insert("logits", data(o.logits));
+            out.insert("values", o.values.into_data().convert::<f32>());
+        }
+        Model::Reward(model) => {
             let o = model.forward(&batch, true)?;
             let scores = o.scores.expect("requested");
             let [b, t, _] = scores.dims();
@@ -115,6 +165,7 @@ pub fn run(args: ForwardArgs) -> Result<(), Error> {
         }
     }
     trl_core::checkpoint::save_safetensors(&out, &args.out)?;
-    eprintln!("{kind:?} model, {} texts, {} tokens → {}", batch.batch, batch.seq, args.out.display());
+    let note = if cut > 0 { format!(" ({cut} truncated)") } else { String::new() };
+    eprintln!("{} model, {} texts{note}, {} tokens → {}", kind.name(), batch.batch, batch.seq, args.out.display());
     Ok(())
 }

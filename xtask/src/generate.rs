@@ -3,9 +3,9 @@
 //!
 //! Input lines: `{"prompt": "..."}` or a bare JSON string; blank lines are skipped. Output
 //! lines: `{"prompt", "completion", "token_ids", "logprobs", "sampling_logprobs",
-//! "finish_reason"}`, one per prompt in input order; `logprobs` are under the model's (or the
-//! mixture's) unprocessed distribution, `sampling_logprobs` under the processed one the token
-//! was drawn from. Batch `k` (0-based) samples with seed `seed + k`.
+//! "finish_reason"}` (plus `"truncated": true` where `--truncation` cut the prompt), one per
+//! prompt in input order; `logprobs` are under the model's (or the mixture's) unprocessed
+//! distribution, `sampling_logprobs` under the processed one the token was drawn from. Batch `k` (0-based) samples with seed `seed + k`.
 
 use std::error::Error;
 use std::io::{BufWriter, Write};
@@ -16,6 +16,9 @@ use trl_core::backend::{self, Default as Backend};
 use trl_core::{checkpoint, HfConfig, Strictness, Tokenizer};
 use trl_gen::{generate, FinishReason, GeometricMixture, NextTokenLogits, SamplingConfig, DEFAULT_MIXTURE_COEF};
 use trl_models::AnyCausalLm;
+use trl_reward::data::jsonl_lines;
+
+use crate::common::{Limit, Truncation};
 
 type Result<T, E = Box<dyn Error>> = std::result::Result<T, E>;
 
@@ -66,6 +69,16 @@ pub struct GenerateArgs {
     /// Output file (written atomically); stdout when absent.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Longest sequence in tokens: the prompt (special tokens included) plus --max-new-tokens
+    /// [default: the model's position limit (of both models with --ref-model), which it may not
+    /// exceed].
+    #[arg(long)]
+    pub max_length: Option<usize>,
+    /// A prompt longer than --max-length less --max-new-tokens: `error` fails naming its line,
+    /// token count and the limit; `left` keeps its last tokens; `right` keeps its first. A cut
+    /// prompt's output row gets `"truncated": true`.
+    #[arg(long, value_enum, default_value = "error")]
+    pub truncation: Truncation,
 }
 
 /// Runs `cargo xtask generate`.
@@ -92,6 +105,22 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         (None, Some(_)) => Some(policy.without_adapters()?),
         (None, None) => None,
     };
+    // Every prompt is tokenized and fitted (prompt + new tokens within the limit) before any
+    // batch is built.
+    let model_max = policy.max_positions().min(reference.as_ref().map_or(usize::MAX, |r| r.max_positions()));
+    let limit = Limit::new(args.max_length, model_max, args.truncation)?.reserve(args.max_new_tokens)?;
+    let prompts = prompts
+        .into_iter()
+        .map(|(line, text)| {
+            let at = format!("{}:{line}", args.prompts.display());
+            let mut ids = tokenizer.encode(&text, true)?;
+            if ids.is_empty() {
+                return Err(format!("{at}: the prompt has no tokens").into());
+            }
+            let truncated = limit.fit(&mut ids, &at)?;
+            Ok(Prompt { text, ids, truncated })
+        })
+        .collect::<Result<Vec<_>>>()?;
     let job = Job { tokenizer: &tokenizer, prompts: &prompts, cfg: &cfg, batch_size: args.batch_size };
     let write = |sink: &mut dyn Write| match &reference {
         Some(r) => {
@@ -102,6 +131,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     match &args.out {
         None => write(&mut std::io::stdout().lock()),
         Some(path) => {
+            for p in trl_core::atomic::remove_stale_temps(path) {
+                eprintln!("note: removed {} (left by an interrupted run)", p.display());
+            }
             let mut failure = None;
             let written = trl_core::atomic::write_atomic_with(path, |f| {
                 let mut w = BufWriter::new(f);
@@ -159,13 +191,15 @@ fn read_json_if_exists(path: &Path) -> Result<Option<Value>> {
     Ok(Some(serde_json::from_str(&text).map_err(|e| format!("{}: invalid JSON ({e})", path.display()))?))
 }
 
-/// Prompts of a JSONL file, naming the line of any bad row.
-fn read_prompts(path: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+/// Prompts of a JSONL file with their 1-based line numbers, naming the line of any bad row
+/// (read as every JSONL file is: UTF-8, a byte-order mark allowed, blank lines skipped).
+fn read_prompts(path: &Path) -> Result<Vec<(usize, String)>> {
     let mut prompts = Vec::new();
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let at = || format!("{}:{}", path.display(), i + 1);
-        let prompt = match serde_json::from_str::<Value>(line).map_err(|e| format!("{}: invalid JSON ({e})", at()))? {
+    for line in jsonl_lines(path)? {
+        let (n, text) = line?;
+        let at = || format!("{}:{n}", path.display());
+        let text = text.map_err(|e| format!("{}: {e}", at()))?;
+        let prompt = match serde_json::from_str::<Value>(&text).map_err(|e| format!("{}: invalid JSON ({e})", at()))? {
             Value::String(s) => s,
             Value::Object(o) => match o.get("prompt") {
                 Some(Value::String(s)) => s.clone(),
@@ -173,7 +207,7 @@ fn read_prompts(path: &Path) -> Result<Vec<String>> {
             },
             _ => return Err(format!("{}: expected {{\"prompt\": \"...\"}} or a JSON string", at()).into()),
         };
-        prompts.push(prompt);
+        prompts.push((n, prompt));
     }
     if prompts.is_empty() {
         return Err(format!("{}: no prompts", path.display()).into());
@@ -189,10 +223,17 @@ fn load_lm(dir: &Path, device: &burn::tensor::Device<Backend>) -> Result<AnyCaus
     Ok(AnyCausalLm::init(&config, device)?.load(&sd, Strictness::Strict)?.0)
 }
 
+/// A prompt, tokenized and fitted to the length limit.
+struct Prompt {
+    text: String,
+    ids: Vec<i64>,
+    truncated: bool,
+}
+
 /// What every batch shares.
 struct Job<'a> {
     tokenizer: &'a Tokenizer,
-    prompts: &'a [String],
+    prompts: &'a [Prompt],
     cfg: &'a SamplingConfig,
     batch_size: usize,
 }
@@ -201,25 +242,20 @@ impl Job<'_> {
     /// Generates batch by batch, writing (and flushing) each batch's lines as it finishes.
     fn emit<M: NextTokenLogits<Backend>>(&self, model: &M, sink: &mut dyn Write) -> Result<()> {
         for (k, chunk) in self.prompts.chunks(self.batch_size).enumerate() {
-            let first = k * self.batch_size;
-            let ids = chunk
-                .iter()
-                .enumerate()
-                .map(|(i, p)| match self.tokenizer.encode(p, true)? {
-                    ids if ids.is_empty() => Err(format!("prompt {} encodes to no tokens", first + i + 1).into()),
-                    ids => Ok(ids),
-                })
-                .collect::<Result<Vec<_>>>()?;
+            let ids: Vec<Vec<i64>> = chunk.iter().map(|p| p.ids.clone()).collect();
             let cfg = SamplingConfig { seed: self.cfg.seed.wrapping_add(k as u64), ..self.cfg.clone() };
             for (prompt, g) in chunk.iter().zip(generate(model, &ids, &cfg)?) {
-                let line = json!({
-                    "prompt": prompt,
+                let mut line = json!({
+                    "prompt": prompt.text,
                     "completion": self.tokenizer.decode(&g.token_ids, true)?,
                     "token_ids": g.token_ids,
                     "logprobs": g.logprobs,
                     "sampling_logprobs": g.sampling_logprobs,
                     "finish_reason": match g.finish { FinishReason::Eos => "stop", FinishReason::Length => "length" },
                 });
+                if prompt.truncated {
+                    line["truncated"] = json!(true);
+                }
                 writeln!(sink, "{line}")?;
             }
             sink.flush()?;

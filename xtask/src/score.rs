@@ -1,16 +1,17 @@
 //! `cargo xtask score`: rewards for texts or preference pairs, streamed as JSONL.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufWriter, IsTerminal, Write};
 use std::path::PathBuf;
 
 use serde_json::{json, Value};
 
 use trl_heads::ForSequenceClassification;
 use trl_models::{Padding, TokenBatch};
-use trl_reward::data::{render, Content};
+use trl_reward::data::{is_parquet, jsonl_lines, render, skipped_summary, Content, SkippedRow, SKIPPED_SHOWN};
 use trl_reward::loss::preference_probability;
+use trl_reward::parquet::ParquetFile;
 
-use crate::common::{Error, Kind, ModelDir, B};
+use crate::common::{Error, Kind, Limit, ModelDir, Truncation, B};
 
 #[derive(clap::Args, Debug)]
 pub struct ScoreArgs {
@@ -20,7 +21,10 @@ pub struct ScoreArgs {
     /// A PEFT LoRA reward adapter (with its `score` in modules_to_save) applied on --model.
     #[arg(long)]
     pub adapter: Option<PathBuf>,
-    /// JSONL rows: `{"text"}`, `{"prompt","response"}` or `{"prompt","chosen","rejected"}`.
+    /// Rows `{"text"}`, `{"prompt","response"}` or `{"prompt","chosen","rejected"}`: JSONL
+    /// (UTF-8, a byte-order mark allowed, blank lines skipped), or Parquet when the name ends
+    /// in `.parquet`. Each output row is the input row plus `reward`, or `chosen_reward`,
+    /// `rejected_reward` and `p_chosen`.
     #[arg(long)]
     pub input: PathBuf,
     /// Texts per forward pass (a pair counts two).
@@ -32,37 +36,132 @@ pub struct ScoreArgs {
     /// Do not append the EOS token to plain text (training appends it, as TRL 1.x does).
     #[arg(long)]
     pub no_eos: bool,
+    /// Skip malformed rows (not UTF-8, not JSON, no text to score…) instead of failing: they
+    /// are counted, the first few named on stderr, and give no output row.
+    #[arg(long)]
+    pub skip_bad_rows: bool,
+    /// Longest text in tokens, special tokens included [default: the model's position limit,
+    /// which it may not exceed].
+    #[arg(long)]
+    pub max_length: Option<usize>,
+    /// A text longer than --max-length: `error` fails naming its line, token count and the
+    /// limit; `left` keeps its last tokens (the end, where the reward is read); `right` keeps
+    /// its first. A cut row gets `"truncated": true` in its output row; a pair gets the list of
+    /// the sides cut: `"truncated": ["chosen"]`, `["rejected"]` or `["chosen", "rejected"]`.
+    #[arg(long, value_enum, default_value = "error")]
+    pub truncation: Truncation,
 }
 
-/// One input row: the texts to score and how to report them.
-enum Row {
-    Text(String),
-    Response(String),
-    Pair(String, String),
+/// One input row ready to score: its JSON (echoed in the output), its token rows (one, or
+/// chosen and rejected) and which of them were truncated.
+struct Item {
+    value: Value,
+    pair: bool,
+    ids: Vec<Vec<i64>>,
+    truncated: Vec<bool>,
 }
 
-fn parse(line: &str, n: usize, args: &ScoreArgs, m: &ModelDir) -> Result<(Value, Row), Error> {
-    let at = |reason: String| -> Error { format!("{}:{n}: {reason}", args.input.display()).into() };
-    let v: Value = serde_json::from_str(line).map_err(|e| at(format!("invalid JSON: {e}")))?;
+/// The texts of one row, rendered as training renders them (EOS appended to plain text,
+/// conversations through the chat template). `Err` is why the row is malformed.
+fn texts(v: &Value, args: &ScoreArgs, m: &ModelDir) -> Result<(bool, Vec<String>), String> {
+    if !v.is_object() {
+        return Err("not a JSON object (expected `text`, `prompt`+`response`, or `prompt`+`chosen`+`rejected`)".into());
+    }
     let eos = if args.no_eos { String::new() } else { m.tokenizer.eos_token.clone().unwrap_or_default() };
+    // Null counts as absent (Parquet stores a column missing from a row as null).
     let field = |k: &str| {
         v.get(k)
+            .filter(|x| !x.is_null())
             .map(|x| serde_json::from_value::<Content>(x.clone()))
             .transpose()
-            .map_err(|_| at(format!("`{k}` must be a string or a list of {{\"role\", \"content\"}} messages")))
+            .map_err(|_| format!("`{k}` must be a string or a list of {{\"role\", \"content\"}} messages"))
     };
     let prompt = field("prompt")?;
-    let r = |c: &Content| render(prompt.as_ref(), c, &m.tokenizer, &eos, None).map_err(|e| at(e.to_string()));
-    let row = match (field("text")?, field("response")?, field("chosen")?, field("rejected")?) {
-        (Some(t), _, _, _) => Row::Text(r(&t)?),
-        (_, Some(resp), _, _) => Row::Response(r(&resp)?),
-        (_, _, Some(c), Some(rej)) => Row::Pair(r(&c)?, r(&rej)?),
-        _ => return Err(at("expected `text`, `prompt`+`response`, or `prompt`+`chosen`+`rejected`".into())),
+    let r = |c: &Content| render(prompt.as_ref(), c, &m.tokenizer, &eos, None).map_err(|e| e.to_string());
+    Ok(match (field("text")?, field("response")?, field("chosen")?, field("rejected")?) {
+        (Some(t), _, _, _) => (false, vec![r(&t)?]),
+        (_, Some(resp), _, _) => (false, vec![r(&resp)?]),
+        (_, _, Some(c), Some(rej)) => (true, vec![r(&c)?, r(&rej)?]),
+        _ => return Err("expected `text`, `prompt`+`response`, or `prompt`+`chosen`+`rejected`".into()),
+    })
+}
+
+/// Reads, renders, tokenizes and fits every row before any batch is built: a malformed row
+/// is an error naming its line (or, with --skip-bad-rows, is skipped), an over-long one is
+/// cut or an error as --truncation says.
+fn read_items(args: &ScoreArgs, m: &ModelDir, limit: &Limit) -> Result<Vec<Item>, Error> {
+    let path = &args.input;
+    let parquet = if is_parquet(path) { Some(ParquetFile::open(path)?) } else { None };
+    type Record = Result<(usize, Result<Value, String>), Error>;
+    let records: Box<dyn Iterator<Item = Record> + '_> = match &parquet {
+        Some(file) => Box::new(file.rows(None)?.map(|row| row.map(|(n, v)| (n, Ok(v))).map_err(Error::from))),
+        None => Box::new(jsonl_lines(path)?.map(|line| {
+            let (n, text) = line?;
+            Ok((n, text.and_then(|t| serde_json::from_str(&t).map_err(|e| format!("invalid JSON: {e}")))))
+        })),
     };
-    Ok((v, row))
+    let (unit, label): (&'static str, fn(&std::path::Path, usize) -> String) = if parquet.is_some() {
+        ("row", |p, n| format!("{}: row {n}", p.display()))
+    } else {
+        ("line", |p, n| format!("{}:{n}", p.display()))
+    };
+    let (mut items, mut skipped, mut first_skipped) = (Vec::new(), 0, Vec::new());
+    for record in records {
+        let (n, value) = record?;
+        let tokenized = value.and_then(|v| {
+            let (pair, texts) = texts(&v, args, m)?;
+            let ids = texts
+                .iter()
+                .zip(if pair { ["`chosen`", "`rejected`"].as_slice() } else { ["the text"].as_slice() })
+                .map(|(t, side)| match m.tokenizer.encode(t, true) {
+                    Ok(ids) if ids.is_empty() => Err(format!("{side} has no tokens: nothing to score")),
+                    Ok(ids) => Ok(ids),
+                    Err(e) => Err(e.to_string()),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((v, pair, ids))
+        });
+        let (value, pair, mut ids) = match tokenized {
+            Ok(t) => t,
+            Err(reason) if args.skip_bad_rows => {
+                skipped += 1;
+                if first_skipped.len() < SKIPPED_SHOWN {
+                    first_skipped.push(SkippedRow { unit, number: n, reason });
+                }
+                continue;
+            }
+            Err(reason) => return Err(format!("{}: {reason} (or pass --skip-bad-rows)", label(path, n)).into()),
+        };
+        let truncated = ids
+            .iter_mut()
+            .enumerate()
+            .map(|(side, ids)| {
+                let at = match (pair, side) {
+                    (false, _) => label(path, n),
+                    (true, 0) => format!("{}: `chosen`", label(path, n)),
+                    (true, _) => format!("{}: `rejected`", label(path, n)),
+                };
+                limit.fit(ids, &at)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        items.push(Item { value, pair, ids, truncated });
+    }
+    if skipped > 0 {
+        eprintln!("{}", skipped_summary(path, skipped, &first_skipped));
+    }
+    if items.is_empty() {
+        let why = if skipped > 0 { format!(" (all {skipped} rows are malformed)") } else { String::new() };
+        return Err(format!("{}: no rows to score{why}", path.display()).into());
+    }
+    Ok(items)
 }
 
 pub fn run(args: ScoreArgs) -> Result<(), Error> {
+    if let Some(out) = &args.out {
+        for p in trl_core::atomic::remove_stale_temps(out) {
+            eprintln!("note: removed {} (left by an interrupted run)", p.display());
+        }
+    }
     let m = ModelDir::open(&args.model)?;
     let device = trl_core::backend::device();
     let (mut model, _, has_score) = match &args.adapter {
@@ -78,79 +177,79 @@ pub fn run(args: ScoreArgs) -> Result<(), Error> {
     }
     let pad = m.pad_id()?;
     model.pad_token_id = model.pad_token_id.or(Some(pad));
-    let file = std::fs::File::open(&args.input).map_err(|e| format!("{}: {e}", args.input.display()))?;
-    let lines: Vec<(usize, String)> = std::io::BufReader::new(file)
-        .lines()
-        .enumerate()
-        .map(|(i, l)| l.map(|l| (i + 1, l)))
-        .collect::<Result<Vec<_>, _>>()?;
-    let rows = lines
-        .iter()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(n, l)| parse(l, *n, &args, &m))
-        .collect::<Result<Vec<_>, _>>()?;
-    if rows.is_empty() {
-        return Err(format!("{}: no rows to score", args.input.display()).into());
-    }
-    let mut out: Box<dyn Write> = match &args.out {
-        Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(tmp_path(p))?)),
-        None => Box::new(std::io::stdout().lock()),
-    };
+    let limit = Limit::new(args.max_length, model.backbone.max_positions(), args.truncation)?;
+    let items = read_items(&args, &m, &limit)?;
+
     let tty = std::io::stderr().is_terminal();
     let per_batch = (args.batch_size / 2).max(1);
-    for (done, chunk) in rows.chunks(per_batch).enumerate() {
-        let texts: Vec<&String> = chunk
-            .iter()
-            .flat_map(|(_, r)| match r {
-                Row::Text(t) | Row::Response(t) => vec![t],
-                Row::Pair(c, rj) => vec![c, rj],
-            })
-            .collect();
-        let ids = texts.iter().map(|t| m.tokenizer.encode(t, true)).collect::<Result<Vec<_>, _>>()?;
-        let batch = TokenBatch::pad(&ids, pad, Padding::Right, None)?;
-        let rewards = model
-            .forward(&batch, false)?
-            .rewards
-            .into_data()
-            .convert::<f32>()
-            .to_vec::<f32>()
-            .map_err(|e| format!("{e:?}"))?;
-        let labels = rewards.len() / texts.len();
-        let mut k = 0;
-        for (v, row) in chunk {
-            let mut o = v.clone();
-            let obj = o.as_object_mut().ok_or("row is not an object")?;
-            match row {
-                Row::Text(_) | Row::Response(_) => {
-                    obj.insert("reward".into(), json!(rewards[k * labels]));
-                    k += 1;
-                }
-                Row::Pair(..) => {
+    let emit = |out: &mut dyn Write| -> Result<(), Error> {
+        for (done, chunk) in items.chunks(per_batch).enumerate() {
+            let ids: Vec<Vec<i64>> = chunk.iter().flat_map(|item| item.ids.iter().cloned()).collect();
+            let batch = TokenBatch::pad(&ids, pad, Padding::Right, None)?;
+            let rewards = model
+                .forward(&batch, false)?
+                .rewards
+                .into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .map_err(|e| format!("reading the rewards: {e}"))?;
+            let labels = rewards.len() / ids.len();
+            let mut k = 0;
+            for item in chunk {
+                let mut o = item.value.clone();
+                let obj = o.as_object_mut().ok_or("row is not an object")?;
+                if item.pair {
                     let (c, r) = (rewards[k * labels], rewards[(k + 1) * labels]);
                     obj.insert("chosen_reward".into(), json!(c));
                     obj.insert("rejected_reward".into(), json!(r));
                     obj.insert("p_chosen".into(), json!(preference_probability(c, r)));
+                    let cut: Vec<&str> = ["chosen", "rejected"]
+                        .into_iter()
+                        .zip(&item.truncated)
+                        .filter(|(_, &t)| t)
+                        .map(|(s, _)| s)
+                        .collect();
+                    if !cut.is_empty() {
+                        obj.insert("truncated".into(), json!(cut));
+                    }
                     k += 2;
+                } else {
+                    obj.insert("reward".into(), json!(rewards[k * labels]));
+                    if item.truncated[0] {
+                        obj.insert("truncated".into(), json!(true));
+                    }
+                    k += 1;
                 }
+                writeln!(out, "{o}")?;
             }
-            writeln!(out, "{o}")?;
+            if tty {
+                eprint!("\rscored {}/{} rows", ((done + 1) * per_batch).min(items.len()), items.len());
+            }
         }
+        out.flush()?;
         if tty {
-            eprint!("\rscored {}/{} rows", ((done + 1) * per_batch).min(rows.len()), rows.len());
+            eprintln!();
+        }
+        Ok(())
+    };
+    match &args.out {
+        None => emit(&mut std::io::stdout().lock()),
+        Some(path) => {
+            let mut failure = None;
+            let written = trl_core::atomic::write_atomic_with(path, |f| {
+                let mut w = BufWriter::new(f);
+                match emit(&mut w) {
+                    Ok(()) => w.flush(),
+                    Err(e) => {
+                        failure = Some(e);
+                        Err(std::io::Error::other("scoring failed"))
+                    }
+                }
+            });
+            match failure {
+                Some(e) => Err(e),
+                None => written.map_err(|e| format!("cannot write --out {}: {e}", path.display()).into()),
+            }
         }
     }
-    out.flush()?;
-    drop(out);
-    if tty {
-        eprintln!();
-    }
-    if let Some(p) = &args.out {
-        std::fs::rename(tmp_path(p), p)?;
-    }
-    Ok(())
-}
-
-fn tmp_path(p: &std::path::Path) -> PathBuf {
-    let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    p.with_file_name(format!(".{name}.tmp"))
 }

@@ -8,7 +8,7 @@ use std::ops::ControlFlow;
 use std::path::PathBuf;
 
 use trl_core::backend;
-use trl_reward::{synthetic, Event, Job, LoraSettings, RewardConfig, RewardTrainer};
+use trl_reward::{synthetic, Event, Job, LoraSettings, RewardConfig};
 
 type TB = backend::Train;
 
@@ -148,23 +148,41 @@ pub fn run(args: TrainArgs) -> Result<(), Error> {
         Some(name) => format!("LoRA adapter `{name}` + score"),
         None => "the whole model".into(),
     };
+    let limit = trainer.config.max_length.map_or("no length limit".to_string(), |m| format!("max_length {m}"));
     eprintln!(
-        "training {what} on {} pairs, evaluating on {} ({} dropped as longer than max_length {:?}); backend {}; \
-         output {}",
+        "training {what} on {} pairs, evaluating on {} ({} dropped as longer than {limit}); backend {}; output {}",
         train.len(),
         eval.len(),
         dropped,
-        trainer.config.max_length,
         backend::name(),
         trainer.config.output_dir.display()
     );
+    if let Some(warning) = trainer.lock_output_dir()? {
+        eprintln!("warning: {warning}");
+    }
 
     let output_dir = trainer.config.output_dir.clone();
     if let Some(r) = &args.resume {
-        let ckpt =
-            if r.is_empty() { RewardTrainer::<TB>::latest_checkpoint(&output_dir) } else { Some(PathBuf::from(r)) };
-        let ckpt = ckpt.ok_or_else(|| format!("--resume: no checkpoint-N directory in {}", output_dir.display()))?;
-        trainer.resume_from(&ckpt)?;
+        let (ckpt, changed) = if r.is_empty() {
+            let resumed = trainer.resume_newest(&output_dir)?;
+            for (dir, why) in &resumed.damaged {
+                eprintln!("warning: {} is damaged and was skipped: {why}", dir.display());
+            }
+            (resumed.checkpoint, resumed.changed)
+        } else {
+            let dir = PathBuf::from(r);
+            let changed = trainer
+                .resume_from(&dir)
+                .map_err(|e| format!("--resume {}: cannot resume from this checkpoint: {e}", dir.display()))?;
+            (dir, changed)
+        };
+        if !changed.is_empty() {
+            eprintln!(
+                "warning: these settings differ from the run that wrote {}: {}",
+                ckpt.display(),
+                changed.join(", ")
+            );
+        }
         eprintln!("resumed from {} at step {}", ckpt.display(), trainer.state.global_step);
     }
     let tty = std::io::stderr().is_terminal();
@@ -210,5 +228,6 @@ fn report(ev: Event, tty: bool) {
                 eprintln!("saved {}", p.display());
             }
         }
+        Event::Warning(w) => eprintln!("{}warning: {w}", if tty { "\r" } else { "" }),
     }
 }

@@ -14,8 +14,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>) -> Result<()> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let tmp = temp_path(path);
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         fill(&mut f)?;
@@ -34,4 +33,46 @@ pub fn write_json_atomic(path: &Path, value: &impl serde::Serialize) -> Result<(
         .map_err(|e| crate::Error::Json { path: path.to_path_buf(), reason: e.to_string() })?;
     text.push('\n');
     write_atomic(path, text.as_bytes())
+}
+
+/// The temp name [`write_atomic`] uses for `path` in this process: `.NAME.tmp<PID>`, unique per
+/// process so that two writers never share one.
+pub fn temp_path(path: &Path) -> std::path::PathBuf {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    dir.join(format!(".{name}.tmp{}", std::process::id()))
+}
+
+/// Whether process `pid` is running. Where that cannot be told (no `/proc`), it is assumed to
+/// be, so nothing of a live writer is ever removed.
+pub fn pid_alive(pid: u32) -> bool {
+    let proc = Path::new("/proc");
+    if !proc.is_dir() {
+        return true;
+    }
+    pid == std::process::id() || proc.join(pid.to_string()).exists()
+}
+
+/// Removes the leftovers of interrupted writes to `path`: `.NAME.tmp<PID>` files or directories
+/// (and the PID-less `.NAME.tmp` of older versions) whose writing process is gone. Returns what
+/// was removed.
+pub fn remove_stale_temps(path: &Path) -> Vec<std::path::PathBuf> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let prefix = format!(".{name}.tmp");
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut removed = Vec::new();
+    for e in entries.filter_map(|e| e.ok()) {
+        let file = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = file.strip_prefix(&prefix) else { continue };
+        let stale = rest.is_empty() || rest.parse::<u32>().is_ok_and(|pid| !pid_alive(pid));
+        if stale {
+            let p = e.path();
+            let gone = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+            if gone.is_ok() {
+                removed.push(p);
+            }
+        }
+    }
+    removed
 }

@@ -63,6 +63,17 @@ pub fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
     files
         .into_iter()
         .map(|f| {
+            // A shard is a file inside the model directory (or a subfolder of it): an absolute
+            // name or `..` would make an index read files elsewhere.
+            let inside = Path::new(&f)
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_) | std::path::Component::CurDir));
+            if !inside || f.is_empty() {
+                return Err(Error::Json {
+                    path: index.to_path_buf(),
+                    reason: format!("shard `{f}` is not a file name inside the model directory"),
+                });
+            }
             let p = dir.join(&f);
             if p.is_file() {
                 Ok(p)
@@ -139,7 +150,12 @@ pub fn load_safetensors(path: &Path) -> Result<StateDict> {
             key: name.to_string(),
             dtype: format!("{:?}", view.dtype()),
         })?;
-        let data = TensorData::from_bytes_vec(view.data().to_vec(), view.shape().to_vec(), dtype);
+        let mut bytes = view.data().to_vec();
+        if view.dtype() == Dtype::BOOL {
+            // a bool byte other than 0/1 is undefined behaviour once read as `bool`; torch reads it as true
+            bytes.iter_mut().for_each(|b| *b = (*b != 0) as u8);
+        }
+        let data = TensorData::from_bytes_vec(bytes, view.shape().to_vec(), dtype);
         sd.insert(name, data);
     }
     Ok(sd)

@@ -50,10 +50,15 @@ impl HfConfig {
         write_json_atomic(&dir.join(CONFIG_FILE), &self.raw)
     }
 
-    /// A typed view (e.g. a model's config struct); a missing or ill-typed field names itself.
+    /// A typed view (e.g. a model's config struct); a missing or ill-typed field names itself
+    /// (`vocab_size: invalid value: integer `-1`, expected usize`).
     pub fn parse<T: DeserializeOwned>(&self) -> Result<T> {
-        serde_json::from_value(Value::Object(self.raw.clone()))
-            .map_err(|e| Error::Config { path: self.path.clone(), reason: e.to_string() })
+        serde_path_to_error::deserialize(Value::Object(self.raw.clone())).map_err(|e| {
+            let field = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            let reason = if field == "." { inner } else { format!("`{field}`: {inner}") };
+            Error::Config { path: self.path.clone(), reason }
+        })
     }
 
     pub fn get(&self, key: &str) -> Option<&Value> {

@@ -11,7 +11,7 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: not a valid safetensors file ({reason}); re-download or re-save the checkpoint")]
+    #[error("{path}: not a valid safetensors file ({reason}): the file is truncated or damaged")]
     Safetensors { path: PathBuf, reason: String },
     #[error("{path}: not a readable PyTorch .bin checkpoint ({reason})")]
     Pickle { path: PathBuf, reason: String },
@@ -35,6 +35,11 @@ pub enum Error {
     Tokenizer { path: PathBuf, reason: String },
     #[error("invalid input: {0}")]
     Invalid(String),
+    #[error(
+        "{dir} is in use by another trl-rs run (PID {pid}): one run writes to an output directory at a time; wait \
+         for it to finish or choose another output directory"
+    )]
+    Locked { dir: PathBuf, pid: String },
 }
 
 /// Result alias for trl-core.
@@ -47,12 +52,30 @@ pub struct LoadReport {
     pub missing: Vec<String>,
     pub unexpected: Vec<String>,
     pub mismatched: Vec<(String, Vec<usize>, Vec<usize>)>,
+    /// Tensors that have the right shape but cannot be used as they are: a non-float dtype
+    /// where a float parameter is expected, or NaN/inf values. `(key, what is wrong)`.
+    pub unusable: Vec<(String, String)>,
 }
 
 impl LoadReport {
     /// True when every parameter was loaded and nothing was left over.
     pub fn is_clean(&self) -> bool {
-        self.missing.is_empty() && self.unexpected.is_empty() && self.mismatched.is_empty()
+        self.missing.is_empty() && self.unexpected.is_empty() && self.mismatched.is_empty() && self.unusable.is_empty()
+    }
+
+    /// Problems that make any load fail, strict or not: wrong shapes, dtypes or values.
+    pub fn is_fatal(&self) -> bool {
+        !self.mismatched.is_empty() || !self.unusable.is_empty()
+    }
+
+    /// Puts `prefix` in front of every key named (the report of a sub-module).
+    pub fn prefixed(mut self, prefix: &str) -> Self {
+        let fix = |k: &mut String| *k = format!("{prefix}{k}");
+        self.missing.iter_mut().for_each(fix);
+        self.unexpected.iter_mut().for_each(fix);
+        self.mismatched.iter_mut().for_each(|m| fix(&mut m.0));
+        self.unusable.iter_mut().for_each(|m| fix(&mut m.0));
+        self
     }
 }
 
@@ -75,7 +98,17 @@ impl std::fmt::Display for LoadReport {
         for (k, want, got) in &self.mismatched {
             write!(f, " `{k}` expected shape {want:?}, checkpoint has {got:?};")?;
         }
-        write!(f, " check that the checkpoint matches config.json (or load non-strictly to get a report)")
+        for (k, what) in &self.unusable {
+            write!(f, " `{k}` {what};")?;
+        }
+        if self.unusable.is_empty() {
+            write!(
+                f,
+                " check that config.json describes these weights (model_type, sizes, layer count, tie_word_embeddings)"
+            )
+        } else {
+            write!(f, " the checkpoint file is damaged or was saved wrongly: re-save or re-download it")
+        }
     }
 }
 

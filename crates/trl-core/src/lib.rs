@@ -13,6 +13,7 @@ pub mod backend;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod lock;
 pub mod module_io;
 pub mod peft;
 pub mod pickle;

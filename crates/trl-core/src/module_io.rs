@@ -75,7 +75,7 @@ impl<B: Backend> ModuleMapper<B> for Loader<'_> {
             found.reverse();
         }
         let expected = param.lazy_shape().to_vec();
-        if found != expected || !is_float(data.dtype) {
+        if found != expected {
             let mut exp = expected;
             if transpose {
                 exp.reverse();
@@ -83,8 +83,23 @@ impl<B: Backend> ModuleMapper<B> for Loader<'_> {
             self.report.mismatched.push((key, exp, data.shape.to_vec()));
             return param;
         }
-        let device = param.lazy_device();
+        if !is_float(data.dtype) {
+            let what = format!(
+                "has dtype {}, but the parameter needs a float dtype (F32, F16 or BF16)",
+                dtype_name(data.dtype)
+            );
+            self.report.unusable.push((key, what));
+            return param;
+        }
         let data = data.clone().convert::<f32>();
+        let values = data.as_slice::<f32>().unwrap_or(&[]);
+        let bad = values.iter().filter(|v| !v.is_finite()).count();
+        if bad > 0 {
+            let what = format!("holds {bad} NaN or infinite value(s) of {}", values.len());
+            self.report.unusable.push((key, what));
+            return param;
+        }
+        let device = param.lazy_device();
         let tensor = if transpose {
             Tensor::<B, 2>::from_data(data, &device).transpose().reshape(expected_dims::<D>(&found))
         } else {
@@ -93,6 +108,11 @@ impl<B: Backend> ModuleMapper<B> for Loader<'_> {
         let id = param.id;
         param.transform_for_load(tensor, id)
     }
+}
+
+/// A dtype as safetensors names it (`I64`, `BF16`, …).
+fn dtype_name(dtype: burn::tensor::DType) -> String {
+    format!("{dtype:?}").to_uppercase()
 }
 
 fn expected_dims<const D: usize>(v: &[usize]) -> [usize; D] {
@@ -114,7 +134,7 @@ pub fn load_module<B: Backend, M: Module<B>>(module: M, sd: &StateDict, strict: 
     report.unexpected = sd.keys().filter(|k| !loader.used.contains(*k)).map(String::from).collect();
     let fatal = match strict {
         Strictness::Strict => !report.is_clean(),
-        Strictness::Partial => !report.mismatched.is_empty(),
+        Strictness::Partial => report.is_fatal(),
     };
     if fatal {
         return Err(Error::Load(report));
@@ -204,6 +224,30 @@ pub fn param_ids<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, ParamId)>
         }
     }
     let mut v = Ids(Vec::new(), Vec::new());
+    module.visit(&mut v);
+    v.1
+}
+
+/// The keys of float parameters that hold a NaN or an infinity (checked on the device; only
+/// one scalar per parameter comes back).
+pub fn non_finite_params<B: Backend, M: Module<B>>(module: &M) -> Vec<String> {
+    struct Check(Vec<(String, String)>, Vec<String>);
+    impl<B: Backend> ModuleVisitor<B> for Check {
+        fn enter_module(&mut self, name: &str, c: &str) {
+            self.0.push((name.to_string(), c.to_string()));
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.0.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            // x - x is 0 for every finite x and NaN for NaN and ±inf, so the sum is NaN iff any is.
+            let t = param.val();
+            if t.clone().sub(t).sum().into_scalar().elem::<f64>().is_nan() {
+                self.1.push(key_of(&self.0));
+            }
+        }
+    }
+    let mut v = Check(Vec::new(), Vec::new());
     module.visit(&mut v);
     v.1
 }

@@ -26,6 +26,9 @@ pub const ADAPTER_SAFETENSORS: &str = "adapter_model.safetensors";
 pub const ADAPTER_BIN: &str = "adapter_model.bin";
 /// The prefix of every key in an adapter file (`PeftModel.base_model.model`).
 pub const KEY_PREFIX: &str = "base_model.model.";
+/// The largest rank a config may give (`r`, `rank_pattern`): beyond any hidden size, so that a
+/// corrupt config cannot make a new adapter allocate without bound.
+pub const MAX_RANK: usize = 1 << 16;
 
 /// Which modules an adapter wraps (`target_modules`).
 #[derive(Debug, Clone, PartialEq)]
@@ -172,8 +175,12 @@ impl LoraConfig {
             }
         };
         let r = num("r", 8.0)?;
-        if r < 1.0 || r.fract() != 0.0 {
-            return Err(bad(format!("`r` must be a positive integer, found {r}")));
+        if r < 1.0 || r.fract() != 0.0 || r > MAX_RANK as f64 {
+            return Err(bad(format!("`r` must be a positive integer of at most {MAX_RANK}, found {r}")));
+        }
+        let lora_dropout = num("lora_dropout", 0.0)?;
+        if !(0.0..=1.0).contains(&lora_dropout) {
+            return Err(bad(format!("`lora_dropout` must be a probability in [0, 1], found {lora_dropout}")));
         }
         let targets = |k: &str| -> Result<Option<TargetModules>> {
             Ok(match get(k) {
@@ -217,10 +224,10 @@ impl LoraConfig {
         let rank_pattern = pattern("rank_pattern")?
             .into_iter()
             .map(|(k, v)| {
-                if v >= 1.0 && v.fract() == 0.0 {
+                if v >= 1.0 && v.fract() == 0.0 && v <= MAX_RANK as f64 {
                     Ok((k, v as usize))
                 } else {
-                    Err(bad(format!("rank_pattern `{k}`: rank {v} is not a positive integer")))
+                    Err(bad(format!("rank_pattern `{k}`: rank {v} is not a positive integer of at most {MAX_RANK}")))
                 }
             })
             .collect::<Result<_>>()?;
@@ -245,7 +252,7 @@ impl LoraConfig {
             revision: get("revision").and_then(Value::as_str).map(String::from),
             r: r as usize,
             lora_alpha: num("lora_alpha", 8.0)?,
-            lora_dropout: num("lora_dropout", 0.0)?,
+            lora_dropout,
             target_modules,
             exclude_modules: targets("exclude_modules")?,
             modules_to_save,

@@ -11,7 +11,7 @@
 //! the whole pickle is read, into contiguous row-major bytes, so tied weights and slices work.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{BufReader, Read};
 use std::path::Path;
 use std::rc::Rc;
@@ -58,12 +58,31 @@ fn state_dict_from(
 ) -> Result<StateDict> {
     let err = |reason: String| Error::Pickle { path: path.to_path_buf(), reason };
     let root = Vm::new(pkl).run().map_err(&err)?;
-    let Value::Dict(items) = root else {
-        return Err(err(format!("the pickle holds {}, not a dict of tensors", root.kind())));
+    let result = match &root {
+        Value::Dict(items) => tensors_of(path, &items.borrow(), &mut storage),
+        v => Err(err(format!("the pickle holds {}, not a dict of tensors", v.kind()))),
     };
-    let mut sd = StateDict::new();
+    dismantle(vec![root]);
+    result
+}
+
+/// How many bytes the copies of all views may take: 4× the storage they read (tied weights
+/// take 2×) plus this much, so that expanded (stride 0) or overlapping views, or thousands of
+/// views of one storage, cannot make a small file allocate without bound.
+const VIEW_SLACK: usize = 16 << 20;
+
+/// The tensors of the top-level dict `items`.
+fn tensors_of(
+    path: &Path,
+    items: &[(Value, Value)],
+    storage: &mut impl FnMut(&str) -> Result<Vec<u8>, String>,
+) -> Result<StateDict> {
+    let err = |reason: String| Error::Pickle { path: path.to_path_buf(), reason };
+    // First every entry, in file order (a repeated key keeps its last value, as in Python)…
+    let mut views: Vec<(&str, &TensorRef, DType, usize)> = Vec::new();
+    let mut slot: HashMap<&str, usize> = HashMap::new();
     let mut nested = Vec::new();
-    for (k, v) in items.borrow().iter() {
+    for (k, v) in items {
         let Value::Str(key) = k else { return Err(err(format!("a dict key is {}, not a string", k.kind()))) };
         let t = match v {
             Value::Tensor(t) => t,
@@ -81,21 +100,69 @@ fn state_dict_from(
             key: key.to_string(),
             dtype: t.dtype.clone(),
         })?;
-        // Each view reads its storage afresh (tied weights read it twice) so that at most one
-        // storage is held besides the tensors already built.
-        let skey = &t.storage.key;
-        let bytes = storage(skey).map_err(|e| err(format!("`{key}`: storage `{skey}`: {e}")))?;
-        let mut data = materialise(t, &bytes, esize).map_err(|e| err(format!("`{key}`: {e}")))?;
-        if dtype == DType::Bool(BoolStore::Native) {
-            data.iter_mut().for_each(|b| *b = (*b != 0) as u8); // a bool must be 0 or 1
+        let view = (&**key, &**t, dtype, esize);
+        match slot.get(&**key) {
+            Some(&i) => views[i] = view,
+            None => {
+                slot.insert(key, views.len());
+                views.push(view);
+            }
         }
-        sd.insert(key.to_string(), TensorData::from_bytes_vec(data, t.size.clone(), dtype));
     }
-    if sd.is_empty() && !nested.is_empty() {
+    if views.is_empty() && !nested.is_empty() {
         let hint = "a training checkpoint? save its model state dict on its own";
         return Err(err(format!("no tensors at the top level, only the dicts {nested:?} ({hint})")));
     }
+    // …then each storage is read once (at most one is held besides the tensors already built)
+    // and its views copied out.
+    let mut by_storage: BTreeMap<&str, Vec<(&str, &TensorRef, DType, usize)>> = BTreeMap::new();
+    for v in views {
+        by_storage.entry(v.1.storage.key.as_str()).or_default().push(v);
+    }
+    let (mut stored, mut copied) = (0usize, 0usize);
+    let mut sd = StateDict::new();
+    for (skey, list) in by_storage {
+        let first = list[0].0;
+        let bytes = storage(skey).map_err(|e| err(format!("`{first}`: storage `{skey}`: {e}")))?;
+        stored = stored.saturating_add(bytes.len());
+        for (key, t, dtype, esize) in list {
+            let budget = stored.saturating_mul(4).saturating_add(VIEW_SLACK).saturating_sub(copied);
+            let mut data = materialise(t, &bytes, esize, budget).map_err(|e| err(format!("`{key}`: {e}")))?;
+            copied += data.len();
+            if dtype == DType::Bool(BoolStore::Native) {
+                data.iter_mut().for_each(|b| *b = (*b != 0) as u8); // a bool must be 0 or 1
+            }
+            sd.insert(key.to_string(), TensorData::from_bytes_vec(data, t.size.clone(), dtype));
+        }
+    }
     Ok(sd)
+}
+
+/// Drops values without recursion: a container's items are moved out (when this is its last
+/// reference) before it is dropped, so that a deeply nested pickle (a million nested tuples
+/// are a few megabytes) cannot overflow the stack. Reference cycles (a list appended to
+/// itself) are leaked, as `Rc` cycles are.
+fn dismantle(mut todo: Vec<Value>) {
+    while let Some(v) = todo.pop() {
+        match v {
+            Value::Tuple(mut t) => {
+                if let Some(items) = Rc::get_mut(&mut t) {
+                    todo.extend(items.iter_mut().map(|x| std::mem::replace(x, Value::None)));
+                }
+            }
+            Value::List(mut l) => {
+                if let Some(cell) = Rc::get_mut(&mut l) {
+                    todo.append(cell.get_mut());
+                }
+            }
+            Value::Dict(mut d) => {
+                if let Some(cell) = Rc::get_mut(&mut d) {
+                    todo.extend(cell.get_mut().drain(..).flat_map(|(k, v)| [k, v]));
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 fn read_entry<R: Read + std::io::Seek>(zip: &mut zip::ZipArchive<R>, name: &str) -> Result<Vec<u8>, String> {
@@ -129,8 +196,9 @@ fn storage_dtype(class: &str) -> String {
     found.unwrap_or(if name == "storage.UntypedStorage" { "uint8" } else { name }).to_string()
 }
 
-/// Copies a strided view of `bytes` into contiguous row-major order.
-fn materialise(t: &TensorRef, bytes: &[u8], esize: usize) -> Result<Vec<u8>, String> {
+/// Copies a strided view of `bytes` into contiguous row-major order, refusing to make a copy
+/// of more than `limit` bytes.
+fn materialise(t: &TensorRef, bytes: &[u8], esize: usize, limit: usize) -> Result<Vec<u8>, String> {
     let overflow = || "shape or strides overflow".to_string();
     let numel = t.size.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(overflow)?;
     if numel == 0 {
@@ -146,6 +214,14 @@ fn materialise(t: &TensorRef, bytes: &[u8], esize: usize) -> Result<Vec<u8>, Str
         return Err(format!("view (offset {o}, size {sz:?}, stride {st:?}) needs {need} bytes, storage has {have}"));
     }
     let total = numel.checked_mul(esize).ok_or_else(overflow)?;
+    if total > limit {
+        let (sz, st, have) = (&t.size, &t.stride, bytes.len());
+        return Err(format!(
+            "view (size {sz:?}, stride {st:?}) would copy {total} bytes out of a {have}-byte storage, more than \
+             trl-rs copies for views that expand or repeat their storage; re-save the tensors contiguous \
+             (`{{k: v.contiguous().clone() for k, v in sd.items()}}`)"
+        ));
+    }
     let mut out = Vec::new();
     out.try_reserve_exact(total).map_err(|e| format!("cannot allocate {total} bytes: {e}"))?;
     let mut expect = 1usize; // row-major strides, ignoring dims of size 1
@@ -253,6 +329,14 @@ struct Vm<'a> {
     stack: Vec<Value>,
     marks: Vec<usize>,
     memo: HashMap<u64, Value>,
+}
+
+impl Drop for Vm<'_> {
+    fn drop(&mut self) {
+        let mut values = std::mem::take(&mut self.stack);
+        values.extend(self.memo.drain().map(|(_, v)| v));
+        dismantle(values);
+    }
 }
 
 impl<'a> Vm<'a> {

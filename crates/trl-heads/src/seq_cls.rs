@@ -80,6 +80,14 @@ impl<B: Backend> ForSequenceClassification<B> {
         num_labels: usize,
         device: &B::Device,
     ) -> Result<Self> {
+        if num_labels == 0 || num_labels > backbone.vocab_size().max(1 << 16) {
+            return Err(HeadError::Config {
+                path: cfg.path.display().to_string(),
+                reason: format!(
+                    "num_labels {num_labels} (from id2label / num_labels) must be at least 1 and not absurdly large"
+                ),
+            });
+        }
         let std = cfg.get_f64("initializer_range").unwrap_or(0.02);
         let score = LinearConfig::new(head_hidden_size(cfg)?, num_labels)
             .with_bias(false)
@@ -277,9 +285,8 @@ impl<B: Backend> ForSequenceClassification<B> {
         if shape(&file_cfg) != shape(cfg) {
             return Err(bad(format!(
                 "adapter config differs from adapter `{name}`'s (r, lora_alpha, use_rslora, target_modules, rank/alpha \
-                 patterns): file {:?}, model {:?}",
-                shape(&file_cfg),
-                shape(cfg)
+                 patterns): the file has r {}, lora_alpha {}, the model r {}, lora_alpha {}",
+                file_cfg.r, file_cfg.lora_alpha, cfg.r, cfg.lora_alpha
             )));
         }
         let score = self.score_is_saved(name);
@@ -299,8 +306,9 @@ impl<B: Backend> ForSequenceClassification<B> {
             report.missing.iter().filter(|k| is_adapter(k) || (score && k.starts_with(SCORE_PREFIX))).collect();
         if !missing.is_empty() || !report.unexpected.is_empty() {
             return Err(bad(format!(
-                "adapter file does not fit adapter `{name}`: missing {missing:?}, unexpected {:?}",
-                report.unexpected
+                "adapter file does not fit adapter `{name}`: missing [{}], unexpected [{}]",
+                missing.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", "),
+                report.unexpected.join(", ")
             )));
         }
         Ok(model)

@@ -281,13 +281,7 @@ impl<B: Backend> CausalLmWithValueHead<B> {
 /// Puts the prefix back on key names in a load report of a sub-module.
 pub(crate) fn prefix_error(e: trl_core::Error, prefix: &str) -> HeadError {
     match e {
-        trl_core::Error::Load(mut r) => {
-            let fix = |v: &mut Vec<String>| v.iter_mut().for_each(|k| *k = format!("{prefix}{k}"));
-            fix(&mut r.missing);
-            fix(&mut r.unexpected);
-            r.mismatched.iter_mut().for_each(|m| m.0 = format!("{prefix}{}", m.0));
-            HeadError::Core(trl_core::Error::Load(r))
-        }
+        trl_core::Error::Load(r) => HeadError::Core(trl_core::Error::Load(r.prefixed(prefix))),
         other => HeadError::Core(other),
     }
 }

@@ -11,6 +11,11 @@ pub enum ModelError {
     Config(String),
     #[error("sequence of {len} tokens is longer than the model's {max} positions; shorten or truncate the input")]
     TooLong { len: usize, max: usize },
+    #[error(
+        "the config asks for {params} parameters: {bytes} bytes ({needed}) as f32, more than the {available} of \
+         memory available; check vocab_size, hidden_size, intermediate_size and the layer count in config.json"
+    )]
+    TooLarge { params: u128, bytes: u128, needed: String, available: String },
     #[error("invalid input: {0}")]
     Input(String),
     #[error("LoRA: {0}")]

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use crate::batch::Context;
 use crate::error::{ModelError, Result};
 use crate::layers::{attend, Conv1D, KvCache, LayerNorm};
+use crate::limits;
 use crate::lora::{Adapters, LoraLayer};
 
 fn yes() -> bool {
@@ -129,14 +130,35 @@ pub struct Gpt2LMHeadModel<B: Backend> {
 }
 
 impl Gpt2Config {
+    /// Parameters of the model and lm_head (biases and norms included).
+    fn num_parameters(&self) -> u128 {
+        let [v, p, d, l] = [self.vocab_size, self.n_positions, self.n_embd, self.n_layer].map(|x| x as u128);
+        let inner = self.n_inner.map_or(4 * d, |i| i as u128);
+        let block = 3 * d * d + 3 * d + d * d + d + 2 * d * inner + inner + d + 4 * d;
+        let head = if self.tie_word_embeddings { 0 } else { v * d };
+        (v + p) * d + l * block + 2 * d + head
+    }
+
     /// A randomly initialised model (normal(0, initializer_range) weights, as transformers).
     pub fn init<B: Backend>(&self, device: &B::Device) -> Result<Gpt2LMHeadModel<B>> {
-        if self.n_head == 0 || !self.n_embd.is_multiple_of(self.n_head) {
+        for (field, v) in [
+            ("vocab_size", self.vocab_size),
+            ("n_positions", self.n_positions),
+            ("n_embd", self.n_embd),
+            ("n_head", self.n_head),
+            ("n_inner", self.n_inner.unwrap_or(1)),
+        ] {
+            limits::positive(field, v)?;
+        }
+        if !self.n_embd.is_multiple_of(self.n_head) {
             return Err(ModelError::Config(format!(
                 "n_embd {} is not divisible by n_head {}",
                 self.n_embd, self.n_head
             )));
         }
+        limits::finite_at_least("layer_norm_epsilon", self.layer_norm_epsilon, 0.0)?;
+        limits::finite_at_least("initializer_range", self.initializer_range, 0.0)?;
+        limits::check_fits(self.num_parameters())?;
         let act = Activation::parse(&self.activation_function)?;
         let (d, std) = (self.n_embd, self.initializer_range);
         let inner = self.n_inner.unwrap_or(4 * d);

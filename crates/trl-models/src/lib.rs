@@ -13,6 +13,7 @@ pub mod batch;
 pub mod error;
 pub mod gpt2;
 pub mod layers;
+mod limits;
 pub mod llama;
 pub mod lora;
 pub mod loss;
@@ -51,6 +52,13 @@ pub struct LmOutput<B: Backend> {
 impl<B: Backend> AnyCausalLm<B> {
     /// A randomly initialised model for `config`.
     pub fn init(config: &HfConfig, device: &B::Device) -> Result<Self> {
+        Self::init_unnamed(config, device).map_err(|e| match e {
+            ModelError::Config(m) => ModelError::Config(format!("{}: {m}", config.path.display())),
+            e => e,
+        })
+    }
+
+    fn init_unnamed(config: &HfConfig, device: &B::Device) -> Result<Self> {
         match config.model_type() {
             Some("gpt2") => Ok(Self::Gpt2(config.parse::<gpt2::Gpt2Config>()?.init(device)?)),
             Some(t) if llama::LLAMA_TYPES.contains(&t) => {
@@ -59,7 +67,7 @@ impl<B: Backend> AnyCausalLm<B> {
             other => Err(ModelError::Unsupported {
                 found: other
                     .map(String::from)
-                    .unwrap_or_else(|| format!("{:?} (no model_type)", config.architectures())),
+                    .unwrap_or_else(|| format!("[{}] (no model_type)", config.architectures().join(", "))),
             }),
         }
     }
@@ -132,6 +140,16 @@ impl<B: Backend> AnyCausalLm<B> {
         }
     }
 
+    /// The longest sequence the model takes: GPT-2's `n_positions`, the Llama family's
+    /// `max_position_embeddings`. Longer input is a [`ModelError::TooLong`], never a silent
+    /// extrapolation or a mask of that size.
+    pub fn max_positions(&self) -> usize {
+        match self {
+            Self::Gpt2(m) => m.n_positions,
+            Self::Llama(m) => m.max_position_embeddings,
+        }
+    }
+
     fn sliding_window(&self) -> Option<usize> {
         match self {
             Self::Gpt2(_) => None,
@@ -139,9 +157,20 @@ impl<B: Backend> AnyCausalLm<B> {
         }
     }
 
-    /// The per-batch context (mask, positions) for a whole batch.
-    pub fn context(&self, batch: &TokenBatch, device: &B::Device) -> Context<B> {
-        Context::for_batch(batch, self.sliding_window(), device)
+    /// The per-batch context (mask, positions) for a whole batch; a batch longer than the
+    /// model's positions is refused before its `[batch, seq, seq]` mask is built.
+    pub fn context(&self, batch: &TokenBatch, device: &B::Device) -> Result<Context<B>> {
+        self.check_length(batch.seq)?;
+        Ok(Context::for_batch(batch, self.sliding_window(), device))
+    }
+
+    /// `Err(TooLong)` when `len` positions exceed [`Self::max_positions`].
+    fn check_length(&self, len: usize) -> Result<()> {
+        let max = self.max_positions();
+        if len > max {
+            return Err(ModelError::TooLong { len, max });
+        }
+        Ok(())
     }
 
     /// Last hidden state for new tokens `ids` under `ctx`, extending `cache` if given.
@@ -151,6 +180,9 @@ impl<B: Backend> AnyCausalLm<B> {
         ctx: &Context<B>,
         cache: Option<&mut KvCache<B>>,
     ) -> Result<Tensor<B, 3>> {
+        if let Some(&p) = ctx.positions.iter().max() {
+            self.check_length(p.max(0) as usize + 1)?;
+        }
         match self {
             Self::Gpt2(m) => m.forward_hidden(ids, ctx, cache, None),
             Self::Llama(m) => m.forward_hidden(ids, ctx, cache, None),
@@ -162,7 +194,7 @@ impl<B: Backend> AnyCausalLm<B> {
     /// embeddings, each layer's output, the last one after the final norm.
     pub fn hidden_states(&self, batch: &TokenBatch) -> Result<Vec<Tensor<B, 3>>> {
         let device = self.device();
-        let ctx = self.context(batch, &device);
+        let ctx = self.context(batch, &device)?;
         let ids = batch.ids_tensor(&device);
         let mut all = Vec::with_capacity(self.num_layers() + 1);
         match self {
@@ -183,7 +215,7 @@ impl<B: Backend> AnyCausalLm<B> {
     /// One uncached forward pass over a padded batch.
     pub fn forward(&self, batch: &TokenBatch, with_logits: bool) -> Result<LmOutput<B>> {
         let device = self.device();
-        let ctx = self.context(batch, &device);
+        let ctx = self.context(batch, &device)?;
         let hidden = self.forward_hidden(batch.ids_tensor(&device), &ctx, None)?;
         let logits = with_logits.then(|| self.logits(hidden.clone()));
         Ok(LmOutput { hidden, logits })
@@ -205,6 +237,7 @@ impl<B: Backend> AnyCausalLm<B> {
     ) -> Result<Tensor<B, 3>> {
         let device = self.device();
         let batch = cache.batch;
+        self.check_length(cache.len + q_len)?;
         let full = cache.extend_mask(mask, q_len);
         let ctx = Context::new(&full, batch, cache.len, q_len, None, self.sliding_window(), &device);
         let ids = Tensor::from_data(TensorData::new(ids.to_vec(), [batch, q_len]), &device);

@@ -13,6 +13,7 @@ use trl_core::HfConfig;
 use crate::batch::Context;
 use crate::error::{ModelError, Result};
 use crate::layers::{attend, linear, KvCache, RmsNorm, Rope, RopeTables};
+use crate::limits;
 use crate::lora::{Adapters, Linear, LoraLayer};
 
 /// The fields of a Llama-family `config.json` that the model uses.
@@ -77,30 +78,30 @@ impl LlamaConfig {
         if c.hidden_act != "silu" {
             return Err(ModelError::Config(format!("hidden_act `{}` is not supported (silu)", c.hidden_act)));
         }
-        let heads = c.num_attention_heads;
-        let kv = c.num_key_value_heads.unwrap_or(heads);
-        if heads == 0
-            || kv == 0
-            || !heads.is_multiple_of(kv)
-            || (c.head_dim.is_none() && !c.hidden_size.is_multiple_of(heads))
-        {
-            return Err(ModelError::Config(format!(
-                "num_attention_heads {heads} must be a multiple of num_key_value_heads {kv} and divide hidden_size {}",
-                c.hidden_size
-            )));
-        }
+        c.validate_sizes()?;
         let theta = cfg.rope_theta().unwrap_or(10000.0);
+        limits::finite_at_least("rope_theta", theta, f64::MIN_POSITIVE)?;
         let mut rope = Rope::new(c.head_dim(), theta);
         if let Some(scaling) = cfg.rope_scaling() {
             let get = |k: &str| scaling.get(k).and_then(|v| v.as_f64());
             match cfg.rope_type() {
                 Some("linear") => {
-                    let f = get("factor").unwrap_or(1.0) as f32;
+                    let f = get("factor").unwrap_or(1.0);
+                    limits::finite_at_least("rope_scaling.factor", f, f64::MIN_POSITIVE)?;
+                    let f = f as f32;
                     rope.inv_freq.iter_mut().for_each(|x| *x /= f);
                 }
                 Some("llama3") => {
                     let need =
                         |k: &str| get(k).ok_or_else(|| ModelError::Config(format!("llama3 rope scaling needs `{k}`")));
+                    for k in ["factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"] {
+                        limits::finite_at_least(&format!("rope_scaling.{k}"), need(k)?, f64::MIN_POSITIVE)?;
+                    }
+                    if need("high_freq_factor")? <= need("low_freq_factor")? {
+                        return Err(ModelError::Config(
+                            "llama3 rope scaling needs high_freq_factor > low_freq_factor".into(),
+                        ));
+                    }
                     llama3_scaling(
                         &mut rope.inv_freq,
                         need("factor")?,
@@ -119,6 +120,55 @@ impl LlamaConfig {
         }
         c.rope = Some(rope);
         Ok(c)
+    }
+
+    /// Every size positive and consistent, and the weights small enough to hold, before
+    /// anything is allocated.
+    fn validate_sizes(&self) -> Result<()> {
+        for (field, v) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.kv_heads()),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ] {
+            limits::positive(field, v)?;
+        }
+        let (heads, kv) = (self.num_attention_heads, self.kv_heads());
+        if !heads.is_multiple_of(kv) {
+            return Err(ModelError::Config(format!(
+                "num_attention_heads {heads} is not a multiple of num_key_value_heads {kv}"
+            )));
+        }
+        if self.head_dim.is_none() && !self.hidden_size.is_multiple_of(heads) {
+            return Err(ModelError::Config(format!(
+                "hidden_size {} is not divisible by num_attention_heads {heads} (or set head_dim)",
+                self.hidden_size
+            )));
+        }
+        let hd = self.head_dim();
+        if hd == 0 || !hd.is_multiple_of(2) {
+            return Err(ModelError::Config(format!("head_dim {hd} must be even and at least 2 (rotary embeddings)")));
+        }
+        if let Some(w) = self.window() {
+            limits::positive("sliding_window", w)?;
+        }
+        limits::finite_at_least("rms_norm_eps", self.rms_norm_eps, 0.0)?;
+        limits::finite_at_least("initializer_range", self.initializer_range, 0.0)?;
+        limits::check_fits(self.num_parameters())
+    }
+
+    /// Parameters of the backbone and lm_head (biases and norms included).
+    fn num_parameters(&self) -> u128 {
+        let [v, h, i, l] =
+            [self.vocab_size, self.hidden_size, self.intermediate_size, self.num_hidden_layers].map(|x| x as u128);
+        let (q, k) =
+            ((self.num_attention_heads * self.head_dim()) as u128, (self.kv_heads() * self.head_dim()) as u128);
+        let attn = 2 * h * q + 2 * h * k + q + 2 * k + h + 2 * self.head_dim() as u128;
+        let layer = attn + 3 * h * i + i * 2 + h + 2 * h;
+        let head = if self.tie_word_embeddings { 0 } else { v * h };
+        v * h + l * layer + h + head
     }
 
     pub fn head_dim(&self) -> usize {

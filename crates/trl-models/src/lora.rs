@@ -35,7 +35,7 @@ use burn::nn::{self, DropoutConfig, Initializer, LinearConfig};
 use burn::prelude::*;
 
 use trl_core::module_io::{module_state_dict_where, set_require_grad_where};
-use trl_core::peft::{self, AdapterKey, LoraConfig, LoraInit};
+use trl_core::peft::{self, AdapterKey, LoraConfig, LoraInit, TargetModules};
 use trl_core::{load_module, HfConfig, StateDict, Strictness};
 
 use crate::error::{ModelError, Result};
@@ -345,7 +345,11 @@ impl<B: Backend> AnyCausalLm<B> {
                 layer.parts().remove(slot);
             }
             let what = if unmatched.is_empty() {
-                format!("{:?}", config.target_modules)
+                match &config.target_modules {
+                    TargetModules::Names(n) => format!("[{}]", n.join(", ")),
+                    TargetModules::Regex(r) => format!("regex `{r}`"),
+                    TargetModules::AllLinear => "all-linear".into(),
+                }
             } else {
                 format!("[{}]", unmatched.join(", "))
             };
@@ -402,6 +406,7 @@ impl<B: Backend> AnyCausalLm<B> {
                     .map(|(k, want, got)| {
                         format!("`{}{}` should be {want:?}, the file has {got:?}", peft::KEY_PREFIX, to_peft(k))
                     })
+                    .chain(r.unusable.iter().map(|(k, what)| format!("`{}{}` {what}", peft::KEY_PREFIX, to_peft(k))))
                     .collect();
                 let more =
                     if shapes.len() > 3 { format!("; … ({} tensors in all)", shapes.len()) } else { String::new() };
@@ -476,11 +481,11 @@ impl<B: Backend> AnyCausalLm<B> {
         if !loaded.modules_to_save.is_empty() {
             let keys: Vec<&str> = loaded.modules_to_save.keys().collect();
             return Err(ModelError::Adapter(format!(
-                "{}: the adapter carries whole tensors [{}] (modules_to_save {:?}); load it with the head it belongs to \
+                "{}: the adapter carries whole tensors [{}] (modules_to_save [{}]); load it with the head it belongs to \
                  (ForSequenceClassification / CausalLmWithValueHead ::from_adapter)",
                 dir.display(),
                 keys.join(", "),
-                loaded.config.modules_to_save
+                loaded.config.modules_to_save.join(", ")
             )));
         }
         Ok((model, hf))

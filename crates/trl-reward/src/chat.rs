@@ -28,6 +28,7 @@
 //! `None` (rows cannot carry TRL's `tools` / `chat_template_kwargs` columns yet).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use minijinja::value::{Kwargs, Value, ValueKind};
 use minijinja::{Environment, Error as JinjaError, ErrorKind};
@@ -37,6 +38,16 @@ use trl_core::Tokenizer;
 
 use crate::data::Message;
 use crate::error::{Result, RewardError};
+
+/// Instructions one render may run (minijinja fuel). Real templates take 30–60 per message
+/// (ChatML with tools, Llama 3, Mistral, Qwen3 thinking: measured), so this is ~100 000
+/// messages; it stops endless or astronomically long loops
+/// (`{% for i in range(100000) %}{% for j in range(100000) %}`) within a fraction of a second.
+pub const TEMPLATE_FUEL: u64 = 5_000_000;
+
+/// The most text one render may produce: far beyond any conversation a model can take, so this
+/// only stops a template from filling memory with output.
+pub const TEMPLATE_MAX_OUTPUT: usize = 64 << 20;
 
 /// A compiled chat template plus the special tokens it is rendered with.
 pub struct ChatTemplate<'s> {
@@ -56,14 +67,26 @@ impl<'s> ChatTemplate<'s> {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
+        // Bounds for templates from untrusted models: fuel for loops, the default recursion
+        // limit (500) for macros calling themselves, the parser's for nesting.
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.set_keep_trailing_newline(false);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.set_formatter(|out, _state, value| {
-            if let Some(s) = value.as_str() {
-                out.write_str(s).map_err(JinjaError::from)
-            } else {
-                out.write_str(&py_str(value)).map_err(JinjaError::from)
+        env.set_formatter(|out, state, value| {
+            let formatted;
+            let s = match value.as_str() {
+                Some(s) => s,
+                None => {
+                    formatted = py_str(value)?;
+                    &formatted
+                }
+            };
+            // Everything `{{ }}` prints counts, captured (`{% set x %}`, macros) or not.
+            let counter = state.get_or_set_temp_object("trl_rs_printed", Printed::default);
+            if counter.0.fetch_add(s.len(), Ordering::Relaxed) + s.len() > TEMPLATE_MAX_OUTPUT {
+                return Err(JinjaError::new(ErrorKind::InvalidOperation, too_much_output()));
             }
+            out.write_str(s).map_err(JinjaError::from)
         });
         env.add_function("raise_exception", |msg: String| -> std::result::Result<Value, JinjaError> {
             Err(JinjaError::new(ErrorKind::InvalidOperation, msg))
@@ -97,7 +120,44 @@ impl<'s> ChatTemplate<'s> {
         ctx.insert("documents", Value::from(()));
         ctx.insert("add_generation_prompt", Value::from(false));
         let t = self.env.get_template("chat_template").map_err(|e| RewardError::Template(describe(&e)))?;
-        t.render(ctx).map_err(|e| RewardError::Template(describe(&e)))
+        let mut out = CappedOutput { text: Vec::new(), exceeded: false };
+        match t.render_captured_to(ctx, &mut out) {
+            Ok(_) => String::from_utf8(out.text)
+                .map_err(|e| RewardError::Template(format!("the rendered text is not UTF-8 ({e})"))),
+            Err(_) if out.exceeded => Err(RewardError::Template(too_much_output())),
+            Err(e) => Err(RewardError::Template(describe(&e))),
+        }
+    }
+}
+
+fn too_much_output() -> String {
+    format!("the template renders more than {} MiB of text; is it looping?", TEMPLATE_MAX_OUTPUT >> 20)
+}
+
+/// The bytes `{{ }}` printed in one render (a per-render object of minijinja's state).
+#[derive(Debug, Default)]
+struct Printed(AtomicUsize);
+
+impl minijinja::value::Object for Printed {}
+
+/// Render output that refuses to grow past [`TEMPLATE_MAX_OUTPUT`].
+struct CappedOutput {
+    text: Vec<u8>,
+    exceeded: bool,
+}
+
+impl std::io::Write for CappedOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.text.len() + buf.len() > TEMPLATE_MAX_OUTPUT {
+            self.exceeded = true;
+            return Err(std::io::Error::other("chat template output limit reached"));
+        }
+        self.text.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -111,6 +171,9 @@ pub fn apply_chat_template(template: &str, messages: &[Message], tok: &Tokenizer
 /// A minijinja error as one line: what went wrong and where (`raise_exception` messages verbatim).
 fn describe(e: &JinjaError) -> String {
     let what = match (e.kind(), e.detail()) {
+        (ErrorKind::OutOfFuel, _) => format!(
+            "the template ran more than {TEMPLATE_FUEL} instructions without finishing (an endless or huge loop?)"
+        ),
         (ErrorKind::InvalidOperation, Some(d)) => d.to_string(),
         (k, Some(d)) => format!("{k}: {d}"),
         (k, None) => k.to_string(),
@@ -162,26 +225,78 @@ fn strip_generation_tags(source: &str) -> std::borrow::Cow<'_, str> {
 // Python formatting
 // ---------------------------------------------------------------------------------------------
 
-fn to_json(value: &Value) -> Json {
-    if value.is_undefined() {
-        return Json::Null;
+/// How deep a printed (`{{ }}`, `tojson`) value may nest, and how many items it may hold.
+const MAX_PRINT_DEPTH: usize = 256;
+const MAX_PRINT_ITEMS: usize = 1_000_000;
+
+/// What is left to print: items, and bytes of strings.
+struct PrintBudget {
+    items: usize,
+    bytes: usize,
+}
+
+impl PrintBudget {
+    fn new() -> Self {
+        Self { items: MAX_PRINT_ITEMS, bytes: TEMPLATE_MAX_OUTPUT }
     }
-    serde_json::to_value(value).unwrap_or(Json::Null)
+}
+
+/// Refuses to print a value that is too large or too deep: a template can build one cheaply
+/// (`[s] * 10**9` is a lazy sequence of a billion references to `s`), and printing it would
+/// take unbounded time and memory.
+fn check_printable(value: &Value, depth: usize, budget: &mut PrintBudget) -> std::result::Result<(), JinjaError> {
+    let too_large = || {
+        JinjaError::new(
+            ErrorKind::InvalidOperation,
+            format!(
+                "a value too large to print (over {MAX_PRINT_ITEMS} items, {} MiB or {MAX_PRINT_DEPTH} levels deep)",
+                TEMPLATE_MAX_OUTPUT >> 20
+            ),
+        )
+    };
+    budget.items = budget.items.checked_sub(1).ok_or_else(too_large)?;
+    budget.bytes = budget.bytes.checked_sub(value.as_str().map_or(0, str::len)).ok_or_else(too_large)?;
+    if !matches!(value.kind(), ValueKind::Seq | ValueKind::Map | ValueKind::Iterable) {
+        return Ok(());
+    }
+    if depth >= MAX_PRINT_DEPTH {
+        return Err(too_large());
+    }
+    let is_map = value.kind() == ValueKind::Map;
+    for item in value.try_iter()? {
+        check_printable(&item, depth + 1, budget)?;
+        if is_map {
+            check_printable(&value.get_item(&item)?, depth + 1, budget)?;
+        }
+    }
+    Ok(())
+}
+
+fn to_json(value: &Value) -> std::result::Result<Json, JinjaError> {
+    if value.is_undefined() {
+        return Ok(Json::Null);
+    }
+    check_printable(value, 0, &mut PrintBudget::new())?;
+    Ok(serde_json::to_value(value).unwrap_or(Json::Null))
 }
 
 /// Python's `str()` of a template value (what Jinja2 prints for `{{ value }}`).
-fn py_str(value: &Value) -> String {
-    match value.kind() {
+fn py_str(value: &Value) -> std::result::Result<String, JinjaError> {
+    Ok(match value.kind() {
         ValueKind::Undefined => String::new(),
         ValueKind::None => "None".into(),
         ValueKind::Bool => if value.is_true() { "True" } else { "False" }.into(),
         ValueKind::Number | ValueKind::Seq | ValueKind::Map => {
             let mut s = String::new();
-            py_repr(&to_json(value), &mut s);
+            py_repr(&to_json(value)?, &mut s);
             s
         }
+        ValueKind::Iterable => {
+            check_printable(value, 0, &mut PrintBudget::new())?;
+            value.to_string()
+        }
         _ => value.to_string(),
-    }
+    })
 }
 
 /// Python's `repr()` of a JSON-like value (strings quoted as Python quotes them).
@@ -302,6 +417,12 @@ fn tojson(
                 let n = i64::try_from(v.clone()).map_err(|_| {
                     JinjaError::new(ErrorKind::InvalidOperation, "tojson: indent must be an integer or a string")
                 })?;
+                if n > 1024 {
+                    return Err(JinjaError::new(
+                        ErrorKind::InvalidOperation,
+                        format!("tojson: indent {n} is too large"),
+                    ));
+                }
                 Some(" ".repeat(n.max(0) as usize))
             }
         },
@@ -312,9 +433,19 @@ fn tojson(
         None if indent.is_some() => (",".into(), ": ".into()),
         None => (", ".into(), ": ".into()),
     };
+    let long = [indent.as_deref().unwrap_or(""), &item_sep, &key_sep].iter().any(|s| s.len() > 1024);
+    if long {
+        return Err(JinjaError::new(ErrorKind::InvalidOperation, "tojson: indent or separator is too long"));
+    }
     let d = Dumper { ensure_ascii, indent, sort_keys, item_sep, key_sep };
     let mut out = String::new();
-    d.dump(&to_json(&value), 0, &mut out);
+    d.dump(&to_json(&value)?, 0, &mut out);
+    if out.len() > TEMPLATE_MAX_OUTPUT {
+        return Err(JinjaError::new(
+            ErrorKind::InvalidOperation,
+            format!("tojson: the text would exceed {} MiB", TEMPLATE_MAX_OUTPUT >> 20),
+        ));
+    }
     Ok(out)
 }
 
@@ -337,6 +468,9 @@ impl Dumper {
     }
 
     fn dump(&self, v: &Json, level: usize, out: &mut String) {
+        if out.len() > TEMPLATE_MAX_OUTPUT {
+            return; // the caller refuses the result
+        }
         match v {
             Json::Null => out.push_str("null"),
             Json::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
@@ -352,6 +486,9 @@ impl Dumper {
             Json::Array(a) => {
                 out.push('[');
                 for (i, x) in a.iter().enumerate() {
+                    if out.len() > TEMPLATE_MAX_OUTPUT {
+                        return;
+                    }
                     if i > 0 {
                         out.push_str(&self.item_sep);
                     }
@@ -369,6 +506,9 @@ impl Dumper {
                 }
                 out.push('{');
                 for (i, (k, x)) in entries.into_iter().enumerate() {
+                    if out.len() > TEMPLATE_MAX_OUTPUT {
+                        return;
+                    }
                     if i > 0 {
                         out.push_str(&self.item_sep);
                     }

@@ -19,33 +19,47 @@ use crate::trainer::{RewardTrainer, Summary};
 pub(crate) const STATE_FILE: &str = "trainer_state.json";
 pub(crate) const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 
+/// Where [`RewardTrainer::resume_newest`] resumed from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resumed {
+    pub checkpoint: PathBuf,
+    /// Newer checkpoints that could not be loaded, with why (newest first).
+    pub damaged: Vec<(PathBuf, String)>,
+    /// Settings that differ from the checkpoint's run (`name: old → new`).
+    pub changed: Vec<String>,
+}
+
+/// The `checkpoint-N` directories of `output_dir`, highest N first.
+fn checkpoints_newest_first(output_dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(output_dir) else { return Vec::new() };
+    let mut found: Vec<(u64, PathBuf)> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let step = e.file_name().to_str()?.strip_prefix("checkpoint-")?.parse().ok()?;
+            e.path().is_dir().then_some((step, e.path()))
+        })
+        .collect();
+    found.sort_by_key(|(step, _)| std::cmp::Reverse(*step));
+    found.into_iter().map(|(_, p)| p).collect()
+}
+
 impl<B: AutodiffBackend> RewardTrainer<B> {
     /// The newest `checkpoint-N` directory under `output_dir`, if any.
     pub fn latest_checkpoint(output_dir: &Path) -> Option<PathBuf> {
-        std::fs::read_dir(output_dir)
-            .ok()?
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let name = e.file_name().into_string().ok()?;
-                let step: u64 = name.strip_prefix("checkpoint-")?.parse().ok()?;
-                e.path().join(STATE_FILE).is_file().then_some((step, e.path()))
-            })
-            .max_by_key(|(s, _)| *s)
-            .map(|(_, p)| p)
+        checkpoints_newest_first(output_dir).into_iter().find(|p| p.join(STATE_FILE).is_file())
     }
 
-    /// Restores weights, optimizer moments and position from a checkpoint directory. With LoRA
-    /// the checkpoint's adapter (and `score`) is loaded onto this trainer's base, which must be the
-    /// base the run started from.
-    pub fn resume_from(&mut self, dir: &Path) -> Result<()> {
+    /// Restores weights, optimizer moments and position from a checkpoint directory, all or
+    /// nothing: a damaged file leaves the trainer as it was. With LoRA the checkpoint's adapter
+    /// (and `score`) is loaded onto this trainer's base, which must be the base the run started
+    /// from. Returns the settings that differ from the checkpoint's `training_config.json`
+    /// (`name: old → new`), which the caller should show.
+    pub fn resume_from(&mut self, dir: &Path) -> Result<Vec<String>> {
         let device = self.model.backbone.device();
         let is_adapter = peft::is_adapter_dir(dir);
-        match &self.adapter {
-            Some(name) if is_adapter => self.model = self.model.clone().load_adapter_weights(dir, name)?,
-            None if !is_adapter => {
-                let (model, _, _) = ForSequenceClassification::<B>::from_pretrained(dir, None, &device)?;
-                self.model = model;
-            }
+        let model = match &self.adapter {
+            Some(name) if is_adapter => self.model.clone().load_adapter_weights(dir, name)?,
+            None if !is_adapter => ForSequenceClassification::<B>::from_pretrained(dir, None, &device)?.0,
             Some(name) => {
                 return Err(RewardError::Config(format!(
                     "{}: not a LoRA checkpoint (no adapter_config.json), but this trainer trains adapter `{name}`; \
@@ -60,16 +74,52 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
                     dir.display()
                 )))
             }
-        }
-        let text =
-            std::fs::read_to_string(dir.join(STATE_FILE)).map_err(|e| RewardError::io(&dir.join(STATE_FILE), e))?;
-        self.state = serde_json::from_str(&text)
-            .map_err(|e| RewardError::Data { path: dir.join(STATE_FILE), reason: e.to_string() })?;
+        };
+        let state_path = dir.join(STATE_FILE);
+        let text = std::fs::read_to_string(&state_path).map_err(|e| RewardError::io(&state_path, e))?;
+        let state = serde_json::from_str(&text)
+            .map_err(|e| RewardError::Data { path: state_path.clone(), reason: e.to_string() })?;
         let sd = checkpoint::load_safetensors(&dir.join(OPTIMIZER_FILE))?;
+        self.model = model;
+        self.state = state;
         self.optimizer.load_state_dict(&sd, &param_ids(&self.model), self.state.global_step, &device);
-        Ok(())
+        Ok(self.changed_settings(dir))
     }
 
+    /// Resumes from the newest checkpoint in `output_dir` that loads; damaged or incomplete
+    /// newer ones (a truncated model or optimizer file, a missing state file) are passed over
+    /// and reported in [`Resumed::damaged`].
+    pub fn resume_newest(&mut self, output_dir: &Path) -> Result<Resumed> {
+        let mut damaged = Vec::new();
+        for dir in checkpoints_newest_first(output_dir) {
+            match self.resume_from(&dir) {
+                Ok(changed) => return Ok(Resumed { checkpoint: dir, damaged, changed }),
+                Err(e @ RewardError::Config(_)) => return Err(e),
+                Err(e) => damaged.push((dir, e.to_string())),
+            }
+        }
+        let found = if damaged.is_empty() {
+            "no checkpoint-N directory".to_string()
+        } else {
+            let list: Vec<String> = damaged.iter().map(|(d, e)| format!("{} ({e})", d.display())).collect();
+            format!("no complete checkpoint; damaged: {}", list.join("; "))
+        };
+        Err(RewardError::Data { path: output_dir.to_path_buf(), reason: format!("cannot resume: {found}") })
+    }
+
+    /// The settings (`training_config.json` keys) that differ between `dir`'s run and this one.
+    fn changed_settings(&self, dir: &Path) -> Vec<String> {
+        let Ok(text) = std::fs::read_to_string(dir.join("training_config.json")) else { return Vec::new() };
+        let (Ok(serde_json::Value::Object(old)), Ok(serde_json::Value::Object(new))) =
+            (serde_json::from_str(&text), serde_json::to_value(&self.config))
+        else {
+            return Vec::new();
+        };
+        new.iter()
+            .filter(|(k, v)| old.get(*k).is_some_and(|o| o != *v))
+            .map(|(k, v)| format!("{k}: {} → {v}", old[k]))
+            .collect()
+    }
     /// Writes `metrics.jsonl` from the history (one JSON object a line).
     pub(crate) fn write_metrics(&self) -> Result<()> {
         let out = &self.config.output_dir;
@@ -97,11 +147,26 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
         Ok(())
     }
 
-    /// Writes `checkpoint-<step>` (model, optimizer, state) via a temp directory and a rename.
+    /// `Err` when a trainable weight holds NaN or inf: such a model is never written.
+    fn check_finite(&self) -> Result<()> {
+        let bad = trl_core::module_io::non_finite_params(&self.model);
+        if bad.is_empty() {
+            return Ok(());
+        }
+        Err(RewardError::Diverged {
+            step: self.state.global_step,
+            what: format!("weights became NaN or infinite ({})", bad.join(", ")),
+            lr: self.config.learning_rate,
+        })
+    }
+
+    /// Writes `checkpoint-<step>` (model, optimizer, state) via a temp directory (unique to this
+    /// process) and a rename.
     pub fn save_checkpoint(&self) -> Result<PathBuf> {
+        self.check_finite()?;
         let out = &self.config.output_dir;
         let dir = out.join(format!("checkpoint-{}", self.state.global_step));
-        let tmp = out.join(format!(".checkpoint-{}.tmp", self.state.global_step));
+        let tmp = out.join(format!(".checkpoint-{}.tmp{}", self.state.global_step, std::process::id()));
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).map_err(|e| RewardError::io(&tmp, e))?;
         }
@@ -118,6 +183,7 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
     }
 
     pub(crate) fn save_final(&self, summary: &Summary, sample_from: &[TokenizedPair]) -> Result<()> {
+        self.check_finite()?;
         let out = &self.config.output_dir;
         self.save_model(out)?;
         write_json_atomic(&out.join("training_config.json"), &self.config)?;

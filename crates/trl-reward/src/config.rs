@@ -186,6 +186,16 @@ impl Default for RewardConfig {
     }
 }
 
+/// The valid range of a numeric setting, for error messages.
+fn range_of(name: &str) -> &'static str {
+    match name {
+        "adam_beta1" | "adam_beta2" => "a finite number in [0, 1)",
+        "warmup_ratio" => "a finite number in [0, 1]",
+        "max_grad_norm" | "adam_epsilon" => "a finite number > 0",
+        _ => "a finite number ≥ 0",
+    }
+}
+
 impl RewardConfig {
     /// Reads a `.toml` or `.json` config file.
     pub fn from_file(path: &Path) -> Result<Self> {
@@ -208,11 +218,39 @@ impl RewardConfig {
         if self.gradient_accumulation_steps == 0 {
             return bad("gradient_accumulation_steps must be at least 1");
         }
-        if self.learning_rate.is_nan() || self.learning_rate <= 0.0 {
-            return bad("learning_rate must be positive");
+        // AdamW moves every weight by about `learning_rate` a step: above 1 nothing can train.
+        if !(self.learning_rate > 0.0 && self.learning_rate <= 1.0) {
+            return Err(RewardError::Config(format!(
+                "learning_rate is {}; it must be in (0, 1] (AdamW moves each weight by about that much a step)",
+                self.learning_rate
+            )));
         }
-        if self.max_steps.is_none() && (self.num_train_epochs.is_nan() || self.num_train_epochs <= 0.0) {
-            return bad("set num_train_epochs > 0 or max_steps");
+        if !self.num_train_epochs.is_finite() || (self.max_steps.is_none() && self.num_train_epochs <= 0.0) {
+            return Err(RewardError::Config(format!(
+                "num_train_epochs is {}; set a finite num_train_epochs > 0, or max_steps",
+                self.num_train_epochs
+            )));
+        }
+        let finite = |name: &str, v: f64, ok: bool| {
+            if v.is_finite() && ok {
+                Ok(())
+            } else {
+                Err(RewardError::Config(format!("{name} is {v}; it must be {}", range_of(name))))
+            }
+        };
+        if let Some(c) = self.center_rewards_coefficient {
+            finite("center_rewards_coefficient", c, c >= 0.0)?;
+        }
+        if let Some(m) = self.max_grad_norm {
+            finite("max_grad_norm", m, m > 0.0)?;
+        }
+        finite("weight_decay", self.weight_decay, self.weight_decay >= 0.0)?;
+        finite("adam_beta1", self.adam_beta1, (0.0..1.0).contains(&self.adam_beta1))?;
+        finite("adam_beta2", self.adam_beta2, (0.0..1.0).contains(&self.adam_beta2))?;
+        finite("adam_epsilon", self.adam_epsilon, self.adam_epsilon > 0.0)?;
+        finite("warmup_ratio", self.warmup_ratio, (0.0..=1.0).contains(&self.warmup_ratio))?;
+        if self.max_length == Some(0) || self.pad_to_multiple_of == Some(0) {
+            return bad("max_length and pad_to_multiple_of must be at least 1 when set");
         }
         if !(0.0..1.0).contains(&self.eval_split) {
             return bad("eval_split must be in [0, 1)");

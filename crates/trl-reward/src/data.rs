@@ -56,20 +56,75 @@ pub struct PreferenceRow {
     pub margin: Option<f32>,
 }
 
-/// Rows read from a file, plus how many malformed rows were skipped (with `skip_bad_rows`).
+/// Rows read from a file, plus how many malformed rows were skipped (with `skip_bad_rows`) and
+/// which were the first of them.
 #[derive(Debug, Clone, Default)]
 pub struct Loaded {
     pub rows: Vec<PreferenceRow>,
     pub skipped: usize,
+    /// The first [`SKIPPED_SHOWN`] skipped rows, with their line (JSONL) or row (Parquet)
+    /// numbers and reasons.
+    pub first_skipped: Vec<SkippedRow>,
 }
 
-/// Reads a `.jsonl` or `.parquet` file of preference rows. A malformed row is an error naming
-/// the file and line (Parquet: row), or, with `skip_bad_rows`, is counted and skipped.
-pub fn read_rows(path: &Path, skip_bad_rows: bool) -> Result<Loaded> {
-    match path.extension().and_then(|e| e.to_str()) {
-        Some("parquet") => crate::parquet::read_parquet(path, skip_bad_rows),
-        _ => read_jsonl(path, skip_bad_rows),
+/// How many skipped rows [`Loaded`] keeps (and messages show) by number and reason.
+pub const SKIPPED_SHOWN: usize = 5;
+
+/// A row skipped as malformed: where it is and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedRow {
+    /// `"line"` (JSONL, 1-based line of the file) or `"row"` (Parquet, 1-based row).
+    pub unit: &'static str,
+    pub number: usize,
+    pub reason: String,
+}
+
+impl std::fmt::Display for SkippedRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.unit, self.number, self.reason)
     }
+}
+
+impl Loaded {
+    /// Counts a skipped row, keeping the first [`SKIPPED_SHOWN`] of them.
+    pub fn skip(&mut self, row: SkippedRow) {
+        self.skipped += 1;
+        if self.first_skipped.len() < SKIPPED_SHOWN {
+            self.first_skipped.push(row);
+        }
+    }
+
+    /// `skipped N malformed row(s) of FILE (line 2: …; line 7: …)`, or `None` when none was.
+    pub fn skipped_summary(&self, path: &Path) -> Option<String> {
+        (self.skipped > 0).then(|| skipped_summary(path, self.skipped, &self.first_skipped))
+    }
+}
+
+/// `skipped COUNT malformed row(s) of PATH (line 2: invalid JSON: …; line 7: …; and N more)`:
+/// the message for rows skipped with `--skip-bad-rows`, naming the first of them.
+pub fn skipped_summary(path: &Path, count: usize, first: &[SkippedRow]) -> String {
+    let mut shown = first.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+    if count > first.len() {
+        shown.push_str(&format!("; and {} more", count - first.len()));
+    }
+    format!("skipped {count} malformed row(s) of {} ({shown})", path.display())
+}
+
+/// Reads a `.jsonl` or `.parquet` file of preference rows. A malformed row (not JSON, not
+/// UTF-8, missing a column…) is an error naming the file and line (Parquet: row), or, with
+/// `skip_bad_rows`, is counted and skipped (the first few kept in [`Loaded::first_skipped`]).
+pub fn read_rows(path: &Path, skip_bad_rows: bool) -> Result<Loaded> {
+    if is_parquet(path) {
+        crate::parquet::read_parquet(path, skip_bad_rows)
+    } else {
+        read_jsonl(path, skip_bad_rows)
+    }
+}
+
+/// Whether `path` is read as Parquet: its extension is `.parquet` (any case). Everything else
+/// is read as JSONL.
+pub fn is_parquet(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("parquet"))
 }
 
 const COLUMNS_HINT: &str = "rows need `chosen` and `rejected`, optionally `prompt` and `margin`";
@@ -143,23 +198,92 @@ fn check_kinds(row: &PreferenceRow) -> std::result::Result<(), String> {
     Ok(())
 }
 
-fn read_jsonl(path: &Path, skip_bad_rows: bool) -> Result<Loaded> {
+/// One non-blank line of a JSONL file: its 1-based line number, and its text or why it is not
+/// text (`invalid UTF-8 at byte N of the line`).
+pub type JsonlLine = (usize, std::result::Result<String, String>);
+
+/// The lines of a JSONL file, read as every reader of JSONL in trl-rs reads them (`xtask
+/// train` through [`read_rows`], `xtask score`, `xtask generate`): a UTF-8 byte-order mark at
+/// the start is dropped, `\n` or `\r\n` ends a line, blank lines are left out, and a line that
+/// is not UTF-8 is an `Err` for that line only (the caller names the line, or skips it). A
+/// UTF-16 file (its byte-order mark) is an error for the whole file, as is any read failure;
+/// both name the path.
+pub fn jsonl_lines(path: &Path) -> Result<JsonlLines> {
     let file = std::fs::File::open(path).map_err(|e| RewardError::io(path, e))?;
-    let mut out = Loaded::default();
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|e| RewardError::io(path, e))?;
-        let line = if i == 0 { line.trim_start_matches('\u{feff}') } else { &line };
-        if line.trim().is_empty() {
-            continue;
+    Ok(JsonlLines {
+        path: path.to_path_buf(),
+        reader: std::io::BufReader::new(file),
+        buf: Vec::new(),
+        number: 0,
+        done: false,
+    })
+}
+
+/// The iterator of [`jsonl_lines`].
+#[derive(Debug)]
+pub struct JsonlLines {
+    path: PathBuf,
+    reader: std::io::BufReader<std::fs::File>,
+    buf: Vec<u8>,
+    number: usize,
+    done: bool,
+}
+
+impl Iterator for JsonlLines {
+    type Item = Result<JsonlLine>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while !self.done {
+            self.buf.clear();
+            match self.reader.read_until(b'\n', &mut self.buf) {
+                Ok(0) => self.done = true,
+                Ok(_) => {
+                    self.number += 1;
+                    let mut bytes = self.buf.strip_suffix(b"\n").unwrap_or(&self.buf);
+                    bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+                    if self.number == 1 {
+                        if bytes.starts_with(&[0xff, 0xfe]) || bytes.starts_with(&[0xfe, 0xff]) {
+                            self.done = true;
+                            return Some(Err(RewardError::Data {
+                                path: self.path.clone(),
+                                reason: "UTF-16 text (it starts with a UTF-16 byte-order mark); JSONL must be \
+                                         UTF-8: re-save the file as UTF-8"
+                                    .into(),
+                            }));
+                        }
+                        bytes = bytes.strip_prefix("\u{feff}".as_bytes()).unwrap_or(bytes);
+                    }
+                    let text = std::str::from_utf8(bytes)
+                        .map_err(|e| format!("invalid UTF-8 at byte {} of the line", e.valid_up_to() + 1));
+                    match text {
+                        Ok(t) if t.trim().is_empty() => continue,
+                        text => return Some(Ok((self.number, text.map(str::to_owned)))),
+                    }
+                }
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(RewardError::io(&self.path, e)));
+                }
+            }
         }
-        let parsed = serde_json::from_str::<Value>(line).map_err(|e| format!("invalid JSON: {e}")).and_then(parse_row);
+        None
+    }
+}
+
+fn read_jsonl(path: &Path, skip_bad_rows: bool) -> Result<Loaded> {
+    let mut out = Loaded::default();
+    for line in jsonl_lines(path)? {
+        let (number, text) = line?;
+        let parsed = text
+            .and_then(|t| serde_json::from_str::<Value>(&t).map_err(|e| format!("invalid JSON: {e}")))
+            .and_then(parse_row);
         match parsed {
             Ok(row) => out.rows.push(row),
-            Err(_) if skip_bad_rows => out.skipped += 1,
+            Err(reason) if skip_bad_rows => out.skip(SkippedRow { unit: "line", number, reason }),
             Err(reason) => {
                 return Err(RewardError::Row {
                     path: path.to_path_buf(),
-                    line: i + 1,
+                    line: number,
                     reason: format!("{reason} (or pass --skip-bad-rows)"),
                 })
             }

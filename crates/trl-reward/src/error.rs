@@ -21,6 +21,11 @@ pub enum RewardError {
     Template(String),
     #[error("preference data: {0}")]
     Content(String),
+    #[error(
+        "training diverged at step {step}: {what} (learning rate {lr}); nothing of this step was applied or saved. \
+         Lower learning_rate, set max_grad_norm, or check the data; resume from the last checkpoint"
+    )]
+    Diverged { step: u64, what: String, lr: f64 },
 }
 
 impl RewardError {

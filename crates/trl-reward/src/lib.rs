@@ -23,5 +23,6 @@ pub mod report;
 pub mod synthetic;
 pub mod trainer;
 
+pub use checkpoint::Resumed;
 pub use config::{LoraSettings, RewardConfig};
 pub use trainer::{Event, Job, LogEntry, RewardTrainer, Summary};

@@ -138,9 +138,15 @@ pub struct Sample {
 /// returns [`ControlFlow::Break`] to stop training once the current step is done (after its
 /// log line, evaluation and checkpoint), as an interrupted run would.
 pub enum Event<'a> {
-    Step { step: u64, total: u64, loss: f64 },
+    Step {
+        step: u64,
+        total: u64,
+        loss: f64,
+    },
     Log(&'a LogEntry),
     Checkpoint(&'a Path),
+    /// Something the user should know that does not stop training.
+    Warning(&'a str),
 }
 
 /// A trainer with the data it is to train on (what `cargo xtask train` sets up).
@@ -165,6 +171,8 @@ pub struct RewardTrainer<B: AutodiffBackend> {
     pub(crate) adapter: Option<String>,
     /// Dropout is live (LoRA dropout with `disable_dropout` off): reseed before every step.
     pub(crate) reseed: bool,
+    /// The lock on `config.output_dir`, held from [`Self::lock_output_dir`] on.
+    pub(crate) lock: Option<trl_core::lock::DirLock>,
 }
 
 /// Rewards of a batch of pairs, scored in one forward pass.
@@ -274,7 +282,28 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
             optimizer: AdamW::new(adam),
             adapter,
             reseed,
+            lock: None,
         })
+    }
+
+    /// Takes `config.output_dir` for this trainer: a second run writing there fails at once
+    /// with an error naming this process. [`Self::train`] does it itself when not done yet;
+    /// call it earlier to fail before any work. Returns a warning when the directory was left
+    /// by a run that was killed (its temp files are removed).
+    pub fn lock_output_dir(&mut self) -> Result<Option<String>> {
+        if self.lock.is_some() {
+            return Ok(None);
+        }
+        let lock = trl_core::lock::DirLock::acquire(&self.config.output_dir)?;
+        let warning = lock.stale_pid.map(|pid| {
+            format!(
+                "{} was left by a run (PID {pid}) that did not finish cleanly; removed {} temp file(s) it left",
+                self.config.output_dir.display(),
+                lock.removed.len()
+            )
+        });
+        self.lock = Some(lock);
+        Ok(warning)
     }
 
     /// The LoRA adapter being trained, if any (else the whole model trains).
@@ -303,6 +332,10 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
         self.state.total_steps = total;
         let bs = cfg.per_device_train_batch_size;
         let batches_per_epoch = train.len().div_ceil(bs);
+        // One writer per output directory, for the whole run.
+        if let Some(msg) = self.lock_output_dir()? {
+            let _ = on_event(Event::Warning(&msg));
+        }
         // A fresh run starts `metrics.jsonl` afresh; a resumed one continues the checkpoint's.
         self.write_metrics()?;
         let start = Instant::now();
@@ -356,9 +389,16 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
             }
             let mut grads = grads.expect("at least one micro-batch");
             let norm = clip_grad_norm(&self.model, &mut grads, cfg.max_grad_norm);
+            let step = self.state.global_step + 1;
+            if !step_loss.is_finite() || !norm.is_finite() {
+                return Err(RewardError::Diverged {
+                    step,
+                    what: format!("loss {step_loss}, gradient norm {norm}"),
+                    lr,
+                });
+            }
             self.model = self.optimizer.step(self.model.clone(), lr, &mut grads);
-            self.state.global_step += 1;
-            let step = self.state.global_step;
+            self.state.global_step = step;
             self.state.loss_sum = json_exact(self.state.loss_sum + step_loss);
             self.state.window.loss = json_exact(self.state.window.loss + step_loss);
             self.state.window.steps += 1;

@@ -102,24 +102,46 @@ pub(super) fn user_job(args: &TrainArgs, mut cfg: RewardConfig, device: &Device<
         .or(tokenizer.pad_id())
         .ok_or("the tokenizer has neither a pad nor an EOS token; set pad_token in tokenizer_config.json")?;
     let eos = cfg.eos_token.clone().or(tokenizer.eos_token.clone()).unwrap_or_default();
-    let template = args.chat_template.as_ref().map(std::fs::read_to_string).transpose()?;
+    let template = args
+        .chat_template
+        .as_ref()
+        .map(|p| std::fs::read_to_string(p).map_err(|e| format!("--chat-template {}: {e}", p.display())))
+        .transpose()?;
 
     let path = args.train_file.as_ref().ok_or("--train-file is required with --model or --init-config")?;
-    let loaded = read_rows(path, cfg.skip_bad_rows)?;
-    if loaded.skipped > 0 {
-        eprintln!("skipped {} malformed row(s) of {}", loaded.skipped, path.display());
-    }
+    let read = |path: &Path| -> Result<Vec<trl_reward::data::PreferenceRow>, Error> {
+        let loaded = read_rows(path, cfg.skip_bad_rows)?;
+        if let Some(summary) = loaded.skipped_summary(path) {
+            eprintln!("{summary}");
+        }
+        Ok(loaded.rows)
+    };
+    let rows = read(path)?;
     let (train_rows, eval_rows) = match &args.eval_file {
-        Some(e) => (loaded.rows, read_rows(e, cfg.skip_bad_rows)?.rows),
+        Some(e) => (rows, read(e)?),
         None => {
-            let n_eval = (loaded.rows.len() as f64 * cfg.eval_split).round() as usize;
-            let mut rows = loaded.rows;
+            let n_eval = (rows.len() as f64 * cfg.eval_split).round() as usize;
+            let mut rows = rows;
             let eval = rows.split_off(rows.len() - n_eval);
             (rows, eval)
         }
     };
-    let train = tokenize(&train_rows, &tokenizer, &eos, cfg.max_length, template.as_deref())?;
-    let eval = tokenize(&eval_rows, &tokenizer, &eos, cfg.max_length, template.as_deref())?;
+    // Rows the model cannot take (over its position limit) are dropped like rows over
+    // max_length, rather than failing the run when a batch reaches the model.
+    let model_max = model.backbone.max_positions();
+    let max_length = match cfg.max_length {
+        Some(m) if m <= model_max => m,
+        Some(m) => {
+            eprintln!(
+                "note: max_length {m} is more than the model's {model_max} positions; rows longer than \
+                 {model_max} tokens are dropped"
+            );
+            model_max
+        }
+        None => model_max,
+    };
+    let train = tokenize(&train_rows, &tokenizer, &eos, Some(max_length), template.as_deref())?;
+    let eval = tokenize(&eval_rows, &tokenizer, &eos, Some(max_length), template.as_deref())?;
     let dropped = train.dropped_too_long + eval.dropped_too_long;
     let trainer = RewardTrainer::new(cfg, model, hf_config, Some(tokenizer), pad_id)?;
     Ok(Job { trainer, train: train.pairs, eval: eval.pairs, dropped })

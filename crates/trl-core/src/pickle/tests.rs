@@ -80,17 +80,25 @@ fn strided_views_materialise_row_major() {
     };
     // [3, 4] transposed to [4, 3].
     assert_eq!(
-        materialise(&view(0, vec![4, 3], vec![1, 4]), &bytes, 1).unwrap(),
+        materialise(&view(0, vec![4, 3], vec![1, 4]), &bytes, 1, usize::MAX).unwrap(),
         [0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11]
     );
-    assert_eq!(materialise(&view(4, vec![2, 4], vec![4, 1]), &bytes, 1).unwrap(), (4..12).collect::<Vec<u8>>());
-    assert_eq!(materialise(&view(2, vec![], vec![]), &bytes, 1).unwrap(), [2]);
-    assert!(materialise(&view(5, vec![2, 4], vec![4, 1]), &bytes, 1).unwrap_err().contains("needs 13 bytes"));
-    assert!(materialise(&view(0, vec![usize::MAX, 2], vec![1, 1]), &bytes, 1).is_err());
+    assert_eq!(
+        materialise(&view(4, vec![2, 4], vec![4, 1]), &bytes, 1, usize::MAX).unwrap(),
+        (4..12).collect::<Vec<u8>>()
+    );
+    assert_eq!(materialise(&view(2, vec![], vec![]), &bytes, 1, usize::MAX).unwrap(), [2]);
+    assert!(materialise(&view(5, vec![2, 4], vec![4, 1]), &bytes, 1, usize::MAX)
+        .unwrap_err()
+        .contains("needs 13 bytes"));
+    assert!(materialise(&view(0, vec![usize::MAX, 2], vec![1, 1]), &bytes, 1, usize::MAX).is_err());
     // A size-1 dim's stride is irrelevant, however large.
-    assert_eq!(materialise(&view(1, vec![1, 3], vec![usize::MAX, 2]), &bytes, 1).unwrap(), [1, 3, 5]);
+    assert_eq!(materialise(&view(1, vec![1, 3], vec![usize::MAX, 2]), &bytes, 1, usize::MAX).unwrap(), [1, 3, 5]);
+    // A copy larger than the limit is refused before anything is allocated.
+    let e = materialise(&view(0, vec![1 << 20, 1 << 20], vec![0, 0]), &bytes, 1, 1 << 24).unwrap_err();
+    assert!(e.contains("would copy 1099511627776 bytes out of a 12-byte storage"), "{e}");
     // Stride 0 (an expanded view) repeats elements.
-    assert_eq!(materialise(&view(3, vec![2, 2], vec![0, 1]), &bytes, 1).unwrap(), [3, 4, 3, 4]);
+    assert_eq!(materialise(&view(3, vec![2, 2], vec![0, 1]), &bytes, 1, usize::MAX).unwrap(), [3, 4, 3, 4]);
 }
 
 #[test]
