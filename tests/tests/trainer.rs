@@ -389,6 +389,6 @@ fn builtin_default_learns() {
     ] {
         assert!(out.path().join(f).exists(), "{f} missing from the output directory");
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    assert!(elapsed < 60.0, "the shortened built-in run took {elapsed:.1}s (bound 60s)");
+    // No bound on the wall time: a timed test fails on a slow or busy machine (speed is
+    // measured by `cargo xtask bench`, not asserted here).
 }

@@ -985,7 +985,7 @@ fn random_op(rng: &mut Rng) -> Op {
             a.extend(v.iter().cycle().take(n));
             Op(0x8a, a)
         }
-        10 => binunicode(*rng.pick(STRINGS)),
+        10 => binunicode(rng.pick::<&str>(STRINGS)),
         11 => Op(b'c', rng.pick(GLOBALS).as_bytes().to_vec()),
         12 => Op(b'R', vec![]),
         13 => Op(b'b', vec![]),
@@ -993,8 +993,8 @@ fn random_op(rng: &mut Rng) -> Op {
         15 => Op(b'q', vec![rng.below(8) as u8]),
         16 => Op(b'h', vec![rng.below(8) as u8]),
         17 => Op(0x94, vec![]),
-        18 => Op(*rng.pick(&[b's', b'u', b'a', b'e']), vec![]),
-        19 => Op(*rng.pick(&[b'0', b'1', b'2']), vec![]),
+        18 => Op(*rng.pick(b"suae"), vec![]),
+        19 => Op(*rng.pick(b"012"), vec![]),
         20 => Op(*rng.pick(&[b'N', 0x88, 0x89]), vec![]),
         21 => Op(b'.', vec![]),
         22 => Op(b'G', int(rng).to_be_bytes().to_vec()),
@@ -1051,7 +1051,7 @@ fn mutate_pickle(rng: &mut Rng, pkl: &[u8]) -> Vec<u8> {
                 let strs: Vec<usize> = (0..n).filter(|&k| matches!(ops[k].0, b'X' | 0x8c)).collect();
                 if !strs.is_empty() {
                     let k = *rng.pick(&strs);
-                    ops[k] = binunicode(*rng.pick(STRINGS));
+                    ops[k] = binunicode(rng.pick::<&str>(STRINGS));
                 }
             }
             6 => {

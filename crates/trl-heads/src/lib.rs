@@ -9,10 +9,25 @@
 //! [`RewardAdapter`] is TRL's multi-adapter reward (`compute_reward_score`). Generic over burn's
 //! `Backend`.
 
-pub mod error;
-pub mod reward_adapter;
+//!
+//! ## Public surface
+//! - [`CausalLmWithValueHead`], [`ValueHead`], [`ValueHeadOptions`], [`VHeadInit`],
+//!   [`VHeadSource`], [`ValueHeadOutput`];
+//! - [`ForSequenceClassification`], [`RewardOutput`], and in [`seq_cls`] the config helpers
+//!   [`seq_cls::num_labels`] and [`seq_cls::is_seq_cls`];
+//! - [`RewardAdapter`];
+//! - [`HeadError`] and [`Result`].
+//!
+//! ## Modules
+//! `shared` (hidden size, load-report prefixes, adapter base, adapter-only training, pooled
+//! gather) depends on `error` only; `seq_cls` on `shared`; `reward_adapter` on `seq_cls` and
+//! `shared`; `value_head` on all three. No module depends on one above it.
+
+mod error;
+mod reward_adapter;
 pub mod seq_cls;
-pub mod value_head;
+mod shared;
+mod value_head;
 
 pub use error::{HeadError, Result};
 pub use reward_adapter::RewardAdapter;

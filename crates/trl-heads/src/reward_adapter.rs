@@ -15,7 +15,7 @@ use trl_models::{AnyCausalLm, TokenBatch};
 
 use crate::error::{HeadError, Result};
 use crate::seq_cls::{RewardOutput, SCORE_PREFIX};
-use crate::value_head::prefix_error;
+use crate::shared::{gather_rows, prefix_error};
 
 /// A reward adapter attached to a policy's backbone: its name there and its frozen score head.
 #[derive(Module, Debug)]
@@ -73,11 +73,7 @@ impl<B: Backend> RewardAdapter<B> {
         let mut rm = backbone.clone();
         rm.set_adapter(&self.name)?;
         let hidden = rm.forward(batch, false)?.hidden.detach();
-        let [b, t, h] = hidden.dims();
-        let device = hidden.device();
-        let flat: Vec<i64> = batch.last_token_index().iter().enumerate().map(|(r, &i)| (r * t + i) as i64).collect();
-        let flat = Tensor::<B, 1, Int>::from_data(TensorData::new(flat, [b]), &device);
-        let pooled = hidden.clone().reshape([b * t, h]).select(0, flat);
+        let pooled = gather_rows(hidden.clone(), &batch.last_token_index());
         let rewards = self.score.forward(pooled).detach();
         let scores = per_token.then(|| self.score.forward(hidden).detach());
         Ok(RewardOutput { rewards, scores })

@@ -10,16 +10,15 @@ use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::prelude::*;
 use serde_json::{json, Map, Value};
 
-use trl_core::module_io::set_require_grad_where;
 use trl_core::peft::{self, AdapterKey, LoraConfig};
 use trl_core::{checkpoint, load_module, module_state_dict, HfConfig, StateDict, Strictness};
 use trl_models::{AnyCausalLm, TokenBatch};
 
 use crate::error::{HeadError, Result};
-use crate::value_head::{head_hidden_size, prefix_error};
+use crate::shared::{adapter_base, gather_rows, head_hidden_size, prefix_error, train_adapter_and_head};
 
 /// Key prefix of the score head.
-pub const SCORE_PREFIX: &str = "score.";
+pub(crate) const SCORE_PREFIX: &str = "score.";
 
 /// Rewards of a batch.
 #[derive(Debug, Clone)]
@@ -44,20 +43,14 @@ pub fn num_labels(cfg: &HfConfig) -> usize {
 }
 
 /// The `*ForSequenceClassification` architecture name for a model type.
-pub fn seq_cls_architecture(model_type: &str) -> String {
-    let base = match model_type {
-        "gpt2" => "GPT2",
-        "llama" => "Llama",
-        "mistral" => "Mistral",
-        "qwen2" => "Qwen2",
-        "qwen3" => "Qwen3",
-        other => other,
-    };
-    format!("{base}ForSequenceClassification")
+pub(crate) fn seq_cls_architecture(model_type: &str) -> String {
+    trl_models::arch_info(model_type)
+        .and_then(|a| a.seq_cls_class(model_type))
+        .unwrap_or_else(|| format!("{model_type}ForSequenceClassification"))
 }
 
 /// Sets `architectures`, `id2label` and `label2id` for a reward model with `n` labels.
-pub fn mark_as_seq_cls(cfg: &mut HfConfig, n: usize) {
+pub(crate) fn mark_as_seq_cls(cfg: &mut HfConfig, n: usize) {
     let mt = cfg.model_type().unwrap_or("").to_string();
     cfg.set("architectures", json!([seq_cls_architecture(&mt)]));
     let id2label: Map<String, Value> = (0..n).map(|i| (i.to_string(), json!(format!("LABEL_{i}")))).collect();
@@ -169,11 +162,7 @@ impl<B: Backend> ForSequenceClassification<B> {
     pub fn forward(&self, batch: &TokenBatch, all_scores: bool) -> Result<RewardOutput<B>> {
         let idx = self.pooled_index(batch)?;
         let out = self.backbone.forward(batch, false)?;
-        let [b, t, h] = out.hidden.dims();
-        let device = out.hidden.device();
-        let flat: Vec<i64> = idx.iter().enumerate().map(|(r, &i)| (r * t + i) as i64).collect();
-        let flat = Tensor::<B, 1, Int>::from_data(TensorData::new(flat, [b]), &device);
-        let pooled = out.hidden.clone().reshape([b * t, h]).select(0, flat);
+        let pooled = gather_rows(out.hidden.clone(), &idx);
         let rewards = self.score.forward(pooled);
         let scores = all_scores.then(|| self.score.forward(out.hidden));
         Ok(RewardOutput { rewards, scores })
@@ -203,11 +192,7 @@ impl<B: Backend> ForSequenceClassification<B> {
     /// id); a causal-LM base gets the adapter's `score`. Returns whether `score` came from the
     /// adapter or the base (not freshly drawn).
     pub fn from_adapter(dir: &Path, base: Option<&Path>, device: &B::Device) -> Result<(Self, HfConfig, bool)> {
-        let config = LoraConfig::load(dir)?;
-        let base_dir = match base {
-            Some(b) => b.to_path_buf(),
-            None => peft::resolve_base(dir, &config)?,
-        };
+        let base_dir = adapter_base(dir, base)?;
         let (mut model, mut hf, restored) = Self::from_pretrained(&base_dir, None, device)?;
         let from_adapter = model.load_adapter(dir, "default")?;
         mark_as_seq_cls(&mut hf, model.score.weight.dims()[1]);
@@ -321,13 +306,7 @@ impl<B: Backend> ForSequenceClassification<B> {
     /// Freezes everything except the active adapter and, when it lists it in `modules_to_save`,
     /// `score`: the parameters PEFT trains.
     pub fn train_adapter_only(self) -> Result<Self> {
-        let name = self
-            .backbone
-            .active_adapter()
-            .ok_or_else(|| HeadError::Input("no active adapter to train".into()))?
-            .to_string();
-        let is_adapter = self.backbone.adapter_key_filter(&name)?;
-        let score = self.score_is_saved(&name);
-        Ok(set_require_grad_where(self, |k| Some(is_adapter(k) || (score && k.starts_with(SCORE_PREFIX)))))
+        let score = self.backbone.active_adapter().is_some_and(|name| self.score_is_saved(name));
+        train_adapter_and_head(self, |m| &m.backbone, |k| score && k.starts_with(SCORE_PREFIX))
     }
 }

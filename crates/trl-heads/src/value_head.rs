@@ -7,23 +7,23 @@ use std::path::Path;
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
 use burn::prelude::*;
-use serde_json::Value;
 
-use trl_core::module_io::set_require_grad_where;
-use trl_core::peft::{self, LoraConfig};
+use trl_core::peft;
 use trl_core::{checkpoint, load_module, module_state_dict, HfConfig, StateDict, Strictness};
 use trl_models::{AnyCausalLm, KvCache, TokenBatch};
 
 use crate::error::{HeadError, Result};
 use crate::reward_adapter::RewardAdapter;
+use crate::seq_cls::RewardOutput;
+use crate::shared::{adapter_base, head_hidden_size, prefix_error, train_adapter_and_head};
 
 /// Prefix of the value head's keys in a TRL checkpoint.
-pub const V_HEAD_PREFIX: &str = "v_head.";
+pub(crate) const V_HEAD_PREFIX: &str = "v_head.";
 
 /// Where a LoRA value-head model keeps `v_head.*` next to its adapter. TRL writes them to
 /// `pytorch_model.bin` and reads `model.safetensors` first, then `pytorch_model.bin`; trl-rs
 /// writes `model.safetensors` (v_head keys only) and reads both.
-pub const PEFT_V_HEAD_FILES: [&str; 2] = [checkpoint::SAFE_WEIGHTS, checkpoint::BIN_WEIGHTS];
+pub(crate) const PEFT_V_HEAD_FILES: [&str; 2] = [checkpoint::SAFE_WEIGHTS, checkpoint::BIN_WEIGHTS];
 
 /// How to initialise a fresh value head (TRL's `v_head_init_strategy`).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -46,24 +46,6 @@ impl Default for ValueHeadOptions {
     fn default() -> Self {
         Self { summary_dropout_prob: None, init: VHeadInit::Default }
     }
-}
-
-/// Hidden size by TRL 1.x priority: `word_embed_proj_dim` > `hidden_size` (or its GPT-2 / T5
-/// aliases `n_embd`, `d_model`) > `text_config.hidden_size` > `decoder.hidden_size` when
-/// `is_encoder_decoder`.
-pub fn head_hidden_size(cfg: &HfConfig) -> Result<usize> {
-    let nested =
-        |outer: &str| cfg.get(outer).and_then(|c| c.get("hidden_size")).and_then(Value::as_u64).map(|v| v as usize);
-    cfg.get_usize("word_embed_proj_dim")
-        .or_else(|| cfg.get_usize("hidden_size"))
-        .or_else(|| cfg.get_usize("n_embd"))
-        .or_else(|| cfg.get_usize("d_model"))
-        .or_else(|| nested("text_config"))
-        .or_else(|| cfg.get("is_encoder_decoder").and_then(Value::as_bool).filter(|&e| e).and_then(|_| nested("decoder")))
-        .ok_or_else(|| HeadError::Config {
-            path: cfg.path.display().to_string(),
-            reason: "cannot find the hidden size (word_embed_proj_dim, hidden_size, text_config.hidden_size or decoder.hidden_size)".into(),
-        })
 }
 
 /// Dropout then `Linear(hidden, 1)` with bias, kept in f32.
@@ -205,11 +187,7 @@ impl<B: Backend> CausalLmWithValueHead<B> {
         opts: &ValueHeadOptions,
         device: &B::Device,
     ) -> Result<(Self, HfConfig, VHeadSource)> {
-        let config = LoraConfig::load(dir)?;
-        let base_dir = match base {
-            Some(b) => b.to_path_buf(),
-            None => peft::resolve_base(dir, &config)?,
-        };
+        let base_dir = adapter_base(dir, base)?;
         let (mut model, hf, mut source) = Self::from_pretrained(&base_dir, opts, device)?;
         let mut extra = model.pretrained_model.load_adapter(dir, "default")?.modules_to_save;
         let mut head = extra.split_off_by(|k| k.starts_with(V_HEAD_PREFIX)).strip_prefix(V_HEAD_PREFIX);
@@ -238,7 +216,7 @@ impl<B: Backend> CausalLmWithValueHead<B> {
     }
 
     /// TRL's PEFT save: adapter `name` in PEFT's format plus `model.safetensors` holding only
-    /// `v_head.summary.weight` / `.bias` (see [`PEFT_V_HEAD_FILES`]).
+    /// `v_head.summary.weight` / `.bias` (read back from there or `pytorch_model.bin`).
     pub fn save_adapter(&self, dir: &Path, name: &str) -> Result<()> {
         self.pretrained_model.save_adapter(dir, name, &StateDict::new())?;
         let head = module_state_dict(&self.v_head).add_prefix(V_HEAD_PREFIX);
@@ -249,13 +227,7 @@ impl<B: Backend> CausalLmWithValueHead<B> {
     /// Freezes everything except the active adapter and the value head (what TRL's PPO trains
     /// with a LoRA policy); the reward adapter stays frozen.
     pub fn train_adapter_only(self) -> Result<Self> {
-        let name = self
-            .pretrained_model
-            .active_adapter()
-            .ok_or_else(|| HeadError::Input("no active adapter to train".into()))?
-            .to_string();
-        let is_adapter = self.pretrained_model.adapter_key_filter(&name)?;
-        Ok(set_require_grad_where(self, |k| Some(is_adapter(k) || k.starts_with(V_HEAD_PREFIX))))
+        train_adapter_and_head(self, |m| &m.pretrained_model, |k| k.starts_with(V_HEAD_PREFIX))
     }
 
     /// TRL's `reward_adapter`: loads `dir` (a `SEQ_CLS` adapter with `score` in
@@ -269,7 +241,7 @@ impl<B: Backend> CausalLmWithValueHead<B> {
     /// token (`rewards` `[batch, num_labels]`) and, if `per_token`, at every position. Runs on a
     /// copy of the model switched to the reward adapter, without dropout, and returns detached
     /// tensors, so this model's active adapter and gradients are untouched.
-    pub fn compute_reward_score(&self, batch: &TokenBatch, per_token: bool) -> Result<crate::RewardOutput<B>> {
+    pub fn compute_reward_score(&self, batch: &TokenBatch, per_token: bool) -> Result<RewardOutput<B>> {
         let rm = self
             .reward_adapter
             .as_ref()
@@ -278,35 +250,9 @@ impl<B: Backend> CausalLmWithValueHead<B> {
     }
 }
 
-/// Puts the prefix back on key names in a load report of a sub-module.
-pub(crate) fn prefix_error(e: trl_core::Error, prefix: &str) -> HeadError {
-    match e {
-        trl_core::Error::Load(r) => HeadError::Core(trl_core::Error::Load(r.prefixed(prefix))),
-        other => HeadError::Core(other),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    fn size(v: serde_json::Value) -> Result<usize> {
-        head_hidden_size(&HfConfig::from_value(v).unwrap())
-    }
-
-    /// TRL 1.6+ priority: `word_embed_proj_dim` > `hidden_size` (GPT-2's `n_embd`) >
-    /// `text_config.hidden_size` > `decoder.hidden_size` (encoder–decoder only), else an error.
-    #[test]
-    fn hidden_size_follows_trl_priority() {
-        assert_eq!(size(json!({"word_embed_proj_dim": 16, "hidden_size": 32})).unwrap(), 16);
-        assert_eq!(size(json!({"hidden_size": 32, "text_config": {"hidden_size": 8}})).unwrap(), 32);
-        assert_eq!(size(json!({"n_embd": 24})).unwrap(), 24);
-        assert_eq!(size(json!({"text_config": {"hidden_size": 8}})).unwrap(), 8);
-        assert_eq!(size(json!({"is_encoder_decoder": true, "decoder": {"hidden_size": 12}})).unwrap(), 12);
-        let err = size(json!({"is_encoder_decoder": false, "decoder": {"hidden_size": 12}})).unwrap_err();
-        assert!(err.to_string().contains("hidden size"), "{err}");
-    }
 
     /// `summary_dropout_prob` 0 means no dropout layer; the `normal` init zeroes the bias.
     #[test]

@@ -5,7 +5,7 @@
 pub enum ModelError {
     #[error(transparent)]
     Core(#[from] trl_core::Error),
-    #[error("unsupported architecture `{found}`; supported model_type values: {}", crate::SUPPORTED.join(", "))]
+    #[error("unsupported architecture `{found}`; supported model_type values: {}", crate::supported().join(", "))]
     Unsupported { found: String },
     #[error("bad config: {0}")]
     Config(String),

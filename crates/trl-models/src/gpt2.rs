@@ -7,11 +7,22 @@ use burn::prelude::*;
 use burn::tensor::activation;
 use serde::Deserialize;
 
+use trl_core::HfConfig;
+
+use crate::backbone::{tied_logits, ArchInfo, Backbone, CacheSlot};
 use crate::batch::Context;
 use crate::error::{ModelError, Result};
-use crate::layers::{attend, Conv1D, KvCache, LayerNorm};
+use crate::layers::{attend, Conv1D, LayerNorm};
 use crate::limits;
 use crate::lora::{Adapters, LoraLayer};
+
+/// What GPT-2 is, for the crate's list of architectures.
+pub const INFO: ArchInfo = ArchInfo {
+    model_types: &["gpt2"],
+    class_stems: &["GPT2"],
+    default_lora_targets: &["c_attn"],
+    fan_in_fan_out: true,
+};
 
 fn yes() -> bool {
     true
@@ -202,12 +213,7 @@ impl Gpt2Config {
 }
 
 impl<B: Backend> Gpt2Block<B> {
-    fn forward(
-        &self,
-        x: Tensor<B, 2>,
-        ctx: &Context<B>,
-        cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
-    ) -> Tensor<B, 2> {
+    fn forward(&self, x: Tensor<B, 2>, ctx: &Context<B>, cache: Option<&mut CacheSlot<B>>) -> Tensor<B, 2> {
         let [n, d] = x.dims();
         let heads = self.attn.n_head;
         let qkv = self.attn.c_attn.forward(self.ln_1.forward(x.clone()));
@@ -219,58 +225,77 @@ impl<B: Backend> Gpt2Block<B> {
     }
 }
 
-impl<B: Backend> Gpt2LMHeadModel<B> {
-    /// With `hidden_states`, every layer's input and the final output are pushed there, as
-    /// transformers' `output_hidden_states` (embeddings first, the last one after the norm).
-    /// Last hidden state after `ln_f`, `[batch, q_len, n_embd]`, for `ids` `[batch, q_len]`.
-    pub fn forward_hidden(
-        &self,
-        ids: Tensor<B, 2, Int>,
-        ctx: &Context<B>,
-        mut cache: Option<&mut KvCache<B>>,
-        mut hidden_states: Option<&mut Vec<Tensor<B, 3>>>,
-    ) -> Result<Tensor<B, 3>> {
+impl<B: Backend> Backbone<B> for Gpt2LMHeadModel<B> {
+    type Tables = ();
+
+    fn init(config: &HfConfig, device: &B::Device) -> Result<Self> {
+        config.parse::<Gpt2Config>()?.init(device)
+    }
+
+    fn tables(&self, _ctx: &Context<B>) {}
+
+    /// Token plus learned position embeddings; positions are below `n_positions` (checked by
+    /// the caller, [`crate::AnyCausalLm`]).
+    fn embed(&self, ids: Tensor<B, 2, Int>, ctx: &Context<B>) -> Tensor<B, 2> {
         let device = ids.device();
-        if let Some(&p) = ctx.positions.iter().max() {
-            if p as usize >= self.n_positions {
-                return Err(ModelError::TooLong { len: p as usize + 1, max: self.n_positions });
-            }
-        }
         let pos =
             Tensor::<B, 2, Int>::from_data(TensorData::new(ctx.positions.clone(), [ctx.batch, ctx.q_len]), &device);
         let tr = &self.transformer;
         let [b, t] = ids.dims();
         let x = tr.wte.forward(ids) + tr.wpe.forward(pos);
         let d = x.dims()[2];
-        let mut x = x.reshape([b * t, d]);
-        for (i, block) in tr.h.iter().enumerate() {
-            if let Some(all) = hidden_states.as_deref_mut() {
-                all.push(x.clone().reshape([b, t, d]));
-            }
-            let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            x = block.forward(x, ctx, slot);
-        }
-        let out = tr.ln_f.forward(x).reshape([b, t, d]);
-        if let Some(all) = hidden_states {
-            all.push(out.clone());
-        }
-        Ok(out)
+        x.reshape([b * t, d])
     }
 
-    /// `[batch, seq, n_embd]` → `[batch, seq, vocab]`
-    pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        match &self.lm_head {
-            Some(head) => head.forward(hidden),
-            None => hidden.matmul(self.transformer.wte.weight.val().transpose().unsqueeze()),
-        }
-    }
-
-    pub fn num_layers(&self) -> usize {
+    fn num_layers(&self) -> usize {
         self.transformer.h.len()
     }
 
-    /// The four Conv1D projections of every block, by module name (what LoRA can wrap).
-    pub fn lora_layers(&mut self) -> Vec<(String, &mut dyn LoraLayer<B>)> {
+    fn block(
+        &self,
+        i: usize,
+        x: Tensor<B, 2>,
+        ctx: &Context<B>,
+        _tables: &(),
+        cache: Option<&mut CacheSlot<B>>,
+    ) -> Tensor<B, 2> {
+        self.transformer.h[i].forward(x, ctx, cache)
+    }
+
+    fn final_norm(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        self.transformer.ln_f.forward(x)
+    }
+
+    fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            None => tied_logits(hidden, self.embedding()),
+        }
+    }
+
+    fn embedding(&self) -> Tensor<B, 2> {
+        self.transformer.wte.weight.val()
+    }
+
+    fn lm_head_tied(&self) -> bool {
+        self.lm_head.is_none()
+    }
+
+    fn without_lm_head(mut self) -> Self {
+        self.lm_head = None;
+        self
+    }
+
+    fn max_positions(&self) -> usize {
+        self.n_positions
+    }
+
+    fn sliding_window(&self) -> Option<usize> {
+        None
+    }
+
+    /// The four Conv1D projections of every block.
+    fn lora_layers(&mut self) -> Vec<(String, &mut dyn LoraLayer<B>)> {
         let mut out: Vec<(String, &mut dyn LoraLayer<B>)> = Vec::new();
         for (i, block) in self.transformer.h.iter_mut().enumerate() {
             let (a, m) = (&mut block.attn, &mut block.mlp);
@@ -281,5 +306,13 @@ impl<B: Backend> Gpt2LMHeadModel<B> {
             out.push((format!("{p}.mlp.c_proj"), &mut m.c_proj));
         }
         out
+    }
+
+    fn adapters(&self) -> &Adapters {
+        &self.adapters
+    }
+
+    fn adapters_mut(&mut self) -> &mut Adapters {
+        &mut self.adapters
     }
 }

@@ -13,7 +13,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::TensorPrimitive;
 
 use crate::batch::Context;
-pub use crate::lora::{Conv1D, Linear};
+pub use crate::lora::Conv1D;
 
 /// `torch.nn.LayerNorm` (weight and bias), through burn's fused kernel.
 #[derive(Module, Debug)]

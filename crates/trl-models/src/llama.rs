@@ -10,9 +10,10 @@ use serde::Deserialize;
 
 use trl_core::HfConfig;
 
+use crate::backbone::{tied_logits, ArchInfo, Backbone, CacheSlot};
 use crate::batch::Context;
 use crate::error::{ModelError, Result};
-use crate::layers::{attend, linear, KvCache, RmsNorm, Rope, RopeTables};
+use crate::layers::{attend, linear, RmsNorm, Rope, RopeTables};
 use crate::limits;
 use crate::lora::{Adapters, Linear, LoraLayer};
 
@@ -67,6 +68,14 @@ fn init_range() -> f64 {
 
 /// Model types this file implements.
 pub const LLAMA_TYPES: &[&str] = &["llama", "mistral", "qwen2", "qwen3"];
+
+/// What the Llama family is, for the crate's list of architectures.
+pub const INFO: ArchInfo = ArchInfo {
+    model_types: LLAMA_TYPES,
+    class_stems: &["Llama", "Mistral", "Qwen2", "Qwen3"],
+    default_lora_targets: &["q_proj", "v_proj"],
+    fan_in_fan_out: false,
+};
 
 impl LlamaConfig {
     /// Parses and validates a Llama-family config, building the RoPE frequencies.
@@ -319,7 +328,7 @@ impl<B: Backend> LlamaDecoderLayer<B> {
         x: Tensor<B, 2>,
         ctx: &Context<B>,
         rope: &RopeTables<B>,
-        cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+        cache: Option<&mut CacheSlot<B>>,
     ) -> Tensor<B, 2> {
         let a = &self.self_attn;
         let h = self.input_layernorm.forward(x.clone());
@@ -344,53 +353,76 @@ impl<B: Backend> LlamaDecoderLayer<B> {
     }
 }
 
-impl<B: Backend> LlamaForCausalLM<B> {
-    /// With `hidden_states`, every layer's input and the final output are pushed there, as
-    /// transformers' `output_hidden_states` (embeddings first, the last one after the norm).
-    /// Last hidden state after the final norm, `[batch, q_len, hidden]`.
-    pub fn forward_hidden(
-        &self,
-        ids: Tensor<B, 2, Int>,
-        ctx: &Context<B>,
-        mut cache: Option<&mut KvCache<B>>,
-        mut hidden_states: Option<&mut Vec<Tensor<B, 3>>>,
-    ) -> Result<Tensor<B, 3>> {
-        let device = ids.device();
+impl<B: Backend> Backbone<B> for LlamaForCausalLM<B> {
+    type Tables = RopeTables<B>;
+
+    fn init(config: &HfConfig, device: &B::Device) -> Result<Self> {
+        Ok(LlamaConfig::from_hf(config)?.init(device))
+    }
+
+    fn tables(&self, ctx: &Context<B>) -> RopeTables<B> {
         let heads =
             self.model.layers.first().map(|l| [l.self_attn.num_heads, l.self_attn.num_kv_heads]).unwrap_or([1, 1]);
-        let rope = Rope { inv_freq: self.rope_inv_freq.clone(), attention_scaling: 1.0 }.tables(ctx, &heads, &device);
+        let device = self.model.embed_tokens.weight.device();
+        Rope { inv_freq: self.rope_inv_freq.clone(), attention_scaling: 1.0 }.tables(ctx, &heads, &device)
+    }
+
+    fn embed(&self, ids: Tensor<B, 2, Int>, _ctx: &Context<B>) -> Tensor<B, 2> {
         let [b, t] = ids.dims();
         let x = self.model.embed_tokens.forward(ids);
         let hidden = x.dims()[2];
-        let mut x = x.reshape([b * t, hidden]);
-        for (i, layer) in self.model.layers.iter().enumerate() {
-            if let Some(all) = hidden_states.as_deref_mut() {
-                all.push(x.clone().reshape([b, t, hidden]));
-            }
-            let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            x = layer.forward(x, ctx, &rope, slot);
-        }
-        let out = self.model.norm.forward(x).reshape([b, t, hidden]);
-        if let Some(all) = hidden_states {
-            all.push(out.clone());
-        }
-        Ok(out)
+        x.reshape([b * t, hidden])
     }
 
-    /// `[batch, seq, hidden]` → `[batch, seq, vocab]`
-    pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        match &self.lm_head {
-            Some(head) => head.forward(hidden),
-            None => hidden.matmul(self.model.embed_tokens.weight.val().transpose().unsqueeze()),
-        }
-    }
-
-    pub fn num_layers(&self) -> usize {
+    fn num_layers(&self) -> usize {
         self.model.layers.len()
     }
 
-    /// The seven projections of every layer, by module name (what LoRA can wrap).
-    pub fn lora_layers(&mut self) -> Vec<(String, &mut dyn LoraLayer<B>)> {
+    fn block(
+        &self,
+        i: usize,
+        x: Tensor<B, 2>,
+        ctx: &Context<B>,
+        rope: &RopeTables<B>,
+        cache: Option<&mut CacheSlot<B>>,
+    ) -> Tensor<B, 2> {
+        self.model.layers[i].forward(x, ctx, rope, cache)
+    }
+
+    fn final_norm(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        self.model.norm.forward(x)
+    }
+
+    fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            None => tied_logits(hidden, self.embedding()),
+        }
+    }
+
+    fn embedding(&self) -> Tensor<B, 2> {
+        self.model.embed_tokens.weight.val()
+    }
+
+    fn lm_head_tied(&self) -> bool {
+        self.lm_head.is_none()
+    }
+
+    fn without_lm_head(mut self) -> Self {
+        self.lm_head = None;
+        self
+    }
+
+    fn max_positions(&self) -> usize {
+        self.max_position_embeddings
+    }
+
+    fn sliding_window(&self) -> Option<usize> {
+        self.sliding_window
+    }
+
+    /// The seven projections of every layer.
+    fn lora_layers(&mut self) -> Vec<(String, &mut dyn LoraLayer<B>)> {
         let mut out: Vec<(String, &mut dyn LoraLayer<B>)> = Vec::new();
         for (i, layer) in self.model.layers.iter_mut().enumerate() {
             let (a, m) = (&mut layer.self_attn, &mut layer.mlp);
@@ -404,5 +436,13 @@ impl<B: Backend> LlamaForCausalLM<B> {
             out.push((format!("{p}.mlp.down_proj"), &mut m.down_proj));
         }
         out
+    }
+
+    fn adapters(&self) -> &Adapters {
+        &self.adapters
+    }
+
+    fn adapters_mut(&mut self) -> &mut Adapters {
+        &mut self.adapters
     }
 }

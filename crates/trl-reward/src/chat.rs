@@ -21,6 +21,12 @@
 //!   `reasoning_content` / `thinking` filled from any of `reasoning_content`, `thinking`,
 //!   `reasoning`.
 //!
+//! Templates and conversations are untrusted data, so a render is bounded: at most
+//! [`TEMPLATE_FUEL`] instructions, [`TEMPLATE_MAX_OUTPUT`] bytes of output, values of at most
+//! 1 000 000 items and 256 levels printed, minijinja's recursion limit (500) for macros, a
+//! large stack for deeply nested values, and a panic inside minijinja becomes an error.
+//! `pprint` prints Python's `repr` (Jinja2 wraps it at 80 columns).
+//!
 //! Not reproduced: `~` and `|string` of floats, lists and mappings use minijinja's formatting
 //! (only `{{ … }}` output is Python-formatted; booleans and `none` already print `True` /
 //! `None`), `strftime_now` uses UTC, the `unk_token` and additional special tokens are not
@@ -28,7 +34,9 @@
 //! `None` (rows cannot carry TRL's `tools` / `chat_template_kwargs` columns yet).
 
 use std::collections::BTreeMap;
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
 
 use minijinja::value::{Kwargs, Value, ValueKind};
 use minijinja::{Environment, Error as JinjaError, ErrorKind};
@@ -40,20 +48,32 @@ use crate::data::Message;
 use crate::error::{Result, RewardError};
 
 /// Instructions one render may run (minijinja fuel). Real templates take 30–60 per message
-/// (ChatML with tools, Llama 3, Mistral, Qwen3 thinking: measured), so this is ~100 000
+/// (ChatML with tools, Llama 3, Mistral, Qwen3 thinking: measured), so this is ~40 000
 /// messages; it stops endless or astronomically long loops
 /// (`{% for i in range(100000) %}{% for j in range(100000) %}`) within a fraction of a second.
-pub const TEMPLATE_FUEL: u64 = 5_000_000;
+pub const TEMPLATE_FUEL: u64 = 2_000_000;
+
+/// The stack of the thread renders run on. minijinja drops, prints and compares values
+/// recursively, and a template can nest a list in itself once per loop iteration
+/// (`{% set ns.l = [ns.l] %}`): with [`TEMPLATE_FUEL`] that is at most ~300 000 levels, which
+/// take up to ~100 MiB of stack (measured), not the 2–8 MiB a thread has. Only the pages used
+/// are ever committed.
+const RENDER_STACK: usize = 256 << 20;
 
 /// The most text one render may produce: far beyond any conversation a model can take, so this
 /// only stops a template from filling memory with output.
 pub const TEMPLATE_MAX_OUTPUT: usize = 64 << 20;
 
-/// A compiled chat template plus the special tokens it is rendered with.
+/// A compiled chat template plus the special tokens it is rendered with. Renders run on a
+/// thread of its own with a [`RENDER_STACK`] stack, started once per template.
 pub struct ChatTemplate<'s> {
-    env: Environment<'s>,
+    worker: Option<(mpsc::Sender<RenderJob>, std::thread::JoinHandle<()>)>,
     specials: Vec<(&'static str, String)>,
+    _source: PhantomData<&'s str>,
 }
+
+/// Messages as the template sees them, and where to send the text.
+type RenderJob = (Vec<Json>, mpsc::SyncSender<Result<String>>);
 
 impl std::fmt::Debug for ChatTemplate<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -61,10 +81,19 @@ impl std::fmt::Debug for ChatTemplate<'_> {
     }
 }
 
+impl Drop for ChatTemplate<'_> {
+    fn drop(&mut self) {
+        if let Some((jobs, thread)) = self.worker.take() {
+            drop(jobs); // the worker's loop ends
+            let _ = thread.join();
+        }
+    }
+}
+
 impl<'s> ChatTemplate<'s> {
     /// Compiles `source` (a syntax error is a [`RewardError::Template`]).
     pub fn new(source: &'s str, tok: &Tokenizer) -> Result<Self> {
-        let mut env = Environment::new();
+        let mut env: Environment<'static> = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         // Bounds for templates from untrusted models: fuel for loops, the default recursion
@@ -93,13 +122,36 @@ impl<'s> ChatTemplate<'s> {
         });
         env.add_function("strftime_now", |format: String| strftime_now(&format));
         env.add_filter("tojson", tojson);
-        env.add_template_owned("chat_template", strip_generation_tags(source))
+        // Python's `pprint.pformat` (Jinja2's `pprint`) without line wrapping; minijinja's own
+        // indents every level of nesting anew, which makes its output quadratic in the depth.
+        env.add_filter("pprint", |value: Value| match value.as_str() {
+            Some(s) => {
+                let mut out = String::new();
+                py_repr_str(s, &mut out);
+                Ok(out)
+            }
+            None => py_str(&value),
+        });
+        let source = strip_generation_tags(source).into_owned();
+        engine_guard(|| env.add_template_owned("chat_template", source))?
             .map_err(|e| RewardError::Template(describe(&e)))?;
-        let specials = [("bos_token", &tok.bos_token), ("eos_token", &tok.eos_token), ("pad_token", &tok.pad_token)]
-            .into_iter()
-            .filter_map(|(k, v)| v.clone().map(|v| (k, v)))
-            .collect();
-        Ok(Self { env, specials })
+        let specials: Vec<(&'static str, String)> =
+            [("bos_token", &tok.bos_token), ("eos_token", &tok.eos_token), ("pad_token", &tok.pad_token)]
+                .into_iter()
+                .filter_map(|(k, v)| v.clone().map(|v| (k, v)))
+                .collect();
+        let (jobs, inbox) = mpsc::channel::<RenderJob>();
+        let theirs = specials.clone();
+        let thread = std::thread::Builder::new()
+            .name("chat-template".into())
+            .stack_size(RENDER_STACK)
+            .spawn(move || {
+                for (messages, reply) in inbox {
+                    let _ = reply.send(render_on(&env, &theirs, messages));
+                }
+            })
+            .map_err(|e| RewardError::Template(format!("cannot start the thread that renders the template: {e}")))?;
+        Ok(Self { worker: Some((jobs, thread)), specials, _source: PhantomData })
     }
 
     /// Renders `messages` as `apply_chat_template(messages, tokenize=False)` does (no generation
@@ -111,23 +163,50 @@ impl<'s> ChatTemplate<'s> {
             ));
         }
         let messages: Vec<Json> = messages.iter().map(template_message).collect();
-        let mut ctx: BTreeMap<&str, Value> = BTreeMap::new();
-        for (k, v) in &self.specials {
-            ctx.insert(k, Value::from(v.as_str()));
-        }
-        ctx.insert("messages", Value::from_serialize(&messages));
-        ctx.insert("tools", Value::from(()));
-        ctx.insert("documents", Value::from(()));
-        ctx.insert("add_generation_prompt", Value::from(false));
-        let t = self.env.get_template("chat_template").map_err(|e| RewardError::Template(describe(&e)))?;
-        let mut out = CappedOutput { text: Vec::new(), exceeded: false };
-        match t.render_captured_to(ctx, &mut out) {
-            Ok(_) => String::from_utf8(out.text)
-                .map_err(|e| RewardError::Template(format!("the rendered text is not UTF-8 ({e})"))),
-            Err(_) if out.exceeded => Err(RewardError::Template(too_much_output())),
-            Err(e) => Err(RewardError::Template(describe(&e))),
-        }
+        let (reply, answer) = mpsc::sync_channel(1);
+        let failed = || RewardError::Template("the thread that renders the template has stopped".into());
+        let (jobs, _) = self.worker.as_ref().ok_or_else(failed)?;
+        jobs.send((messages, reply)).map_err(|_| failed())?;
+        answer.recv().map_err(|_| failed())?
     }
+}
+
+/// One render, on the worker thread.
+fn render_on(env: &Environment<'_>, specials: &[(&'static str, String)], messages: Vec<Json>) -> Result<String> {
+    let mut ctx: BTreeMap<&str, Value> = BTreeMap::new();
+    for (k, v) in specials {
+        ctx.insert(k, Value::from(v.as_str()));
+    }
+    ctx.insert("messages", Value::from_serialize(&messages));
+    ctx.insert("tools", Value::from(()));
+    ctx.insert("documents", Value::from(()));
+    ctx.insert("add_generation_prompt", Value::from(false));
+    let t = env.get_template("chat_template").map_err(|e| RewardError::Template(describe(&e)))?;
+    let mut out = CappedOutput { text: Vec::new(), exceeded: false };
+    match engine_guard(|| t.render_captured_to(ctx, &mut out))? {
+        Ok(_) => String::from_utf8(out.text)
+            .map_err(|e| RewardError::Template(format!("the rendered text is not UTF-8 ({e})"))),
+        Err(_) if out.exceeded => Err(RewardError::Template(too_much_output())),
+        Err(e) => Err(RewardError::Template(describe(&e))),
+    }
+}
+
+/// Runs minijinja, turning a panic inside it into a template error. minijinja 2.24 panics on
+/// some inputs (a negative-step slice of an empty string or list, `{{ ''[::-1] }}`, indexes
+/// out of bounds), and a chat template and the conversations it renders are data: they must
+/// not abort a run. Rendering takes the environment by `&`, so nothing is left half-changed.
+fn engine_guard<T>(f: impl FnOnce() -> T) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| {
+        let what = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        RewardError::Template(format!(
+            "the template engine (minijinja) failed on this template or conversation ({what}); \
+             an empty string or list sliced with a negative step (`x[::-1]`) is a known trigger"
+        ))
+    })
 }
 
 fn too_much_output() -> String {

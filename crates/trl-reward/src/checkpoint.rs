@@ -1,6 +1,9 @@
 //! Checkpoints of a [`RewardTrainer`]: the model (HF layout, or a PEFT adapter under LoRA),
 //! optimizer moments and `trainer_state.json`, written through a temp directory and a rename;
 //! finding the newest one and resuming from it; and the final outputs of a run.
+//!
+//! An `impl` block of [`RewardTrainer`] over the type defined in `trainer`; `trainer` never
+//! calls into this module (the training loop in `run` calls both), so the two form no cycle.
 
 use std::path::{Path, PathBuf};
 
@@ -14,7 +17,9 @@ use trl_heads::ForSequenceClassification;
 
 use crate::data::TokenizedPair;
 use crate::error::{Result, RewardError};
-use crate::trainer::{RewardTrainer, Summary};
+use crate::report;
+use crate::state::Summary;
+use crate::trainer::RewardTrainer;
 
 pub(crate) const STATE_FILE: &str = "trainer_state.json";
 pub(crate) const OPTIMIZER_FILE: &str = "optimizer.safetensors";
@@ -192,8 +197,8 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
         let samples = self.samples(sample_from, self.config.num_print_samples)?;
         let jsonl: Vec<String> = samples.iter().map(|s| serde_json::to_string(s).expect("serialisable")).collect();
         write_atomic(&out.join("samples.jsonl"), (jsonl.join("\n") + "\n").as_bytes())?;
-        write_atomic(&out.join("samples.md"), crate::report::samples_table(&samples).as_bytes())?;
-        crate::report::plot_history(&self.state.log_history, out)?;
+        write_atomic(&out.join("samples.md"), report::samples_table(&samples).as_bytes())?;
+        report::plot_history(&self.state.log_history, out)?;
         Ok(())
     }
 }

@@ -41,7 +41,7 @@ impl SplitMix64 {
 
 /// The order of `n` examples in `epoch`: a Fisher–Yates shuffle seeded by `(seed, epoch)`,
 /// so any epoch's order can be recomputed on resume.
-pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
+pub(crate) fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
     let mut rng = SplitMix64(seed ^ epoch.wrapping_mul(0xA076_1D64_78BD_642F));
     let mut order: Vec<usize> = (0..n).collect();
     for i in (1..n).rev() {

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use trl_core::peft::{self, LoraConfig, TargetModules};
+use trl_core::peft::{LoraConfig, TargetModules};
 
 use crate::error::{Result, RewardError};
 
@@ -107,11 +107,12 @@ impl LoraSettings {
     /// GPT-2's Conv1D, as PEFT forces it).
     pub fn lora_config(&self, model_type: &str) -> Result<LoraConfig> {
         self.validate()?;
+        let arch = trl_models::arch_info(model_type);
         let targets = match self.target_modules.as_deref() {
             Some([one]) if one == "all-linear" => TargetModules::AllLinear,
             Some(list) if !list.is_empty() => TargetModules::Names(list.to_vec()),
             _ => TargetModules::Names(
-                peft::default_target_modules(model_type)
+                arch.map(|a| a.default_lora_targets)
                     .ok_or_else(|| {
                         RewardError::Config(format!(
                             "lora: PEFT has no default target modules for model_type `{model_type}`; set target_modules"
@@ -126,7 +127,7 @@ impl LoraSettings {
         c.task_type = Some("SEQ_CLS".into());
         c.lora_dropout = self.dropout;
         c.use_rslora = self.use_rslora;
-        c.fan_in_fan_out = model_type == "gpt2";
+        c.fan_in_fan_out = arch.is_some_and(|a| a.fan_in_fan_out);
         c.modules_to_save = self.modules_to_save.clone();
         if !c.modules_to_save.iter().any(|m| m == "score") {
             c.modules_to_save.push("score".into());

@@ -4,25 +4,50 @@
 //! bugs: preference rows from JSONL or Parquet, plain or conversational ([`data`], [`chat`]),
 //! chosen and rejected scored in one right-padded forward pass ([`collate`]), the
 //! Bradley–Terry loss with margin and centering on `[B]` rewards ([`loss`]), PyTorch-exact
-//! AdamW, global-norm clipping and the linear schedule ([`optim`]), and the trainer with
-//! evaluation, metrics, atomic checkpoints and exact resume ([`trainer`]). [`synthetic`] holds
-//! the built-in task `cargo xtask train` runs with no arguments.
+//! AdamW, global-norm clipping and the linear schedule ([`optim`]), and the trainer
+//! ([`RewardTrainer`]) with evaluation, metrics, atomic checkpoints and exact resume.
+//! [`synthetic`] holds the built-in task `cargo xtask train` runs with no arguments.
+//!
+//! ## Public surface
+//! - modules [`chat`], [`collate`], [`data`], [`loss`], [`optim`], [`parquet`], [`synthetic`];
+//! - the trainer: [`RewardTrainer`], [`RewardConfig`], [`LoraSettings`], [`Job`], [`Event`],
+//!   [`Resumed`], [`ADAPTER_NAME`], and what it records: [`TrainerState`], [`LogWindow`],
+//!   [`LogEntry`], [`Summary`], [`Sample`];
+//! - [`RewardError`] and [`Result`].
+//!
+//! ## Module layout (edges point to what a module uses)
+//! - `error`, `exact`, `rows`, `config` (→ error) use no other module;
+//! - `loss` → exact; `state` → exact, loss; `optim` → none;
+//! - `parquet` → rows, error; `data` → rows, parquet, chat, error; `collate` → data, error;
+//! - `trainer` (the type, construction, scoring, evaluation) → collate, config, data, loss,
+//!   optim, state, error;
+//! - `checkpoint` (save, resume, final outputs) → trainer, state, report, data, error;
+//!   `report` → state, error;
+//! - `run` (the training loop) → trainer, checkpoint (its methods), state, collate, loss,
+//!   optim, exact, data, error;
+//! - `synthetic` → trainer, config, data, collate, error;
+//! - `chat` → data (for `Message`), error: the one cycle left (`data` renders through `chat`);
+//!   it goes once `chat` imports `Message` from `rows`, where it is defined.
 
 pub mod chat;
-pub mod checkpoint;
+mod checkpoint;
 pub mod collate;
+mod config;
 pub mod data;
-pub mod error;
+mod error;
+mod exact;
 pub mod loss;
 pub mod optim;
 pub mod parquet;
-
-pub use error::{Result, RewardError};
-pub mod config;
-pub mod report;
+mod report;
+mod rows;
+mod run;
+mod state;
 pub mod synthetic;
-pub mod trainer;
+mod trainer;
 
 pub use checkpoint::Resumed;
 pub use config::{LoraSettings, RewardConfig};
-pub use trainer::{Event, Job, LogEntry, RewardTrainer, Summary};
+pub use error::{Result, RewardError};
+pub use state::{LogEntry, LogWindow, Sample, Summary, TrainerState};
+pub use trainer::{Event, Job, RewardTrainer, ADAPTER_NAME};

@@ -39,7 +39,7 @@ pub struct PairMetrics {
 }
 
 impl PairMetrics {
-    pub fn from_rewards(chosen: &[f32], rejected: &[f32]) -> Self {
+    pub(crate) fn from_rewards(chosen: &[f32], rejected: &[f32]) -> Self {
         let n = chosen.len();
         if n == 0 {
             return Self::default();
@@ -63,9 +63,9 @@ impl PairMetrics {
         }
     }
 
-    /// Every float through [`crate::trainer::json_exact`] (exact through JSON).
-    pub fn json_exact(self) -> Self {
-        use crate::trainer::json_exact as r;
+    /// Every float through `json_exact` (exact through JSON).
+    pub(crate) fn json_exact(self) -> Self {
+        use crate::exact::json_exact as r;
         Self {
             accuracy: r(self.accuracy),
             margin: r(self.margin),
@@ -77,7 +77,7 @@ impl PairMetrics {
     }
 
     /// Pair-weighted mean of several batches' metrics (min/max over all).
-    pub fn merge(parts: &[PairMetrics]) -> Self {
+    pub(crate) fn merge(parts: &[PairMetrics]) -> Self {
         let n: usize = parts.iter().map(|p| p.pairs).sum();
         if n == 0 {
             return Self::default();

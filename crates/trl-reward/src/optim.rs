@@ -33,7 +33,7 @@ impl Default for AdamWConfig {
 /// every parameter except those of a LayerNorm module and those whose lower-cased name
 /// contains `bias`, `layernorm`, `rmsnorm`, a `norm` component or a `_norm` suffix.
 /// (Biases and norm scales do not decay; embeddings, projections and `score` do.)
-pub fn decays(path: &[(String, String)]) -> bool {
+pub(crate) fn decays(path: &[(String, String)]) -> bool {
     if path.last().is_some_and(|(_, holder)| holder == "Struct:LayerNorm") {
         return false;
     }
@@ -57,7 +57,7 @@ impl<B: Backend> AdamW<B> {
     }
 
     /// Applies one update with learning rate `lr` to every parameter that has a gradient;
-    /// weight decay only where [`decays`] says so.
+    /// weight decay only where `decays` says so.
     pub fn step<AB, M>(&mut self, module: M, lr: f64, grads: &mut GradientsParams) -> M
     where
         AB: AutodiffBackend<InnerBackend = B>,
@@ -69,7 +69,7 @@ impl<B: Backend> AdamW<B> {
     }
 
     /// Moments as a state dict keyed `exp_avg.<param key>` / `exp_avg_sq.<param key>`.
-    pub fn state_dict(&self, keys: &[(String, ParamId)]) -> StateDict {
+    pub(crate) fn state_dict(&self, keys: &[(String, ParamId)]) -> StateDict {
         let mut sd = StateDict::new();
         for (key, id) in keys {
             if let Some((m, v)) = self.state.get(id) {
@@ -81,7 +81,13 @@ impl<B: Backend> AdamW<B> {
     }
 
     /// Restores moments saved by [`AdamW::state_dict`] for the parameters in `keys`.
-    pub fn load_state_dict(&mut self, sd: &StateDict, keys: &[(String, ParamId)], step: u64, device: &B::Device) {
+    pub(crate) fn load_state_dict(
+        &mut self,
+        sd: &StateDict,
+        keys: &[(String, ParamId)],
+        step: u64,
+        device: &B::Device,
+    ) {
         self.step = step;
         for (key, id) in keys {
             if let (Some(m), Some(v)) = (sd.get(&format!("exp_avg.{key}")), sd.get(&format!("exp_avg_sq.{key}"))) {
@@ -141,7 +147,7 @@ impl<AB: AutodiffBackend> ModuleMapper<AB> for Step<'_, AB> {
 /// Global L2 norm of all gradients, and scales them so it is at most `max_norm`
 /// (`clip_grad_norm_`: coefficient `max_norm / (norm + 1e-6)`, clamped to 1). Returns the norm
 /// before clipping.
-pub fn clip_grad_norm<AB: AutodiffBackend, M: AutodiffModule<AB>>(
+pub(crate) fn clip_grad_norm<AB: AutodiffBackend, M: AutodiffModule<AB>>(
     module: &M,
     grads: &mut GradientsParams,
     max_norm: Option<f64>,
@@ -189,7 +195,7 @@ pub fn clip_grad_norm<AB: AutodiffBackend, M: AutodiffModule<AB>>(
 
 /// transformers' `get_linear_schedule_with_warmup`: learning rate for optimizer step `step`
 /// (0-based) out of `total`.
-pub fn linear_schedule(base_lr: f64, step: u64, warmup: u64, total: u64) -> f64 {
+pub(crate) fn linear_schedule(base_lr: f64, step: u64, warmup: u64, total: u64) -> f64 {
     if step < warmup {
         return base_lr * step as f64 / warmup.max(1) as f64;
     }
@@ -198,7 +204,7 @@ pub fn linear_schedule(base_lr: f64, step: u64, warmup: u64, total: u64) -> f64 
 }
 
 /// Adds every gradient of `new` into `acc` (gradient accumulation).
-pub fn add_grads<AB: AutodiffBackend, M: AutodiffModule<AB>>(
+pub(crate) fn add_grads<AB: AutodiffBackend, M: AutodiffModule<AB>>(
     module: &M,
     acc: &mut GradientsParams,
     mut new: GradientsParams,

@@ -1,5 +1,5 @@
 //! Parquet files (the format of Hugging Face dataset repos), read row by row: as preference
-//! rows ([`read_parquet`]) or as plain JSON objects ([`ParquetFile::rows`], which `xtask score`
+//! rows (`read_parquet`, behind [`crate::data::read_rows`]) or as plain JSON objects ([`ParquetFile::rows`], which `xtask score`
 //! uses too).
 
 use std::path::{Path, PathBuf};
@@ -9,8 +9,8 @@ use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::schema::types::Type;
 use serde_json::Value;
 
-use crate::data::{parse_row, Loaded, SkippedRow};
 use crate::error::{Result, RewardError};
+use crate::rows::{parse_row, Loaded, SkippedRow};
 
 /// The columns a preference row uses; any others (ids, scores, sources…) are never decoded.
 const COLUMNS: [&str; 4] = ["prompt", "chosen", "rejected", "margin"];
@@ -100,7 +100,7 @@ fn clip(s: &str) -> String {
 /// file without a `chosen` or `rejected` column is an error (not skippable); a malformed row
 /// is an error naming the file and row (1-based), or, with `skip_bad_rows`, is counted and
 /// skipped (the first few are kept in [`Loaded::first_skipped`]).
-pub fn read_parquet(path: &Path, skip_bad_rows: bool) -> Result<Loaded> {
+pub(crate) fn read_parquet(path: &Path, skip_bad_rows: bool) -> Result<Loaded> {
     let bad = |reason: String| RewardError::Data { path: path.to_path_buf(), reason };
     let file = ParquetFile::open(path)?;
     let names = file.columns();

@@ -6,10 +6,10 @@ use std::path::Path;
 use trl_core::atomic::write_atomic;
 
 use crate::error::{Result, RewardError};
-use crate::trainer::{LogEntry, Sample};
+use crate::state::{LogEntry, Sample};
 
 /// A Markdown table of sample predictions, like TRL's `visualize_samples`.
-pub fn samples_table(samples: &[Sample]) -> String {
+pub(crate) fn samples_table(samples: &[Sample]) -> String {
     let cell = |s: &str| s.replace('|', "\\|").replace('\n', " ");
     let mut out = String::from("| chosen_text | rejected_text | chosen_reward | rejected_reward | P(chosen ≻ rejected) |\n|---|---|---|---|---|\n");
     for s in samples {
@@ -110,7 +110,7 @@ impl Canvas {
 }
 
 /// Writes `loss.png` and `accuracy.png` (train in blue, eval in orange) into `dir`.
-pub fn plot_history(history: &[LogEntry], dir: &Path) -> Result<()> {
+pub(crate) fn plot_history(history: &[LogEntry], dir: &Path) -> Result<()> {
     let pick = |split: &str, f: fn(&LogEntry) -> f64| -> Vec<(f64, f64)> {
         history.iter().filter(|e| e.split == split).map(|e| (e.step as f64, f(e))).collect()
     };

@@ -1,0 +1,123 @@
+//! What one architecture file provides ([`Backbone`]), and the one decoder loop that runs any
+//! of them ([`decode`]): embeddings, then each block on the shared per-batch [`Context`] (and
+//! KV-cache slot), then the final norm, collecting hidden states when asked.
+
+use burn::module::Module;
+use burn::prelude::*;
+
+use trl_core::HfConfig;
+
+use crate::batch::Context;
+use crate::error::Result;
+use crate::layers::KvCache;
+use crate::lora::{Adapters, LoraLayer};
+
+/// One layer's slot of a [`KvCache`]: its keys and values so far.
+pub type CacheSlot<B> = Option<(Tensor<B, 4>, Tensor<B, 4>)>;
+
+/// What the rest of the crate knows of an architecture without holding a model of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArchInfo {
+    /// The `model_type` values of `config.json` it implements.
+    pub model_types: &'static [&'static str],
+    /// transformers' class-name stem per model type (`GPT2` → `GPT2ForSequenceClassification`).
+    pub class_stems: &'static [&'static str],
+    /// PEFT's default LoRA target modules.
+    pub default_lora_targets: &'static [&'static str],
+    /// Its projections are GPT-2 `Conv1D`s (`[in, out]`): PEFT's `fan_in_fan_out`.
+    pub fan_in_fan_out: bool,
+}
+
+impl ArchInfo {
+    /// `{stem}ForSequenceClassification` for `model_type`.
+    pub fn seq_cls_class(&self, model_type: &str) -> Option<String> {
+        let i = self.model_types.iter().position(|t| *t == model_type)?;
+        Some(format!("{}ForSequenceClassification", self.class_stems[i]))
+    }
+}
+
+/// A causal-LM architecture: one file implements this (and a `pub const INFO: ArchInfo`), the
+/// decoder loop and the heads do the rest. Activations between blocks are flat `[batch * q_len, hidden]`.
+pub trait Backbone<B: Backend>: Module<B> + Sized {
+    /// Built once per forward pass and shared by every block (e.g. RoPE tables).
+    type Tables;
+
+    /// A randomly initialised model for a validated `config`.
+    fn init(config: &HfConfig, device: &B::Device) -> Result<Self>;
+
+    fn tables(&self, ctx: &Context<B>) -> Self::Tables;
+
+    /// Token (and learned position) embeddings of `ids` `[batch, q_len]`, flat.
+    fn embed(&self, ids: Tensor<B, 2, Int>, ctx: &Context<B>) -> Tensor<B, 2>;
+
+    fn num_layers(&self) -> usize;
+
+    /// Block `i` on `x`, extending its cache slot when given.
+    fn block(
+        &self,
+        i: usize,
+        x: Tensor<B, 2>,
+        ctx: &Context<B>,
+        tables: &Self::Tables,
+        cache: Option<&mut CacheSlot<B>>,
+    ) -> Tensor<B, 2>;
+
+    fn final_norm(&self, x: Tensor<B, 2>) -> Tensor<B, 2>;
+
+    /// `[batch, seq, hidden]` → `[batch, seq, vocab]`
+    fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3>;
+
+    /// The token embedding matrix `[vocab, hidden]`.
+    fn embedding(&self) -> Tensor<B, 2>;
+
+    /// Whether the lm_head is the token embedding (no `lm_head.weight` of its own).
+    fn lm_head_tied(&self) -> bool;
+
+    /// Drops an untied lm_head (for models that put another head on the hidden states).
+    fn without_lm_head(self) -> Self;
+
+    fn max_positions(&self) -> usize;
+
+    fn sliding_window(&self) -> Option<usize>;
+
+    /// Every projection LoRA can wrap, by module name.
+    fn lora_layers(&mut self) -> Vec<(String, &mut dyn LoraLayer<B>)>;
+
+    fn adapters(&self) -> &Adapters;
+
+    fn adapters_mut(&mut self) -> &mut Adapters;
+}
+
+/// The decoder loop of every architecture: last hidden state (after the final norm)
+/// `[batch, q_len, hidden]` for `ids` `[batch, q_len]` under `ctx`, extending `cache` when
+/// given. With `hidden_states`, every block's input and the final output are pushed there, as
+/// transformers' `output_hidden_states` (embeddings first, the last one after the norm).
+pub fn decode<B: Backend, M: Backbone<B>>(
+    model: &M,
+    ids: Tensor<B, 2, Int>,
+    ctx: &Context<B>,
+    mut cache: Option<&mut KvCache<B>>,
+    mut hidden_states: Option<&mut Vec<Tensor<B, 3>>>,
+) -> Tensor<B, 3> {
+    let [b, t] = ids.dims();
+    let tables = model.tables(ctx);
+    let mut x = model.embed(ids, ctx);
+    let d = x.dims()[1];
+    for i in 0..model.num_layers() {
+        if let Some(all) = hidden_states.as_deref_mut() {
+            all.push(x.clone().reshape([b, t, d]));
+        }
+        let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+        x = model.block(i, x, ctx, &tables, slot);
+    }
+    let out = model.final_norm(x).reshape([b, t, d]);
+    if let Some(all) = hidden_states {
+        all.push(out.clone());
+    }
+    out
+}
+
+/// Tied logits: `hidden · embeddingᵀ`.
+pub(crate) fn tied_logits<B: Backend>(hidden: Tensor<B, 3>, embedding: Tensor<B, 2>) -> Tensor<B, 3> {
+    hidden.matmul(embedding.transpose().unsqueeze())
+}

@@ -1,0 +1,183 @@
+//! The training loop of [`RewardTrainer`] ([`RewardTrainer::train`]): micro-batches, gradient
+//! accumulation and clipping, AdamW steps, log lines, evaluation and checkpoints.
+//!
+//! Module layout (no cycles): `exact` ← `loss` ← `state` ← `trainer` (the trainer type, its
+//! construction, scoring and evaluation) ← `checkpoint` (saving, resuming, final outputs) ←
+//! `run` (this loop, which calls both). `report` depends on `state` only.
+
+use std::ops::ControlFlow;
+use std::time::Instant;
+
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+
+use crate::collate::{epoch_order, SplitMix64};
+use crate::data::TokenizedPair;
+use crate::error::{Result, RewardError};
+use crate::exact::json_exact;
+use crate::loss::{bradley_terry, PairMetrics};
+use crate::optim::{add_grads, clip_grad_norm, linear_schedule};
+use crate::state::{LogEntry, Summary};
+use crate::trainer::{score, Event, RewardTrainer, Scored};
+
+/// The seed of the backend's RNG for optimizer step `step` (0-based): what dropout draws from.
+fn step_seed(seed: u64, step: u64) -> u64 {
+    SplitMix64(seed ^ step.wrapping_mul(0xE703_7ED1_A0B4_28DB)).next_u64()
+}
+
+impl<B: AutodiffBackend> RewardTrainer<B> {
+    /// Trains on `train` until `total_steps`, evaluating on `eval`; calls `on_event` as it goes.
+    ///
+    /// When `on_event` breaks, training stops after the current step and nothing final is
+    /// written (no final model, summary or plots): the returned summary's `global_step` is
+    /// then below `state.total_steps`, and the run continues with [`Self::resume_from`].
+    pub fn train(
+        &mut self,
+        train: &[TokenizedPair],
+        eval: &[TokenizedPair],
+        dropped: usize,
+        on_event: &mut dyn FnMut(Event) -> ControlFlow<()>,
+    ) -> Result<Summary> {
+        if train.is_empty() {
+            return Err(RewardError::Config("no training pairs left (all dropped by max_length?)".into()));
+        }
+        let cfg = self.config.clone();
+        let total = cfg.total_steps(train.len());
+        let warmup = cfg.warmup(total);
+        self.state.total_steps = total;
+        let bs = cfg.per_device_train_batch_size;
+        let batches_per_epoch = train.len().div_ceil(bs);
+        // One writer per output directory, for the whole run.
+        if let Some(msg) = self.lock_output_dir()? {
+            let _ = on_event(Event::Warning(&msg));
+        }
+        // A fresh run starts `metrics.jsonl` afresh; a resumed one continues the checkpoint's.
+        self.write_metrics()?;
+        let start = Instant::now();
+        let mut pairs_done = 0usize;
+        let mut stop = false;
+        while self.state.global_step < total && !stop {
+            let lr = linear_schedule(cfg.learning_rate, self.state.global_step, warmup, total);
+            if self.reseed {
+                B::seed(&self.model.backbone.device(), step_seed(cfg.seed, self.state.global_step));
+            }
+            if self.state.batch_in_epoch >= batches_per_epoch {
+                self.state.epoch += 1;
+                self.state.batch_in_epoch = 0;
+            }
+            let order = if cfg.shuffle {
+                epoch_order(train.len(), cfg.seed, self.state.epoch)
+            } else {
+                (0..train.len()).collect()
+            };
+            // transformers: an epoch's last step takes the remaining micro-batches and divides by their number
+            let micro = cfg.gradient_accumulation_steps.min(batches_per_epoch - self.state.batch_in_epoch);
+            let mut grads: Option<GradientsParams> = None;
+            let mut step_loss = 0.0;
+            let mut step_metrics = Vec::new();
+            for _ in 0..micro {
+                let lo = self.state.batch_in_epoch * bs;
+                let idx = &order[lo..(lo + bs).min(train.len())];
+                let pairs: Vec<&TokenizedPair> = idx.iter().map(|&i| &train[i]).collect();
+                let Scored { chosen: rc, rejected: rr, margin, tokens } =
+                    score(&self.model, &pairs, self.pad_id, cfg.pad_to_multiple_of)?;
+                let loss = bradley_terry(rc.clone(), rr.clone(), margin, cfg.center_rewards_coefficient) / micro as f64;
+                let host = Tensor::cat(vec![rc.inner(), rr.inner(), loss.clone().inner()], 0)
+                    .into_data()
+                    .convert::<f32>()
+                    .to_vec::<f32>()
+                    .unwrap_or_default();
+                let n = pairs.len();
+                step_loss += host[2 * n] as f64;
+                step_metrics.push(PairMetrics::from_rewards(&host[..n], &host[n..2 * n]));
+                let g = GradientsParams::from_grads(loss.backward(), &self.model);
+                grads = Some(match grads {
+                    Some(mut acc) => {
+                        add_grads(&self.model, &mut acc, g);
+                        acc
+                    }
+                    None => g,
+                });
+                self.state.batch_in_epoch += 1;
+                self.state.num_tokens += tokens;
+                pairs_done += n;
+            }
+            let mut grads = grads.expect("at least one micro-batch");
+            let norm = clip_grad_norm(&self.model, &mut grads, cfg.max_grad_norm);
+            let step = self.state.global_step + 1;
+            if !step_loss.is_finite() || !norm.is_finite() {
+                return Err(RewardError::Diverged {
+                    step,
+                    what: format!("loss {step_loss}, gradient norm {norm}"),
+                    lr,
+                });
+            }
+            self.model = self.optimizer.step(self.model.clone(), lr, &mut grads);
+            self.state.global_step = step;
+            self.state.loss_sum = json_exact(self.state.loss_sum + step_loss);
+            self.state.window.loss = json_exact(self.state.window.loss + step_loss);
+            self.state.window.steps += 1;
+            self.state.window.metrics.extend(step_metrics.into_iter().map(PairMetrics::json_exact));
+            stop |= on_event(Event::Step { step, total, loss: step_loss }).is_break();
+            if step.is_multiple_of(cfg.logging_steps) || step == total {
+                let window = std::mem::take(&mut self.state.window);
+                let secs = start.elapsed().as_secs_f64().max(1e-9);
+                let entry = LogEntry {
+                    step,
+                    epoch: self.epoch_float(batches_per_epoch),
+                    split: "train".into(),
+                    loss: window.loss / window.steps as f64,
+                    metrics: PairMetrics::merge(&window.metrics),
+                    num_tokens: self.state.num_tokens,
+                    learning_rate: Some(lr),
+                    grad_norm: Some(norm),
+                    pairs_per_sec: Some(pairs_done as f64 / secs),
+                };
+                stop |= self.log(entry, on_event)?;
+            }
+            if !eval.is_empty() && (cfg.eval_steps.is_some_and(|e| step.is_multiple_of(e)) || step == total) {
+                let entry = self.evaluate(eval)?;
+                stop |= self.log(entry, on_event)?;
+            }
+            if step.is_multiple_of(cfg.save_steps) || step == total {
+                let dir = self.save_checkpoint()?;
+                stop |= on_event(Event::Checkpoint(&dir)).is_break();
+            }
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        let summary = Summary {
+            global_step: self.state.global_step,
+            train_loss: self.state.loss_sum / self.state.global_step.max(1) as f64,
+            final_eval: self.state.log_history.iter().rev().find(|e| e.split == "eval").cloned(),
+            train_pairs: train.len(),
+            eval_pairs: eval.len(),
+            dropped_too_long: dropped,
+            seconds,
+            pairs_per_sec: pairs_done as f64 / seconds.max(1e-9),
+        };
+        if self.state.global_step >= total {
+            self.save_final(&summary, if eval.is_empty() { train } else { eval })?;
+        }
+        Ok(summary)
+    }
+
+    fn epoch_float(&self, batches_per_epoch: usize) -> f64 {
+        self.state.epoch as f64 + self.state.batch_in_epoch as f64 / batches_per_epoch.max(1) as f64
+    }
+
+    /// Appends `entry` to `metrics.jsonl` and the history; returns whether `on_event` broke.
+    fn log(&mut self, entry: LogEntry, on_event: &mut dyn FnMut(Event) -> ControlFlow<()>) -> Result<bool> {
+        use std::io::Write;
+        let entry = entry.json_exact();
+        let path = self.config.output_dir.join("metrics.jsonl");
+        std::fs::create_dir_all(&self.config.output_dir).map_err(|e| RewardError::io(&self.config.output_dir, e))?;
+        let mut f =
+            std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| RewardError::io(&path, e))?;
+        let line = serde_json::to_string(&entry).expect("log entries serialise");
+        writeln!(f, "{line}").map_err(|e| RewardError::io(&path, e))?;
+        let stop = on_event(Event::Log(&entry)).is_break();
+        self.state.log_history.push(entry);
+        Ok(stop)
+    }
+}
