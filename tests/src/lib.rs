@@ -17,6 +17,17 @@ pub fn fixture(name: &str) -> PathBuf {
     p
 }
 
+/// Copies fixture directory `name` into `dir/name` (so a test can damage it) and returns it.
+pub fn copy_fixture(name: &str, dir: &std::path::Path) -> PathBuf {
+    let dst = dir.join(name);
+    std::fs::create_dir_all(&dst).unwrap();
+    for e in std::fs::read_dir(fixture(name)).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+    }
+    dst
+}
+
 /// The expected tensors of a fixture directory.
 pub fn expected(name: &str) -> StateDict {
     trl_core::checkpoint::load_safetensors(&fixture(name).join("expected.safetensors")).expect("expected.safetensors")

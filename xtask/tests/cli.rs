@@ -7,7 +7,7 @@ use std::process::Command;
 
 use trl_core::checkpoint::load_safetensors;
 use trl_core::StateDict;
-use trl_tests::{assert_close_where, Tol, U};
+use trl_tests::{assert_close_where, copy_fixture, Tol, U};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
@@ -117,17 +117,6 @@ fn write_texts(dir: &Path, texts: &serde_json::Value) -> PathBuf {
     p
 }
 
-/// Copies a fixture model directory so a test can damage it.
-fn copy_model(name: &str, dir: &Path) -> PathBuf {
-    let dst = dir.join(name);
-    std::fs::create_dir_all(&dst).unwrap();
-    for e in std::fs::read_dir(fixtures().join(name)).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
-    }
-    dst
-}
-
 fn forward_err(model: &Path, texts: &Path, dir: &Path) -> String {
     let out = dir.join("out.safetensors");
     let (ok, _, err) = xtask(&[
@@ -149,13 +138,13 @@ fn bad_input_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
     let texts = write_texts(tmp.path(), &serde_json::json!(["Hi there!"]));
 
-    let unknown = copy_model("gpt2", &tmp.path().join("unknown"));
+    let unknown = copy_fixture("gpt2", &tmp.path().join("unknown"));
     let cfg = std::fs::read_to_string(unknown.join("config.json")).unwrap().replace("\"gpt2\"", "\"bert\"");
     std::fs::write(unknown.join("config.json"), cfg).unwrap();
     let err = forward_err(&unknown, &texts, tmp.path());
     assert!(err.contains("bert") && err.contains("supported") && err.contains("llama"), "{err}");
 
-    let mismatch = copy_model("llama", &tmp.path().join("mismatch"));
+    let mismatch = copy_fixture("llama", &tmp.path().join("mismatch"));
     let cfg = std::fs::read_to_string(mismatch.join("config.json"))
         .unwrap()
         .replace("\"intermediate_size\": 128", "\"intermediate_size\": 96");

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use burn::tensor::TensorData;
 use trl_core::checkpoint::{load_safetensors, save_safetensors};
+use trl_tests::copy_fixture;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
@@ -151,21 +152,10 @@ fn a_second_run_in_the_same_output_dir_fails_at_once_naming_the_first() {
     assert!(err.contains(&format!("(PID {pid}) that did not finish cleanly")), "{err}");
 }
 
-/// Copies a fixture model directory so a test can damage it.
-fn copy_model(name: &str, dir: &Path) -> PathBuf {
-    let dst = dir.join(name);
-    std::fs::create_dir_all(&dst).unwrap();
-    for e in std::fs::read_dir(fixtures().join(name)).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
-    }
-    dst
-}
-
 /// A copy of llama-rm with `key` replaced by `data`; the error `score` gives on it.
 fn score_error_with(key: &str, data: impl Fn(&TensorData) -> TensorData) -> String {
     let tmp = tempfile::tempdir().unwrap();
-    let model = copy_model("llama-rm", tmp.path());
+    let model = copy_fixture("llama-rm", tmp.path());
     let file = model.join("model.safetensors");
     let mut sd = load_safetensors(&file).unwrap();
     let new = data(sd.get(key).unwrap());

@@ -5,8 +5,9 @@
 //! invariants or a typed error naming the file, and never panic, hang or allocate without
 //! bound. Seeded and replayable: see `fuzz_util` for `TRL_RS_FUZZ_CASES` / `_SEED` / `_CASE`.
 //!
-//! Short (CI) run: `cargo test -p trl-core --test fuzz`. Longer run, e.g.
-//! `TRL_RS_FUZZ_CASES=100000 cargo test --release -p trl-core --test fuzz`.
+//! Short (CI) run: `cargo test -p trl-core --test fuzz` (~7 s on 2 cores). Long run:
+//! `TRL_RS_FUZZ_SEED=0x10f6 TRL_RS_FUZZ_CASES=25000 cargo test -p trl-core --test fuzz`:
+//! 25 000 cases for each of the 7 fuzz targets, 0 panics, 0 hangs (2026-11-30, ~10 CPU-min).
 
 mod fuzz_util;
 

@@ -64,17 +64,32 @@ pub trait Backbone<B: Backend>: Module<B> + Sized {
 
     fn final_norm(&self, x: Tensor<B, 2>) -> Tensor<B, 2>;
 
-    /// `[batch, seq, hidden]` → `[batch, seq, vocab]`
-    fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3>;
-
     /// The token embedding matrix `[vocab, hidden]`.
     fn embedding(&self) -> Tensor<B, 2>;
 
+    /// The untied lm_head (`None` when it is the token embedding).
+    fn lm_head(&self) -> Option<&burn::nn::Linear<B>>;
+
+    fn lm_head_slot(&mut self) -> &mut Option<burn::nn::Linear<B>>;
+
+    /// `[batch, seq, hidden]` → `[batch, seq, vocab]`
+    fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        match self.lm_head() {
+            Some(head) => head.forward(hidden),
+            None => hidden.matmul(self.embedding().transpose().unsqueeze()),
+        }
+    }
+
     /// Whether the lm_head is the token embedding (no `lm_head.weight` of its own).
-    fn lm_head_tied(&self) -> bool;
+    fn lm_head_tied(&self) -> bool {
+        self.lm_head().is_none()
+    }
 
     /// Drops an untied lm_head (for models that put another head on the hidden states).
-    fn without_lm_head(self) -> Self;
+    fn without_lm_head(mut self) -> Self {
+        *self.lm_head_slot() = None;
+        self
+    }
 
     fn max_positions(&self) -> usize;
 
@@ -115,9 +130,4 @@ pub fn decode<B: Backend, M: Backbone<B>>(
         all.push(out.clone());
     }
     out
-}
-
-/// Tied logits: `hidden · embeddingᵀ`.
-pub(crate) fn tied_logits<B: Backend>(hidden: Tensor<B, 3>, embedding: Tensor<B, 2>) -> Tensor<B, 3> {
-    hidden.matmul(embedding.transpose().unsqueeze())
 }

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use trl_core::HfConfig;
 
-use crate::backbone::{tied_logits, ArchInfo, Backbone, CacheSlot};
+use crate::backbone::{ArchInfo, Backbone, CacheSlot};
 use crate::batch::Context;
 use crate::error::{ModelError, Result};
 use crate::layers::{attend, Conv1D, LayerNorm};
@@ -266,24 +266,16 @@ impl<B: Backend> Backbone<B> for Gpt2LMHeadModel<B> {
         self.transformer.ln_f.forward(x)
     }
 
-    fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        match &self.lm_head {
-            Some(head) => head.forward(hidden),
-            None => tied_logits(hidden, self.embedding()),
-        }
-    }
-
     fn embedding(&self) -> Tensor<B, 2> {
         self.transformer.wte.weight.val()
     }
 
-    fn lm_head_tied(&self) -> bool {
-        self.lm_head.is_none()
+    fn lm_head(&self) -> Option<&burn::nn::Linear<B>> {
+        self.lm_head.as_ref()
     }
 
-    fn without_lm_head(mut self) -> Self {
-        self.lm_head = None;
-        self
+    fn lm_head_slot(&mut self) -> &mut Option<burn::nn::Linear<B>> {
+        &mut self.lm_head
     }
 
     fn max_positions(&self) -> usize {

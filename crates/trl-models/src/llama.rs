@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use trl_core::HfConfig;
 
-use crate::backbone::{tied_logits, ArchInfo, Backbone, CacheSlot};
+use crate::backbone::{ArchInfo, Backbone, CacheSlot};
 use crate::batch::Context;
 use crate::error::{ModelError, Result};
 use crate::layers::{attend, linear, RmsNorm, Rope, RopeTables};
@@ -393,24 +393,16 @@ impl<B: Backend> Backbone<B> for LlamaForCausalLM<B> {
         self.model.norm.forward(x)
     }
 
-    fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        match &self.lm_head {
-            Some(head) => head.forward(hidden),
-            None => tied_logits(hidden, self.embedding()),
-        }
-    }
-
     fn embedding(&self) -> Tensor<B, 2> {
         self.model.embed_tokens.weight.val()
     }
 
-    fn lm_head_tied(&self) -> bool {
-        self.lm_head.is_none()
+    fn lm_head(&self) -> Option<&burn::nn::Linear<B>> {
+        self.lm_head.as_ref()
     }
 
-    fn without_lm_head(mut self) -> Self {
-        self.lm_head = None;
-        self
+    fn lm_head_slot(&mut self) -> &mut Option<burn::nn::Linear<B>> {
+        &mut self.lm_head
     }
 
     fn max_positions(&self) -> usize {
