@@ -508,20 +508,18 @@ pub fn write_adapter(dir: &Path, config: &LoraConfig, sd: &StateDict) -> Result<
     Ok(())
 }
 
-/// PEFT's default `target_modules` for a `model_type` (its
-/// `TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING`), for the architectures trl-rs
-/// implements: the attention query and value projections.
-pub fn default_target_modules(model_type: &str) -> Option<&'static [&'static str]> {
-    match model_type {
-        "gpt2" => Some(&["c_attn"]),
-        "llama" | "mistral" | "qwen2" | "qwen3" => Some(&["q_proj", "v_proj"]),
-        _ => None,
-    }
-}
-
 /// Whether `dir` holds an adapter (`adapter_config.json`).
 pub fn is_adapter_dir(dir: &Path) -> bool {
     dir.join(ADAPTER_CONFIG).is_file()
+}
+
+/// The base model directory for the adapter in `dir`: `base` if given, else [`resolve_base`]
+/// of its `adapter_config.json`.
+pub fn base_of(dir: &Path, base: Option<&Path>) -> Result<PathBuf> {
+    match base {
+        Some(b) => Ok(b.to_path_buf()),
+        None => resolve_base(dir, &LoraConfig::load(dir)?),
+    }
 }
 
 /// The base model directory of an adapter: `base_model_name_or_path` taken relative to the

@@ -15,7 +15,7 @@ use trl_core::{checkpoint, load_module, module_state_dict, HfConfig, StateDict, 
 use trl_models::{AnyCausalLm, TokenBatch};
 
 use crate::error::{HeadError, Result};
-use crate::shared::{adapter_base, gather_rows, head_hidden_size, prefix_error, train_adapter_and_head};
+use crate::shared::{gather_rows, head_hidden_size, prefix_error, train_adapter_and_head};
 
 /// Key prefix of the score head.
 pub(crate) const SCORE_PREFIX: &str = "score.";
@@ -192,7 +192,7 @@ impl<B: Backend> ForSequenceClassification<B> {
     /// id); a causal-LM base gets the adapter's `score`. Returns whether `score` came from the
     /// adapter or the base (not freshly drawn).
     pub fn from_adapter(dir: &Path, base: Option<&Path>, device: &B::Device) -> Result<(Self, HfConfig, bool)> {
-        let base_dir = adapter_base(dir, base)?;
+        let base_dir = peft::base_of(dir, base)?;
         let (mut model, mut hf, restored) = Self::from_pretrained(&base_dir, None, device)?;
         let from_adapter = model.load_adapter(dir, "default")?;
         mark_as_seq_cls(&mut hf, model.score.weight.dims()[1]);

@@ -4,14 +4,11 @@
 //! that the heads (`value_head`, `seq_cls`, `reward_adapter`) depend on it and never on each
 //! other's internals.
 
-use std::path::{Path, PathBuf};
-
 use burn::module::Module;
 use burn::prelude::*;
 use serde_json::Value;
 
 use trl_core::module_io::set_require_grad_where;
-use trl_core::peft::{self, LoraConfig};
 use trl_core::HfConfig;
 use trl_models::AnyCausalLm;
 
@@ -43,16 +40,6 @@ pub(crate) fn prefix_error(e: trl_core::Error, prefix: &str) -> HeadError {
     }
 }
 
-/// The base model directory of the adapter directory `dir`: `base` if given, else the
-/// adapter's `base_model_name_or_path` ([`peft::resolve_base`]).
-pub(crate) fn adapter_base(dir: &Path, base: Option<&Path>) -> Result<PathBuf> {
-    let config = LoraConfig::load(dir)?;
-    Ok(match base {
-        Some(b) => b.to_path_buf(),
-        None => peft::resolve_base(dir, &config)?,
-    })
-}
-
 /// Freezes every parameter of `model` except the active adapter of its backbone (reached with
 /// `backbone`) and the keys `head` accepts: the parameters PEFT trains with a head.
 pub(crate) fn train_adapter_and_head<B: Backend, M: Module<B>>(
@@ -60,9 +47,7 @@ pub(crate) fn train_adapter_and_head<B: Backend, M: Module<B>>(
     backbone: fn(&M) -> &AnyCausalLm<B>,
     head: impl Fn(&str) -> bool,
 ) -> Result<M> {
-    let lm = backbone(&model);
-    let name = lm.active_adapter().ok_or_else(|| HeadError::Input("no active adapter to train".into()))?.to_string();
-    let is_adapter = lm.adapter_key_filter(&name)?;
+    let is_adapter = backbone(&model).active_adapter_filter()?;
     Ok(set_require_grad_where(model, |k| Some(is_adapter(k) || head(k))))
 }
 

@@ -15,7 +15,7 @@ use trl_models::{AnyCausalLm, KvCache, TokenBatch};
 use crate::error::{HeadError, Result};
 use crate::reward_adapter::RewardAdapter;
 use crate::seq_cls::RewardOutput;
-use crate::shared::{adapter_base, head_hidden_size, prefix_error, train_adapter_and_head};
+use crate::shared::{head_hidden_size, prefix_error, train_adapter_and_head};
 
 /// Prefix of the value head's keys in a TRL checkpoint.
 pub(crate) const V_HEAD_PREFIX: &str = "v_head.";
@@ -187,7 +187,7 @@ impl<B: Backend> CausalLmWithValueHead<B> {
         opts: &ValueHeadOptions,
         device: &B::Device,
     ) -> Result<(Self, HfConfig, VHeadSource)> {
-        let base_dir = adapter_base(dir, base)?;
+        let base_dir = peft::base_of(dir, base)?;
         let (mut model, hf, mut source) = Self::from_pretrained(&base_dir, opts, device)?;
         let mut extra = model.pretrained_model.load_adapter(dir, "default")?.modules_to_save;
         let mut head = extra.split_off_by(|k| k.starts_with(V_HEAD_PREFIX)).strip_prefix(V_HEAD_PREFIX);

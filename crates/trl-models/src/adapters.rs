@@ -227,12 +227,7 @@ impl<B: Backend> AnyCausalLm<B> {
     /// `base_model_name_or_path` (relative to `dir`, or a hub id). Adapters carrying whole tensors
     /// (`modules_to_save`, e.g. a reward model's `score`) belong to the heads' loaders instead.
     pub fn from_adapter(dir: &Path, base: Option<&Path>, device: &B::Device) -> Result<(Self, HfConfig)> {
-        let config = peft::LoraConfig::load(dir)?;
-        let base_dir = match base {
-            Some(b) => b.to_path_buf(),
-            None => peft::resolve_base(dir, &config)?,
-        };
-        let (mut model, hf) = Self::from_pretrained(&base_dir, device)?;
+        let (mut model, hf) = Self::from_pretrained(&peft::base_of(dir, base)?, device)?;
         let loaded = model.load_adapter(dir, "default")?;
         if !loaded.modules_to_save.is_empty() {
             let keys: Vec<&str> = loaded.modules_to_save.keys().collect();
@@ -410,8 +405,14 @@ impl<B: Backend> AnyCausalLm<B> {
     /// on an autodiff backend only those get gradients, so an optimizer leaves the base weights
     /// bit-identical. Heads add their own trainable parameters (`score`, `v_head`).
     pub fn train_adapter_only(self) -> Result<Self> {
-        let name = self.active_adapter().ok_or_else(|| ModelError::Adapter("no active adapter to train".into()))?;
-        let is_adapter = self.adapter_key_filter(name)?;
+        let is_adapter = self.active_adapter_filter()?;
         Ok(set_require_grad_where(self, |k| Some(is_adapter(k))))
+    }
+
+    /// Which parameter keys belong to the active adapter (what trains); an error when no
+    /// adapter is active.
+    pub fn active_adapter_filter(&self) -> Result<impl Fn(&str) -> bool + 'static> {
+        let name = self.active_adapter().ok_or_else(|| ModelError::Adapter("no active adapter to train".into()))?;
+        self.adapter_key_filter(name)
     }
 }

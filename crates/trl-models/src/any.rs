@@ -50,6 +50,7 @@ macro_rules! define_enum {
                     found: model_type
                         .map(String::from)
                         .unwrap_or_else(|| format!("[{}] (no model_type)", config.architectures().join(", "))),
+                    supported: supported().join(", "),
                 })
             }
         }

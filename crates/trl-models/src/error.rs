@@ -5,8 +5,8 @@
 pub enum ModelError {
     #[error(transparent)]
     Core(#[from] trl_core::Error),
-    #[error("unsupported architecture `{found}`; supported model_type values: {}", crate::supported().join(", "))]
-    Unsupported { found: String },
+    #[error("unsupported architecture `{found}`; supported model_type values: {supported}")]
+    Unsupported { found: String, supported: String },
     #[error("bad config: {0}")]
     Config(String),
     #[error("sequence of {len} tokens is longer than the model's {max} positions; shorten or truncate the input")]

@@ -44,8 +44,8 @@ use serde_json::Value as Json;
 
 use trl_core::Tokenizer;
 
-use crate::data::Message;
 use crate::error::{Result, RewardError};
+use crate::rows::Message;
 
 /// Instructions one render may run (minijinja fuel). Real templates take 30–60 per message
 /// (ChatML with tools, Llama 3, Mistral, Qwen3 thinking: measured), so this is ~40 000

@@ -26,8 +26,7 @@
 //! - `run` (the training loop) → trainer, checkpoint (its methods), state, collate, loss,
 //!   optim, exact, data, error;
 //! - `synthetic` → trainer, config, data, collate, error;
-//! - `chat` → data (for `Message`), error: the one cycle left (`data` renders through `chat`);
-//!   it goes once `chat` imports `Message` from `rows`, where it is defined.
+//! - `chat` → rows (for `Message`), error.
 
 pub mod chat;
 mod checkpoint;

@@ -148,7 +148,10 @@ pub fn parse_row(value: Value) -> std::result::Result<PreferenceRow, String> {
     let rejected = take("rejected").ok_or_else(|| format!("missing `rejected` ({COLUMNS_HINT})"))?;
     let margin = match take("margin") {
         None => None,
-        Some(Value::Number(n)) => Some(n.as_f64().ok_or("`margin` is not a finite number")? as f32),
+        Some(Value::Number(n)) => {
+            let m = n.as_f64().map(|m| m as f32).filter(|m| m.is_finite());
+            Some(m.ok_or_else(|| format!("`margin` {n} is not a finite 32-bit float"))?)
+        }
         Some(_) => return Err("`margin` must be a number".into()),
     };
     let row = PreferenceRow {
