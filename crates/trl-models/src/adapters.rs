@@ -14,7 +14,7 @@ use trl_core::module_io::{module_state_dict_where, set_require_grad_where};
 use trl_core::peft::{self, AdapterKey, LoraConfig, TargetModules};
 use trl_core::{load_module, HfConfig, StateDict, Strictness};
 
-use crate::any::{architectures, dispatch, dispatch_arms, AnyCausalLm};
+use crate::any::{dispatch, dispatch_arms, AnyCausalLm};
 use crate::backbone::Backbone;
 use crate::error::{ModelError, Result};
 use crate::lora::{in_slot, Adapters, LoadedAdapter, LoraLayer, LoraSlot, LoraSlots};

@@ -1,8 +1,8 @@
 //! [`AnyCausalLm`]: any supported architecture, chosen from `config.json`'s `model_type`.
 //!
-//! The architectures are listed once, in [`architectures!`]; the enum, the `model_type`
-//! dispatch and every per-architecture `match` are generated from that list. Adding a decoder
-//! architecture is one file implementing [`Backbone`] plus one line there.
+//! The architectures are listed once, in `architectures!` (`lib.rs`); the enum, the
+//! `model_type` dispatch and every per-architecture `match` here are generated from that list.
+//! Adding a decoder architecture is one file implementing [`Backbone`] plus one line there.
 
 // The enum (and the record types `derive(Module)` makes for it) is held once per model, never in
 // bulk: boxing the larger variant would buy nothing.
@@ -17,33 +17,24 @@ use crate::backbone::{decode, ArchInfo, Backbone};
 use crate::batch::{Context, TokenBatch};
 use crate::error::{ModelError, Result};
 use crate::layers::KvCache;
-use crate::{gpt2, llama};
-
-/// THE list of architectures: `Variant => module::Type`. Calls `$then!` with it, so every
-/// generated piece below sees the same list.
-macro_rules! architectures {
-    ($then:ident $($args:tt)*) => {
-        $then! { ($($args)*) Gpt2 => gpt2::Gpt2LMHeadModel, Llama => llama::LlamaForCausalLM }
-    };
-}
 
 macro_rules! define_enum {
     (() $($v:ident => $m:ident :: $t:ident),*) => {
         /// Any supported causal LM, chosen from `config.json`.
         #[derive(Module, Debug)]
         pub enum AnyCausalLm<B: Backend> {
-            $($v($m::$t<B>)),*
+            $($v(crate::$m::$t<B>)),*
         }
 
         /// What each supported architecture is, without a model of it.
-        pub const ARCHITECTURES: &[ArchInfo] = &[$($m::INFO),*];
+        pub const ARCHITECTURES: &[ArchInfo] = &[$(crate::$m::INFO),*];
 
         impl<B: Backend> AnyCausalLm<B> {
             fn init_by_type(config: &HfConfig, device: &B::Device) -> Result<Self> {
                 let model_type = config.model_type();
                 $(
-                    if model_type.is_some_and(|t| $m::INFO.model_types.contains(&t)) {
-                        return Ok(Self::$v(<$m::$t<B> as Backbone<B>>::init(config, device)?));
+                    if model_type.is_some_and(|t| crate::$m::INFO.model_types.contains(&t)) {
+                        return Ok(Self::$v(<crate::$m::$t<B> as Backbone<B>>::init(config, device)?));
                     }
                 )*
                 Err(ModelError::Unsupported {
@@ -83,11 +74,11 @@ macro_rules! rebuild_without_lm_head {
 macro_rules! info_of {
     (($self:ident) $($v:ident => $m:ident :: $t:ident),*) => {
         match $self {
-            $(AnyCausalLm::$v(_) => &$m::INFO),*
+            $(AnyCausalLm::$v(_) => &crate::$m::INFO),*
         }
     };
 }
-pub(crate) use {architectures, dispatch, dispatch_arms};
+pub(crate) use {dispatch, dispatch_arms};
 
 /// What a `model_type` is, if it is supported.
 pub fn arch_info(model_type: &str) -> Option<&'static ArchInfo> {

@@ -11,15 +11,33 @@
 //! `adapters.rs`) attach to the projections: load, train, merge, switch and save them. Generic
 //! over burn's `Backend`.
 
+/// THE list of architectures, `Variant => module::Type`: one line per architecture file. It
+/// declares the modules and calls `$then!` with the list, so everything generated from it
+/// (the `AnyCausalLm` enum, `model_type` dispatch, every per-architecture `match`, in
+/// `any.rs`) sees the same list.
+macro_rules! architectures {
+    ($then:ident $($args:tt)*) => {
+        $then! { ($($args)*)
+            Gpt2 => gpt2::Gpt2LMHeadModel,
+            Llama => llama::LlamaForCausalLM
+        }
+    };
+}
+
+macro_rules! declare_modules {
+    (() $($v:ident => $m:ident :: $t:ident),*) => {
+        $(mod $m;)*
+    };
+}
+architectures!(declare_modules);
+
 mod adapters;
 mod any;
 mod backbone;
 mod batch;
 mod error;
-mod gpt2;
 mod layers;
 mod limits;
-mod llama;
 mod lora;
 pub mod loss;
 
