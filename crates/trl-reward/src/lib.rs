@@ -26,9 +26,12 @@
 //! - `run` (the training loop) → trainer, checkpoint (its methods), state, collate, loss,
 //!   optim, exact, data, error;
 //! - `synthetic` → trainer, config, data, collate, error;
-//! - `chat` → rows (for `Message`), error.
+//! - `chat` (compiling and rendering templates) → chat_limits, pyfmt, rows (for `Message`),
+//!   error; `pyfmt` (Python `str`/`repr`, `tojson`, `strftime`) → chat_limits;
+//!   `chat_limits` (fuel, output cap) uses no other module.
 
 pub mod chat;
+mod chat_limits;
 mod checkpoint;
 pub mod collate;
 mod config;
@@ -38,6 +41,7 @@ mod exact;
 pub mod loss;
 pub mod optim;
 pub mod parquet;
+mod pyfmt;
 mod report;
 mod rows;
 mod run;
