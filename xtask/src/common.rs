@@ -3,6 +3,7 @@
 //! (`--max-length`, `--truncation`).
 
 use std::fmt::Display;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use trl_core::{HfConfig, Tokenizer};
@@ -230,5 +231,30 @@ impl Limit {
                 Err(format!("{row}: {what}, longer than {}; pass {}", self.describe(), fixes.join(", or ")).into())
             }
         }
+    }
+}
+
+/// Writes what `emit` produces to `out` — atomically, through a temp file unique to this
+/// process, after removing what killed runs left there — or to stdout without `out`. An error
+/// of `emit` wins over the write's; a write error names the path.
+pub fn write_output(out: Option<&Path>, emit: impl FnOnce(&mut dyn Write) -> Result<(), Error>) -> Result<(), Error> {
+    let Some(path) = out else { return emit(&mut std::io::stdout().lock()) };
+    for p in trl_core::atomic::remove_stale_temps(path) {
+        eprintln!("note: removed {} (left by an interrupted run)", p.display());
+    }
+    let mut failure = None;
+    let written = trl_core::atomic::write_atomic_with(path, |f| {
+        let mut w = std::io::BufWriter::new(f);
+        match emit(&mut w) {
+            Ok(()) => w.flush(),
+            Err(e) => {
+                failure = Some(e);
+                Err(std::io::Error::other("not written"))
+            }
+        }
+    });
+    match failure {
+        Some(e) => Err(e),
+        None => written.map_err(|e| format!("cannot write --out {}: {e}", path.display()).into()),
     }
 }

@@ -8,7 +8,7 @@
 //! distribution, `sampling_logprobs` under the processed one the token was drawn from. Batch `k` (0-based) samples with seed `seed + k`.
 
 use std::error::Error;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
@@ -18,7 +18,7 @@ use trl_gen::{generate, FinishReason, GeometricMixture, NextTokenLogits, Samplin
 use trl_models::AnyCausalLm;
 use trl_reward::data::jsonl_lines;
 
-use crate::common::{Limit, Truncation};
+use crate::common::{write_output, Limit, Truncation};
 
 type Result<T, E = Box<dyn Error>> = std::result::Result<T, E>;
 
@@ -128,29 +128,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         }
         None => job.emit(&policy, sink),
     };
-    match &args.out {
-        None => write(&mut std::io::stdout().lock()),
-        Some(path) => {
-            for p in trl_core::atomic::remove_stale_temps(path) {
-                eprintln!("note: removed {} (left by an interrupted run)", p.display());
-            }
-            let mut failure = None;
-            let written = trl_core::atomic::write_atomic_with(path, |f| {
-                let mut w = BufWriter::new(f);
-                match write(&mut w) {
-                    Ok(()) => w.flush(),
-                    Err(e) => {
-                        failure = Some(e);
-                        Err(std::io::Error::other("generation failed"))
-                    }
-                }
-            });
-            match failure {
-                Some(e) => Err(e),
-                None => Ok(written?),
-            }
-        }
-    }
+    write_output(args.out.as_deref(), write)
 }
 
 /// The flags as a [`SamplingConfig`], with EOS and pad ids from the model directory.

@@ -1,6 +1,6 @@
 //! `cargo xtask score`: rewards for texts or preference pairs, streamed as JSONL.
 
-use std::io::{BufWriter, IsTerminal, Write};
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 use serde_json::{json, Value};
@@ -11,7 +11,7 @@ use trl_reward::data::{is_parquet, jsonl_lines, render, skipped_summary, Content
 use trl_reward::loss::preference_probability;
 use trl_reward::parquet::ParquetFile;
 
-use crate::common::{Error, Kind, Limit, ModelDir, Truncation, B};
+use crate::common::{write_output, Error, Kind, Limit, ModelDir, Truncation, B};
 
 #[derive(clap::Args, Debug)]
 pub struct ScoreArgs {
@@ -157,11 +157,6 @@ fn read_items(args: &ScoreArgs, m: &ModelDir, limit: &Limit) -> Result<Vec<Item>
 }
 
 pub fn run(args: ScoreArgs) -> Result<(), Error> {
-    if let Some(out) = &args.out {
-        for p in trl_core::atomic::remove_stale_temps(out) {
-            eprintln!("note: removed {} (left by an interrupted run)", p.display());
-        }
-    }
     let m = ModelDir::open(&args.model)?;
     let device = trl_core::backend::device();
     let (mut model, _, has_score) = match &args.adapter {
@@ -232,24 +227,5 @@ pub fn run(args: ScoreArgs) -> Result<(), Error> {
         }
         Ok(())
     };
-    match &args.out {
-        None => emit(&mut std::io::stdout().lock()),
-        Some(path) => {
-            let mut failure = None;
-            let written = trl_core::atomic::write_atomic_with(path, |f| {
-                let mut w = BufWriter::new(f);
-                match emit(&mut w) {
-                    Ok(()) => w.flush(),
-                    Err(e) => {
-                        failure = Some(e);
-                        Err(std::io::Error::other("scoring failed"))
-                    }
-                }
-            });
-            match failure {
-                Some(e) => Err(e),
-                None => written.map_err(|e| format!("cannot write --out {}: {e}", path.display()).into()),
-            }
-        }
-    }
+    write_output(args.out.as_deref(), emit)
 }
