@@ -159,8 +159,18 @@ impl<B: Backend> ForSequenceClassification<B> {
     }
 
     /// Rewards (and per-token scores if `all_scores`) of a padded batch.
+    ///
+    /// Rewards alone are computed padding-free ([`AnyCausalLm::forward_picked`]) when every
+    /// pooled token is a real one, as it is for right- or left-padded rows; otherwise (a pad id
+    /// inside the attended tokens) over the padded batch, as transformers does.
     pub fn forward(&self, batch: &TokenBatch, all_scores: bool) -> Result<RewardOutput<B>> {
         let idx = self.pooled_index(batch)?;
+        let real = |(b, &t): (usize, &usize)| batch.attention_mask.get(b * batch.seq + t).is_some_and(|&m| m != 0);
+        if !all_scores && idx.iter().enumerate().all(real) {
+            let picks: Vec<(usize, usize)> = idx.iter().copied().enumerate().collect();
+            let pooled = self.backbone.forward_picked(batch, &picks)?;
+            return Ok(RewardOutput { rewards: self.score.forward(pooled), scores: None });
+        }
         let out = self.backbone.forward(batch, false)?;
         let pooled = gather_rows(out.hidden.clone(), &idx);
         let rewards = self.score.forward(pooled);

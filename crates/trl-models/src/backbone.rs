@@ -103,31 +103,37 @@ pub trait Backbone<B: Backend>: Module<B> + Sized {
     fn adapters_mut(&mut self) -> &mut Adapters;
 }
 
-/// The decoder loop of every architecture: last hidden state (after the final norm)
-/// `[batch, q_len, hidden]` for `ids` `[batch, q_len]` under `ctx`, extending `cache` when
-/// given. With `hidden_states`, every block's input and the final output are pushed there, as
-/// transformers' `output_hidden_states` (embeddings first, the last one after the norm).
+/// The decoder loop of every architecture: last hidden state (after the final norm), flat
+/// `[tokens, hidden]` (every `batch * q_len` slot, or the real tokens only when `ctx` is
+/// [`Context::without_padding`]), for `ids` `[batch, q_len]` under `ctx`, extending `cache`
+/// when given. With `hidden_states` (padded layout only), every block's input and the final
+/// output are pushed there as `[batch, q_len, hidden]`, as transformers' `output_hidden_states`
+/// (embeddings first, the last one after the norm).
 pub fn decode<B: Backend, M: Backbone<B>>(
     model: &M,
     ids: Tensor<B, 2, Int>,
     ctx: &Context<B>,
     mut cache: Option<&mut KvCache<B>>,
     mut hidden_states: Option<&mut Vec<Tensor<B, 3>>>,
-) -> Tensor<B, 3> {
+) -> Tensor<B, 2> {
     let [b, t] = ids.dims();
     let tables = model.tables(ctx);
     let mut x = model.embed(ids, ctx);
+    if let Some(rows) = ctx.token_rows() {
+        x = x.select(0, rows);
+    }
     let d = x.dims()[1];
+    let shaped = |x: &Tensor<B, 2>| x.clone().reshape([b, t, d]);
     for i in 0..model.num_layers() {
         if let Some(all) = hidden_states.as_deref_mut() {
-            all.push(x.clone().reshape([b, t, d]));
+            all.push(shaped(&x));
         }
         let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
         x = model.block(i, x, ctx, &tables, slot);
     }
-    let out = model.final_norm(x).reshape([b, t, d]);
+    let out = model.final_norm(x);
     if let Some(all) = hidden_states {
-        all.push(out.clone());
+        all.push(shaped(&out));
     }
     out
 }

@@ -1,6 +1,7 @@
 //! A tokenized batch on the host, and what every layer of a forward pass shares: the attention
 //! mask and the position ids, built once per batch (not once per layer).
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 
 use burn::prelude::*;
@@ -98,6 +99,10 @@ pub struct Context<B: Backend> {
     pub batch: usize,
     pub q_len: usize,
     pub kv_len: usize,
+    /// Which of the `batch * q_len` token slots the flat activations hold, in order: `None` for
+    /// every slot (the padded layout), `Some` for the real tokens only (padding-free: norms,
+    /// projections and MLPs never see a pad; attention still runs per row, padded).
+    tokens: Option<Vec<usize>>,
     memo: RefCell<Vec<(Memo, Memoised<B>)>>,
 }
 
@@ -107,6 +112,7 @@ enum Memo {
     ToHeads { heads: usize, groups: usize },
     FromHeads { heads: usize },
     Mask { heads: usize },
+    Tokens,
 }
 
 #[derive(Clone)]
@@ -161,7 +167,66 @@ impl<B: Backend> Context<B> {
             }
         }
         let mask = Tensor::from_data(TensorData::new(mask, [batch, 1, q_len, kv_len]), device);
-        Self { mask, positions, batch, q_len, kv_len, memo: RefCell::new(Vec::new()) }
+        Self { mask, positions, batch, q_len, kv_len, tokens: None, memo: RefCell::new(Vec::new()) }
+    }
+
+    /// The padding-free layout of an uncached batch: activations hold only the tokens where
+    /// `attention_mask` (`[batch, q_len]`) is set. Their values equal the padded layout's.
+    pub fn without_padding(mut self, attention_mask: &[i64]) -> Self {
+        debug_assert_eq!(attention_mask.len(), self.batch * self.q_len);
+        debug_assert_eq!(self.q_len, self.kv_len, "the padding-free layout is for uncached passes");
+        self.tokens = Some(attention_mask.iter().enumerate().filter(|(_, &m)| m != 0).map(|(i, _)| i).collect());
+        self.memo.borrow_mut().clear();
+        self
+    }
+
+    /// Number of rows of the flat activations.
+    pub fn num_tokens(&self) -> usize {
+        self.tokens.as_ref().map_or(self.batch * self.q_len, Vec::len)
+    }
+
+    /// Token slot (`b * q_len + t`) of each activation row.
+    pub fn token_slots(&self) -> Cow<'_, [usize]> {
+        match &self.tokens {
+            Some(t) => Cow::Borrowed(t),
+            None => Cow::Owned((0..self.batch * self.q_len).collect()),
+        }
+    }
+
+    /// Position of each activation row.
+    pub fn token_positions(&self) -> Cow<'_, [i64]> {
+        match &self.tokens {
+            Some(t) => Cow::Owned(t.iter().map(|&s| self.positions[s]).collect()),
+            None => Cow::Borrowed(&self.positions),
+        }
+    }
+
+    /// In the padding-free layout, the rows of padded `[batch * q_len, ..]` activations to keep.
+    pub fn token_rows(&self) -> Option<Tensor<B, 1, Int>> {
+        self.tokens.as_ref()?;
+        Some(self.index(Memo::Tokens, || self.token_slots().iter().map(|&s| s as i64).collect()))
+    }
+
+    /// Activation row of each token slot; a padding slot borrows a real row of its batch row
+    /// (its query output is dropped and, as a key, it is masked).
+    fn row_of_slot(&self) -> Vec<usize> {
+        let (b, t) = (self.batch, self.q_len);
+        let Some(tokens) = &self.tokens else { return (0..b * t).collect() };
+        let mut rows = vec![usize::MAX; b * t];
+        for (r, &s) in tokens.iter().enumerate() {
+            rows[s] = r;
+        }
+        let mut fill = 0;
+        for slot in 0..b * t {
+            if slot % t == 0 {
+                // the row's first real token, or the previous fill for an empty row
+                fill = rows[slot..slot + t].iter().copied().find(|&r| r != usize::MAX).unwrap_or(fill);
+            }
+            if rows[slot] == usize::MAX {
+                rows[slot] = fill;
+            }
+        }
+        rows
     }
 
     fn memoised(&self, key: Memo, make: impl FnOnce() -> Memoised<B>) -> Memoised<B> {
@@ -173,10 +238,10 @@ impl<B: Backend> Context<B> {
         v
     }
 
-    fn index(&self, key: Memo, rows: impl Iterator<Item = usize>) -> Tensor<B, 1, Int> {
+    fn index(&self, key: Memo, rows: impl FnOnce() -> Vec<i64>) -> Tensor<B, 1, Int> {
         let device = self.mask.device();
         let Memoised::Index(t) = self.memoised(key, || {
-            let idx: Vec<i64> = rows.map(|r| r as i64).collect();
+            let idx = rows();
             let n = idx.len();
             Memoised::Index(Tensor::from_data(TensorData::new(idx, [n]), &device))
         }) else {
@@ -185,21 +250,27 @@ impl<B: Backend> Context<B> {
         t
     }
 
-    /// Rows of flat `[batch * q_len * heads, head_dim]` token-major activations, reordered to
-    /// head-major `(batch, heads * groups, q_len)`; each KV head repeated `groups` times.
+    /// Rows of flat `[tokens * heads, head_dim]` token-major activations, reordered to the
+    /// padded head-major `(batch, heads * groups, q_len)`; each KV head repeated `groups` times.
     pub fn to_heads_index(&self, heads: usize, groups: usize) -> Tensor<B, 1, Int> {
-        let (b, t, out) = (self.batch, self.q_len, heads * groups);
-        let rows = (0..b)
-            .flat_map(move |bi| (0..out).flat_map(move |h| (0..t).map(move |ti| (bi * t + ti) * heads + h / groups)));
-        self.index(Memo::ToHeads { heads, groups }, rows)
+        self.index(Memo::ToHeads { heads, groups }, || {
+            let (b, t, out) = (self.batch, self.q_len, heads * groups);
+            let row = self.row_of_slot();
+            (0..b)
+                .flat_map(|bi| (0..out).flat_map(move |h| (0..t).map(move |ti| (bi * t + ti, h))))
+                .map(|(slot, h)| (row[slot] * heads + h / groups) as i64)
+                .collect()
+        })
     }
 
-    /// The inverse layout: head-major `(batch, heads, q_len)` rows back to token-major.
+    /// The inverse layout: padded head-major `(batch, heads, q_len)` rows back to token-major
+    /// rows of the activations' tokens.
     pub fn from_heads_index(&self, heads: usize) -> Tensor<B, 1, Int> {
-        let (b, t) = (self.batch, self.q_len);
-        let rows =
-            (0..b).flat_map(move |bi| (0..t).flat_map(move |ti| (0..heads).map(move |h| (bi * heads + h) * t + ti)));
-        self.index(Memo::FromHeads { heads }, rows)
+        self.index(Memo::FromHeads { heads }, || {
+            let t = self.q_len;
+            let slots = self.token_slots();
+            slots.iter().flat_map(|&s| (0..heads).map(move |h| (((s / t) * heads + h) * t + s % t) as i64)).collect()
+        })
     }
 
     /// The mask expanded over `heads` and laid out contiguously (for kernels that do not

@@ -102,9 +102,10 @@ impl Rope {
     pub fn tables<B: Backend>(&self, ctx: &Context<B>, heads: &[usize], device: &B::Device) -> RopeTables<B> {
         let half = self.inv_freq.len();
         let dim = 2 * half;
-        let n = ctx.positions.len();
+        let positions = ctx.token_positions();
+        let n = positions.len();
         let (mut cos, mut sin) = (Vec::with_capacity(n * dim), Vec::with_capacity(n * dim));
-        for &p in &ctx.positions {
+        for &p in positions.iter() {
             let start = cos.len();
             for &f in &self.inv_freq {
                 let a = p as f32 * f;
@@ -188,11 +189,11 @@ impl<B: Backend> KvCache<B> {
 
 /// Scaled dot-product attention of one layer.
 ///
-/// `q`: flat `[batch * q_len, heads * head_dim]`; `k`, `v`: `[batch * q_len, kv_heads * head_dim]`
-/// for the new tokens; `(heads, kv_heads)` their head counts. Activations are moved to the kernel's head-major layout with one row
+/// `q`: flat `[tokens, heads * head_dim]`; `k`, `v`: `[tokens, kv_heads * head_dim]`
+/// for the new tokens (every `batch * q_len` slot, or only the real ones: [`Context::without_padding`]); `(heads, kv_heads)` their head counts. Activations are moved to the kernel's head-major layout with one row
 /// gather each (which also repeats KV heads for grouped-query attention) and back with one
 /// more. With a cache slot, new keys/values are appended to it first. Returns flat
-/// `[batch * q_len, heads * head_dim]`.
+/// `[tokens, heads * head_dim]`.
 pub fn attend<B: Backend>(
     q: Tensor<B, 2>,
     k: Tensor<B, 2>,
@@ -203,8 +204,9 @@ pub fn attend<B: Backend>(
     scale: f64,
 ) -> Tensor<B, 2> {
     let (b, t, d) = (ctx.batch, ctx.q_len, q.dims()[1] / heads);
+    let n = q.dims()[0];
     let to_heads = |x: Tensor<B, 2>, h: usize, groups: usize| {
-        x.reshape([b * t * h, d]).select(0, ctx.to_heads_index(h, groups)).reshape([b, h * groups, t, d])
+        x.reshape([n * h, d]).select(0, ctx.to_heads_index(h, groups)).reshape([b, h * groups, t, d])
     };
     let groups = heads / kv_heads;
     let q = to_heads(q, heads, 1);
@@ -237,5 +239,5 @@ pub fn attend<B: Backend>(
         let options = AttentionModuleOptions { scale: Some(scale), softcap: None, is_causal: false };
         attention(q, k, v, Some(ctx.mask.clone()), None, options)
     };
-    out.reshape([b * heads * t, d]).select(0, ctx.from_heads_index(heads)).reshape([b * t, heads * d])
+    out.reshape([b * heads * t, d]).select(0, ctx.from_heads_index(heads)).reshape([n, heads * d])
 }

@@ -1,0 +1,121 @@
+//! The padding-free forward pass (`AnyCausalLm::forward_picked`, used for rewards) against
+//! the padded one and against transformers: rewards, the Bradley–Terry loss and every
+//! parameter's gradient agree within f32 arithmetic's bound.
+
+use burn::backend::Autodiff;
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+
+use trl_heads::ForSequenceClassification;
+use trl_models::TokenBatch;
+use trl_reward::loss::bradley_terry;
+use trl_tests::*;
+
+type AB = Autodiff<B>;
+
+const ARCHS: [&str; 3] = ["gpt2", "llama", "qwen2"];
+
+/// Rows of very different lengths (so most of the padded batch is padding), `side`-padded.
+fn uneven(side: trl_models::Padding) -> TokenBatch {
+    let rows: Vec<Vec<i64>> = [3usize, 11, 1, 7, 16, 5]
+        .iter()
+        .enumerate()
+        .map(|(r, &n)| (0..n).map(|i| 2 + ((r * 31 + i * 7) % 90) as i64).collect())
+        .collect();
+    // the fixtures' pad_token_id is 1, used by no real token above
+    TokenBatch::pad(&rows, 1, side, None).unwrap()
+}
+
+#[test]
+fn padding_free_rewards_match_transformers_and_the_padded_pass() {
+    for arch in ARCHS {
+        let name = format!("{arch}-rm");
+        let (model, _, _) = ForSequenceClassification::<B>::from_pretrained(&fixture(&name), None, &dev()).unwrap();
+        let exp = expected(&name);
+        for case in ["right", "left"] {
+            let b = batch(&exp, case);
+            let free = to_vec(model.forward(&b, false).unwrap().rewards);
+            let padded = to_vec(model.forward(&b, true).unwrap().rewards);
+            let (want, _) = floats(&exp, &format!("{case}.rewards"));
+            assert_close(&format!("{name} {case} padding-free vs transformers"), &free, &want, Tol::forward(&name));
+            assert_close(&format!("{name} {case} padding-free vs padded"), &free, &padded, Tol::forward(&name));
+        }
+        for side in [trl_models::Padding::Right, trl_models::Padding::Left] {
+            let b = uneven(side);
+            let free = to_vec(model.forward(&b, false).unwrap().rewards);
+            let padded = to_vec(model.forward(&b, true).unwrap().rewards);
+            assert_close(&format!("{name} {side:?} uneven"), &free, &padded, Tol::forward(&name));
+        }
+    }
+}
+
+/// Every parameter's gradient, in visiting order.
+struct Grads<'a, AB: AutodiffBackend> {
+    grads: &'a AB::Gradients,
+    out: Vec<(String, Vec<f32>)>,
+}
+
+impl<AB: AutodiffBackend> ModuleVisitor<AB> for Grads<'_, AB> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AB, D>>) {
+        if let Some(g) = param.val().grad(self.grads) {
+            let v = g.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+            self.out.push((format!("{:?}", param.lazy_shape()), v));
+        }
+    }
+}
+
+fn loss_and_grads(
+    model: &ForSequenceClassification<AB>,
+    b: &TokenBatch,
+    padded: bool,
+) -> (f32, Vec<(String, Vec<f32>)>) {
+    let rewards = model.forward(b, padded).unwrap().rewards;
+    let n = b.batch / 2;
+    let r = rewards.reshape([2 * n]);
+    let loss = bradley_terry(r.clone().narrow(0, 0, n), r.narrow(0, n, n), None, Some(0.01));
+    let value = loss.clone().into_data().convert::<f32>().to_vec::<f32>().unwrap()[0];
+    let grads = loss.backward();
+    let mut v = Grads::<AB> { grads: &grads, out: Vec::new() };
+    model.visit(&mut v);
+    (value, v.out)
+}
+
+#[test]
+fn padding_free_loss_and_gradients_match_the_padded_pass() {
+    for arch in ARCHS {
+        let name = format!("{arch}-rm");
+        let (model, _, _) =
+            ForSequenceClassification::<AB>::from_pretrained(&fixture(&name), None, &Default::default()).unwrap();
+        for side in [trl_models::Padding::Right, trl_models::Padding::Left] {
+            let b = uneven(side);
+            let (free_loss, free) = loss_and_grads(&model, &b, false);
+            let (padded_loss, padded) = loss_and_grads(&model, &b, true);
+            let fwd = Tol::forward(&name);
+            assert_close(&format!("{name} {side:?} loss"), &[free_loss], &[padded_loss], fwd);
+            // The backward pass runs the forward chain's reductions transposed, and each weight
+            // gradient adds one reduction over the batch's tokens.
+            let tol = Tol { rel: 2.0 * fwd.rel + Tol::chain(b.batch * b.seq).rel };
+            assert_eq!(free.len(), padded.len(), "{name}: same parameters get gradients");
+            assert!(free.len() > 4, "{name}: gradients reach the backbone");
+            for (i, ((shape, g), (_, w))) in free.iter().zip(&padded).enumerate() {
+                assert!(w.iter().any(|x| *x != 0.0), "{name}: parameter {i} {shape} has a zero gradient");
+                assert_close(&format!("{name} {side:?} grad of parameter {i} {shape}"), g, w, tol);
+            }
+        }
+    }
+}
+
+#[test]
+fn picks_must_be_real_tokens() {
+    let (model, _, _) = ForSequenceClassification::<B>::from_pretrained(&fixture("llama-rm"), None, &dev()).unwrap();
+    let b = uneven(trl_models::Padding::Right);
+    let err = model.backbone.forward_picked(&b, &[(0, 5)]).unwrap_err().to_string();
+    assert!(err.contains("row 0, position 5"), "{err}");
+    let err = model.backbone.forward_picked(&b, &[(9, 0)]).unwrap_err().to_string();
+    assert!(err.contains("row 9"), "{err}");
+}
+
+fn dev() -> burn::tensor::Device<B> {
+    Default::default()
+}
