@@ -5,7 +5,9 @@ AutoModelForSequenceClassification, the Bradley–Terry loss, backward, AdamW st
 (no-grad forward), in pairs per second, for the model configs the Rust bench uses.
 
 Usage: python3 xtask/bench/torch_baseline.py CASES.json  → JSON on stdout
-CASES.json: [{"name", "config": {...config.json...}, "batch_pairs", "seq_len", "seconds"}]
+CASES.json: [{"name", "config": {...config.json...}, "batch_pairs", "seq_len", "lengths", "seconds"}]
+`lengths`: the real length of each of the 2 * batch_pairs rows (chosen, then rejected); rows are
+right-padded to the longest with pad_token_id, as TRL's collator does.
 Pinned: torch 2.15.0, transformers 5.24.0 (CPU, float32).
 """
 import json
@@ -31,8 +33,13 @@ def run(case):
     model = AutoModelForSequenceClassification.from_config(cfg)
     model.config.pad_token_id = case["config"].get("pad_token_id", 0)
     b, t = case["batch_pairs"], case["seq_len"]
+    lengths = case.get("lengths") or [t] * (2 * b)
+    t = max(lengths)
     ids = torch.randint(2, cfg.vocab_size, (2 * b, t))
     mask = torch.ones_like(ids)
+    for row, n in enumerate(lengths):
+        ids[row, n:] = model.config.pad_token_id
+        mask[row, n:] = 0
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     model.train()
 

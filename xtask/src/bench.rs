@@ -16,13 +16,17 @@ use trl_reward::{RewardConfig, RewardTrainer};
 
 use crate::common::{Error, B};
 
+mod trl;
+
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     /// Where to write the JSON report.
     #[arg(long, default_value = "bench.json")]
     pub out: PathBuf,
-    /// Cases to run: tiny, medium, mixture.
-    #[arg(long, value_delimiter = ',', default_value = "tiny,medium,mixture")]
+    /// Cases to run: tiny, medium (every row 64 tokens), tiny-varlen, medium-varlen (row
+    /// lengths spread over 12–64 tokens, about 40% padding when batched), mixture, trl (the
+    /// built-in `cargo xtask train` job against TRL's RewardTrainer; not in the default set).
+    #[arg(long, value_delimiter = ',', default_value = "tiny,medium,medium-varlen,mixture")]
     pub cases: Vec<String>,
     /// Seconds to spend measuring each number.
     #[arg(long, default_value_t = 5.0)]
@@ -32,10 +36,12 @@ pub struct BenchArgs {
     pub python: String,
 }
 
-/// A benchmark case: a Llama-style reward model, 16 pairs of 64 tokens per batch.
+/// A benchmark case: a Llama-style reward model, 16 pairs of up to 64 tokens per batch.
 struct Case {
     name: &'static str,
     config: Value,
+    /// Row lengths spread over `SEQ / 5 ..= SEQ` (as preference data is) instead of all `SEQ`.
+    varlen: bool,
 }
 
 fn cases() -> Vec<Case> {
@@ -44,22 +50,32 @@ fn cases() -> Vec<Case> {
                "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv,
                "max_position_embeddings": 512, "pad_token_id": 0})
     };
+    let (tiny, medium) = (llama(512, 64, 128, 2, 4, 2), llama(8192, 512, 1024, 6, 8, 8));
     vec![
-        Case { name: "tiny", config: llama(512, 64, 128, 2, 4, 2) },
-        Case { name: "medium", config: llama(8192, 512, 1024, 6, 8, 8) },
+        Case { name: "tiny", config: tiny.clone(), varlen: false },
+        Case { name: "medium", config: medium.clone(), varlen: false },
+        Case { name: "tiny-varlen", config: tiny, varlen: true },
+        Case { name: "medium-varlen", config: medium, varlen: true },
     ]
 }
 
 const PAIRS: usize = 16;
 const SEQ: usize = 64;
 
-fn random_pairs(vocab: usize, n: usize) -> Vec<TokenizedPair> {
+/// Lengths of the `2 * pairs` rows of one batch (chosen rows first, then rejected), the same
+/// for every batch, so that ours and PyTorch's compute the same shapes.
+fn row_lengths(varlen: bool) -> Vec<usize> {
+    let mut rng = SplitMix64(11);
+    (0..2 * PAIRS).map(|_| if varlen { SEQ / 5 + rng.below(SEQ - SEQ / 5 + 1) } else { SEQ }).collect()
+}
+
+fn random_pairs(vocab: usize, n: usize, lengths: &[usize]) -> Vec<TokenizedPair> {
     let mut rng = SplitMix64(7);
-    let mut seq = || (0..SEQ).map(|_| 2 + rng.below(vocab - 2) as i64).collect::<Vec<_>>();
+    let mut seq = |len: usize| (0..len).map(|_| 2 + rng.below(vocab - 2) as i64).collect::<Vec<_>>();
     (0..n)
-        .map(|_| TokenizedPair {
-            chosen: seq(),
-            rejected: seq(),
+        .map(|i| TokenizedPair {
+            chosen: seq(lengths[i % PAIRS]),
+            rejected: seq(lengths[PAIRS + i % PAIRS]),
             margin: None,
             chosen_text: String::new(),
             rejected_text: String::new(),
@@ -77,7 +93,7 @@ fn model<BB: burn::tensor::backend::Backend>(
 
 /// Training pairs/s through the real trainer loop, from the median time between consecutive
 /// optimizer steps' events (model set-up and the final checkpoint write are not counted).
-fn train_throughput(config: &HfConfig, seconds: f64) -> Result<f64, Error> {
+fn train_throughput(config: &HfConfig, lengths: &[usize], seconds: f64) -> Result<f64, Error> {
     let device = backend::device();
     let vocab = config.require_usize("vocab_size")?;
     // Step times, from the trainer's per-step events, of a run of `steps` optimizer steps.
@@ -92,7 +108,7 @@ fn train_throughput(config: &HfConfig, seconds: f64) -> Result<f64, Error> {
             num_print_samples: 0,
             ..RewardConfig::default()
         };
-        let pairs = random_pairs(vocab, PAIRS * steps as usize);
+        let pairs = random_pairs(vocab, PAIRS * steps as usize, lengths);
         let mut trainer = RewardTrainer::new(cfg, model::<backend::Train>(config, &device)?, config.clone(), None, 0)?;
         let mut times = Vec::new();
         trainer.train(&pairs, &[], 0, &mut |ev| {
@@ -116,11 +132,11 @@ fn train_throughput(config: &HfConfig, seconds: f64) -> Result<f64, Error> {
 }
 
 /// Scoring pairs/s: no-grad forward of chosen ++ rejected.
-fn score_throughput(config: &HfConfig, seconds: f64) -> Result<f64, Error> {
+fn score_throughput(config: &HfConfig, lengths: &[usize], seconds: f64) -> Result<f64, Error> {
     let device = backend::device();
     let vocab = config.require_usize("vocab_size")?;
     let m = model::<B>(config, &device)?;
-    let pairs = random_pairs(vocab, PAIRS);
+    let pairs = random_pairs(vocab, PAIRS, lengths);
     let rows: Vec<Vec<i64>> =
         pairs.iter().map(|p| p.chosen.clone()).chain(pairs.iter().map(|p| p.rejected.clone())).collect();
     let batch = TokenBatch::pad(&rows, 0, Padding::Right, None)?;
@@ -145,7 +161,10 @@ fn torch_baseline(python: &str, selected: &[&Case], seconds: f64) -> Option<Valu
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench/torch_baseline.py");
     let spec: Vec<Value> = selected
         .iter()
-        .map(|c| json!({"name": c.name, "config": c.config, "batch_pairs": PAIRS, "seq_len": SEQ, "seconds": seconds}))
+        .map(|c| {
+            json!({"name": c.name, "config": c.config, "batch_pairs": PAIRS, "seq_len": SEQ,
+                   "lengths": row_lengths(c.varlen), "seconds": seconds})
+        })
         .collect();
     let file = std::env::temp_dir().join(format!("trl-bench-cases-{}.json", std::process::id()));
     std::fs::write(&file, serde_json::to_string(&spec).ok()?).ok()?;
@@ -160,7 +179,17 @@ fn torch_baseline(python: &str, selected: &[&Case], seconds: f64) -> Option<Valu
 
 pub fn run(args: BenchArgs) -> Result<(), Error> {
     let want = |n: &str| args.cases.iter().any(|c| c == n);
+    let cpu = cpu_info();
+    eprintln!("CPU: {cpu}");
     let all = cases();
+    if let Some(bad) = args
+        .cases
+        .iter()
+        .find(|c| !["mixture", "trl"].contains(&c.as_str()) && !all.iter().any(|k| k.name == c.as_str()))
+    {
+        let names: Vec<&str> = all.iter().map(|c| c.name).collect();
+        return Err(format!("unknown bench case `{bad}`; cases: {}, mixture, trl", names.join(", ")).into());
+    }
     let selected: Vec<&Case> = all.iter().filter(|c| want(c.name)).collect();
     eprintln!("measuring the PyTorch baseline ({} cases)…", selected.len());
     let baseline = torch_baseline(&args.python, &selected, args.seconds);
@@ -177,13 +206,16 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
     let mut results = Vec::new();
     for case in &selected {
         let config = HfConfig::from_value(case.config.clone())?;
+        let lengths = row_lengths(case.varlen);
         eprintln!("{}: training…", case.name);
-        let train = train_throughput(&config, args.seconds)?;
+        let train = train_throughput(&config, &lengths, args.seconds)?;
         eprintln!("{}: scoring…", case.name);
-        let score = score_throughput(&config, args.seconds)?;
+        let score = score_throughput(&config, &lengths, args.seconds)?;
+        let padding =
+            1.0 - lengths.iter().sum::<usize>() as f64 / (lengths.len() * lengths.iter().max().unwrap_or(&1)) as f64;
         let (bt, bs) = (base_of(case.name, "train_pairs_per_sec"), base_of(case.name, "score_pairs_per_sec"));
         let r = json!({
-            "name": case.name, "batch_pairs": PAIRS, "seq_len": SEQ,
+            "name": case.name, "batch_pairs": PAIRS, "seq_len": SEQ, "padding_fraction": padding,
             "train_pairs_per_sec": train, "score_pairs_per_sec": score,
             "torch_train_pairs_per_sec": bt, "torch_score_pairs_per_sec": bs,
             "train_ratio": bt.map(|b| train / b), "score_ratio": bs.map(|b| score / b),
@@ -204,10 +236,39 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
         eprintln!("{m}");
         results.push(m);
     }
-    let report = json!({"backend": backend::name(), "threads": std::thread::available_parallelism().map(|n| n.get()).ok(),
+    if want("trl") {
+        let r = trl::run(&args.python)?;
+        eprintln!("{r}");
+        results.push(r);
+    }
+    let report = json!({"backend": backend::name(), "cpu": cpu, "threads": std::thread::available_parallelism().map(|n| n.get()).ok(),
                         "baseline": baseline.as_ref().map(|b| json!({"torch": b.get("torch"), "threads": b.get("threads")})),
                         "results": results});
     trl_core::atomic::write_json_atomic(&args.out, &report)?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
+}
+
+/// The CPU model and the SIMD level the gemm kernels run with, so figures from different
+/// machines are never mixed up.
+fn cpu_info() -> Value {
+    let model = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| {
+        s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|m| m.trim().to_string())
+    });
+    #[cfg(target_arch = "x86_64")]
+    let (avx512f, avx2, fma) = (
+        std::arch::is_x86_feature_detected!("avx512f"),
+        std::arch::is_x86_feature_detected!("avx2"),
+        std::arch::is_x86_feature_detected!("fma"),
+    );
+    #[cfg(not(target_arch = "x86_64"))]
+    let (avx512f, avx2, fma) = (false, false, false);
+    let kernels_avx512 = cfg!(feature = "avx512");
+    let simd = match (avx512f && kernels_avx512, avx2 && fma) {
+        (true, _) => "avx512",
+        (false, true) => "avx2+fma",
+        _ => std::env::consts::ARCH,
+    };
+    json!({"model": model, "avx512f": avx512f, "avx2": avx2, "fma": fma,
+           "avx512_kernels_built": kernels_avx512, "simd_level": simd})
 }
