@@ -175,57 +175,78 @@ pub fn run(args: ScoreArgs) -> Result<(), Error> {
     let limit = Limit::new(args.max_length, model.backbone.max_positions(), args.truncation)?;
     let items = read_items(&args, &m, &limit)?;
 
-    let tty = std::io::stderr().is_terminal();
-    let per_batch = (args.batch_size / 2).max(1);
+    let rewards = score_sorted(&model, &items, pad, (args.batch_size / 2).max(1))?;
     let emit = |out: &mut dyn Write| -> Result<(), Error> {
-        for (done, chunk) in items.chunks(per_batch).enumerate() {
-            let ids: Vec<Vec<i64>> = chunk.iter().flat_map(|item| item.ids.iter().cloned()).collect();
-            let batch = TokenBatch::pad(&ids, pad, Padding::Right, None)?;
-            let rewards = model
-                .forward(&batch, false)?
-                .rewards
-                .into_data()
-                .convert::<f32>()
-                .to_vec::<f32>()
-                .map_err(|e| format!("reading the rewards: {e}"))?;
-            let labels = rewards.len() / ids.len();
-            let mut k = 0;
-            for item in chunk {
-                let mut o = item.value.clone();
-                let obj = o.as_object_mut().ok_or("row is not an object")?;
-                if item.pair {
-                    let (c, r) = (rewards[k * labels], rewards[(k + 1) * labels]);
-                    obj.insert("chosen_reward".into(), json!(c));
-                    obj.insert("rejected_reward".into(), json!(r));
-                    obj.insert("p_chosen".into(), json!(preference_probability(c, r)));
-                    let cut: Vec<&str> = ["chosen", "rejected"]
-                        .into_iter()
-                        .zip(&item.truncated)
-                        .filter(|(_, &t)| t)
-                        .map(|(s, _)| s)
-                        .collect();
-                    if !cut.is_empty() {
-                        obj.insert("truncated".into(), json!(cut));
-                    }
-                    k += 2;
-                } else {
-                    obj.insert("reward".into(), json!(rewards[k * labels]));
-                    if item.truncated[0] {
-                        obj.insert("truncated".into(), json!(true));
-                    }
-                    k += 1;
+        for (item, r) in items.iter().zip(&rewards) {
+            let mut o = item.value.clone();
+            let obj = o.as_object_mut().ok_or("row is not an object")?;
+            let labels = r.len() / item.ids.len();
+            if item.pair {
+                let (c, r) = (r[0], r[labels]);
+                obj.insert("chosen_reward".into(), json!(c));
+                obj.insert("rejected_reward".into(), json!(r));
+                obj.insert("p_chosen".into(), json!(preference_probability(c, r)));
+                let cut: Vec<&str> = ["chosen", "rejected"]
+                    .into_iter()
+                    .zip(&item.truncated)
+                    .filter(|(_, &t)| t)
+                    .map(|(s, _)| s)
+                    .collect();
+                if !cut.is_empty() {
+                    obj.insert("truncated".into(), json!(cut));
                 }
-                writeln!(out, "{o}")?;
+            } else {
+                obj.insert("reward".into(), json!(r[0]));
+                if item.truncated[0] {
+                    obj.insert("truncated".into(), json!(true));
+                }
             }
-            if tty {
-                eprint!("\rscored {}/{} rows", ((done + 1) * per_batch).min(items.len()), items.len());
-            }
+            writeln!(out, "{o}")?;
         }
         out.flush()?;
-        if tty {
-            eprintln!();
-        }
         Ok(())
     };
     write_output(args.out.as_deref(), emit)
+}
+
+/// The rewards of every item (per sequence, `num_labels` each), in the items' order, scored
+/// `per_batch` items at a time from the longest to the shortest, so each batch pads little
+/// (and the padding-free forward pass skips what padding is left outside attention).
+fn score_sorted(
+    model: &ForSequenceClassification<B>,
+    items: &[Item],
+    pad: i64,
+    per_batch: usize,
+) -> Result<Vec<Vec<f32>>, Error> {
+    let tty = std::io::stderr().is_terminal();
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(items[i].ids.iter().map(Vec::len).max().unwrap_or(0)));
+    let mut rewards = vec![Vec::new(); items.len()];
+    let mut done = 0;
+    for chunk in order.chunks(per_batch) {
+        let ids: Vec<Vec<i64>> = chunk.iter().flat_map(|&i| items[i].ids.iter().cloned()).collect();
+        let batch = TokenBatch::pad(&ids, pad, Padding::Right, None)?;
+        let flat = model
+            .forward(&batch, false)?
+            .rewards
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .map_err(|e| format!("reading the rewards: {e}"))?;
+        let labels = flat.len() / ids.len();
+        let mut k = 0;
+        for &i in chunk {
+            let n = items[i].ids.len() * labels;
+            rewards[i] = flat[k..k + n].to_vec();
+            k += n;
+        }
+        done += chunk.len();
+        if tty {
+            eprint!("\rscored {done}/{} rows", items.len());
+        }
+    }
+    if tty {
+        eprintln!();
+    }
+    Ok(rewards)
 }

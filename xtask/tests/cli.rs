@@ -5,9 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use serde_json::json;
 use trl_core::checkpoint::load_safetensors;
 use trl_core::StateDict;
-use trl_tests::{assert_close_where, copy_fixture, Tol, U};
+use trl_tests::{assert_close, assert_close_where, copy_fixture, Tol, U};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
@@ -109,6 +110,58 @@ fn score_agrees_with_forward() {
     assert!((p - 1.0 / (1.0 + (r - c).exp())).abs() <= 8.0 * f64::from(U));
     // The rejected side is text 1 of the fixture with the prompt in front: not the same reward.
     assert!((r as f32 - want).abs() > 1e-3);
+}
+
+/// Rows are scored longest first, in batches of similar length; the output keeps the input's
+/// order and each reward is the one the row gets when scored alone.
+#[test]
+fn score_keeps_input_order_whatever_the_batching() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("rows.jsonl");
+    let words = ["a", "reward", "model", "likes", "short", "and", "long", "texts", "alike", "today"];
+    let lines: Vec<String> = [1usize, 9, 3, 7, 2, 10, 5]
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| {
+            let text = words[..n].join(" ");
+            if i % 3 == 0 {
+                json!({"id": i, "prompt": "Q:", "chosen": format!(" {text}"), "rejected": " no"}).to_string()
+            } else {
+                json!({"id": i, "text": text}).to_string()
+            }
+        })
+        .collect();
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let model = fixtures().join("llama-rm");
+    let run = |batch: &str| -> Vec<serde_json::Value> {
+        let (ok, out, err) = xtask(&[
+            "score",
+            "--model",
+            model.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--batch-size",
+            batch,
+        ]);
+        assert!(ok, "score --batch-size {batch} failed: {err}");
+        out.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let alone = run("2");
+    let rewards = |rows: &[serde_json::Value]| -> Vec<f32> {
+        rows.iter()
+            .flat_map(|r| ["reward", "chosen_reward", "rejected_reward"].map(|k| r.get(k).and_then(|v| v.as_f64())))
+            .flatten()
+            .map(|v| v as f32)
+            .collect()
+    };
+    for batch in ["4", "64"] {
+        let rows = run(batch);
+        let ids: Vec<u64> = rows.iter().map(|r| r["id"].as_u64().unwrap()).collect();
+        assert_eq!(ids, (0..7).collect::<Vec<u64>>(), "--batch-size {batch}: rows out of order");
+        let (got, want) = (rewards(&rows), rewards(&alone));
+        assert_eq!(got.len(), 10);
+        assert_close(&format!("--batch-size {batch}"), &got, &want, Tol::forward("llama-rm"));
+    }
 }
 
 fn write_texts(dir: &Path, texts: &serde_json::Value) -> PathBuf {
