@@ -84,16 +84,34 @@ pub struct TrainArgs {
     /// Scale the adapter by `alpha / √r` instead of `alpha / r`.
     #[arg(long)]
     pub use_rslora: bool,
+    /// transformers' schedule name: linear, cosine, cosine_with_restarts, polynomial, constant,
+    /// constant_with_warmup, inverse_sqrt, cosine_with_min_lr, warmup_stable_decay.
+    #[arg(long)]
+    pub lr_scheduler_type: Option<String>,
+    /// Its settings as a JSON object, e.g. `{"min_lr": 1e-6}` (transformers' `lr_scheduler_kwargs`).
+    #[arg(long)]
+    pub lr_scheduler_kwargs: Option<String>,
+    #[arg(long)]
+    pub warmup_ratio: Option<f64>,
 }
 
 impl TrainArgs {
-    fn apply(&self, cfg: &mut RewardConfig) {
+    fn apply(&self, cfg: &mut RewardConfig) -> Result<(), Error> {
         macro_rules! set {
             ($($field:ident => $target:ident),*) => {$(if let Some(v) = self.$field.clone() { cfg.$target = v.into(); })*};
         }
         set!(output_dir => output_dir, num_train_epochs => num_train_epochs, learning_rate => learning_rate,
              batch_size => per_device_train_batch_size, gradient_accumulation_steps => gradient_accumulation_steps,
-             save_steps => save_steps, logging_steps => logging_steps, seed => seed);
+             save_steps => save_steps, logging_steps => logging_steps, seed => seed, warmup_ratio => warmup_ratio);
+        if let Some(name) = &self.lr_scheduler_type {
+            cfg.lr_scheduler_type = serde_json::from_value(serde_json::Value::String(name.clone()))
+                .map_err(|e| format!("--lr-scheduler-type {name}: {e}"))?;
+        }
+        if let Some(kw) = &self.lr_scheduler_kwargs {
+            cfg.lr_scheduler_kwargs = serde_json::from_str(kw).map_err(|e| {
+                format!("--lr-scheduler-kwargs: expected a JSON object such as '{{\"min_lr\": 1e-6}}': {e}")
+            })?;
+        }
         if self.max_steps.is_some() {
             cfg.max_steps = self.max_steps;
         }
@@ -122,6 +140,7 @@ impl TrainArgs {
             }
             l.use_rslora |= self.use_rslora;
         }
+        Ok(())
     }
 }
 
@@ -134,7 +153,7 @@ pub fn run(args: TrainArgs) -> Result<(), Error> {
         None if builtin => synthetic::training_config(),
         None => RewardConfig::default(),
     };
-    args.apply(&mut cfg);
+    args.apply(&mut cfg)?;
     cfg.validate()?;
     let device = backend::device();
     if cfg.lora.is_some() && args.model.is_none() {

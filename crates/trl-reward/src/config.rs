@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use trl_core::peft::{LoraConfig, TargetModules};
 
 use crate::error::{Result, RewardError};
+use crate::schedule::{Schedule, SchedulerType};
 
 /// Training settings (TRL 1.x `RewardConfig` defaults).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,6 +36,11 @@ pub struct RewardConfig {
     pub shuffle: bool,
     pub warmup_steps: u64,
     pub warmup_ratio: f64,
+    /// transformers' `lr_scheduler_type` (`linear`, `cosine`, `cosine_with_restarts`,
+    /// `polynomial`, `constant`, `constant_with_warmup`, `inverse_sqrt`, `cosine_with_min_lr`,
+    /// `warmup_stable_decay`) and its `lr_scheduler_kwargs`.
+    pub lr_scheduler_type: SchedulerType,
+    pub lr_scheduler_kwargs: serde_json::Map<String, serde_json::Value>,
     /// Global-norm clipping (`None` disables it).
     pub max_grad_norm: Option<f64>,
     pub weight_decay: f64,
@@ -171,6 +177,8 @@ impl Default for RewardConfig {
             shuffle: true,
             warmup_steps: 0,
             warmup_ratio: 0.0,
+            lr_scheduler_type: SchedulerType::Linear,
+            lr_scheduler_kwargs: serde_json::Map::new(),
             max_grad_norm: Some(1.0),
             weight_decay: 0.0,
             adam_beta1: 0.9,
@@ -262,7 +270,15 @@ impl RewardConfig {
         if let Some(l) = &self.lora {
             l.validate()?;
         }
-        Ok(())
+        // the kwargs' names and values, before a run's step count is known
+        Schedule::new(self.lr_scheduler_type, &self.lr_scheduler_kwargs, self.learning_rate, 0, u64::MAX / 4)
+            .map(|_| ())
+    }
+
+    /// The learning-rate schedule of a run of `total` optimizer steps.
+    pub fn schedule(&self, total: u64) -> Result<Schedule> {
+        let warmup = self.warmup(total);
+        Schedule::new(self.lr_scheduler_type, &self.lr_scheduler_kwargs, self.learning_rate, warmup, total)
     }
 
     /// Optimizer steps per epoch for `n_pairs` training pairs: `ceil(batches / accumulation)`,

@@ -45,6 +45,7 @@ mod pyfmt;
 mod report;
 mod rows;
 mod run;
+pub mod schedule;
 mod state;
 pub mod synthetic;
 mod trainer;

@@ -1,7 +1,7 @@
 //! AdamW with PyTorch's semantics (decoupled weight decay, eps added after the bias-corrected
 //! square root) and transformers' choice of which parameters decay, global-norm gradient
-//! clipping as `torch.nn.utils.clip_grad_norm_`, and the linear warmup/decay schedule of
-//! transformers. State is saved by parameter key, so a resumed run continues exactly.
+//! clipping as `torch.nn.utils.clip_grad_norm_` (the learning-rate schedules are in
+//! [`crate::schedule`]). State is saved by parameter key, so a resumed run continues exactly.
 
 use std::collections::HashMap;
 
@@ -191,16 +191,6 @@ pub(crate) fn clip_grad_norm<AB: AutodiffBackend, M: AutodiffModule<AB>>(
         }
     }
     norm
-}
-
-/// transformers' `get_linear_schedule_with_warmup`: learning rate for optimizer step `step`
-/// (0-based) out of `total`.
-pub(crate) fn linear_schedule(base_lr: f64, step: u64, warmup: u64, total: u64) -> f64 {
-    if step < warmup {
-        return base_lr * step as f64 / warmup.max(1) as f64;
-    }
-    let rest = total.saturating_sub(warmup).max(1);
-    base_lr * (total.saturating_sub(step) as f64 / rest as f64).max(0.0)
 }
 
 /// Adds every gradient of `new` into `acc` (gradient accumulation).

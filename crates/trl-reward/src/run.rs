@@ -17,7 +17,7 @@ use crate::data::TokenizedPair;
 use crate::error::{Result, RewardError};
 use crate::exact::json_exact;
 use crate::loss::{bradley_terry, PairMetrics};
-use crate::optim::{add_grads, clip_grad_norm, linear_schedule};
+use crate::optim::{add_grads, clip_grad_norm};
 use crate::state::{LogEntry, Summary};
 use crate::trainer::{score, Event, RewardTrainer, Scored};
 
@@ -44,7 +44,7 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
         }
         let cfg = self.config.clone();
         let total = cfg.total_steps(train.len());
-        let warmup = cfg.warmup(total);
+        let schedule = cfg.schedule(total)?;
         self.state.total_steps = total;
         let bs = cfg.per_device_train_batch_size;
         let batches_per_epoch = train.len().div_ceil(bs);
@@ -58,7 +58,7 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
         let mut pairs_done = 0usize;
         let mut stop = false;
         while self.state.global_step < total && !stop {
-            let lr = linear_schedule(cfg.learning_rate, self.state.global_step, warmup, total);
+            let lr = schedule.lr(self.state.global_step);
             if self.reseed {
                 B::seed(&self.model.backbone.device(), step_seed(cfg.seed, self.state.global_step));
             }
