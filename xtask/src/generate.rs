@@ -198,7 +198,7 @@ fn load_lm(dir: &Path, device: &burn::tensor::Device<Backend>) -> Result<AnyCaus
     let config = HfConfig::load(dir)?;
     let mut sd = checkpoint::load_dir(dir)?;
     sd.split_off_by(|k| k.starts_with("v_head."));
-    Ok(AnyCausalLm::init(&config, device)?.load(&sd, Strictness::Strict)?.0)
+    Ok(AnyCausalLm::init(&config, device)?.load(sd, Strictness::Strict)?.0)
 }
 
 /// A prompt, tokenized and fitted to the length limit.

@@ -12,6 +12,7 @@ pub mod atomic;
 pub mod backend;
 pub mod checkpoint;
 pub mod config;
+mod convert;
 pub mod error;
 pub mod lock;
 pub mod module_io;
@@ -23,6 +24,6 @@ pub mod tokenizer;
 
 pub use config::HfConfig;
 pub use error::{Error, LoadReport, Result};
-pub use module_io::{load_module, module_state_dict, Strictness};
+pub use module_io::{load_module, load_module_owned, module_state_dict, Strictness};
 pub use state_dict::StateDict;
 pub use tokenizer::Tokenizer;

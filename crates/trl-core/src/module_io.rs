@@ -5,6 +5,7 @@
 //! PyTorch `nn.Linear`'s weight, stored `[out, in]` by PyTorch and `[in, out]` by burn's
 //! `Linear`: it is transposed on the way in and out. Everything else is taken as stored.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
@@ -24,8 +25,11 @@ pub enum Strictness {
     Partial,
 }
 
+/// Reads a borrowed state dict, or takes tensors out of an owned one as they are loaded (so a
+/// checkpoint's copy shrinks while the model's weights grow).
 struct Loader<'a> {
-    sd: &'a StateDict,
+    borrowed: Option<&'a StateDict>,
+    owned: StateDict,
     path: Vec<(String, String)>,
     used: BTreeSet<String>,
     report: LoadReport,
@@ -64,7 +68,11 @@ impl<B: Backend> ModuleMapper<B> for Loader<'_> {
 
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
         let key = self.key();
-        let Some(data) = self.sd.get(&key) else {
+        let found = match self.borrowed {
+            Some(sd) => sd.get(&key).map(Cow::Borrowed),
+            None => self.owned.remove(&key).map(Cow::Owned),
+        };
+        let Some(data) = found else {
             self.report.missing.push(key);
             return param;
         };
@@ -91,20 +99,19 @@ impl<B: Backend> ModuleMapper<B> for Loader<'_> {
             self.report.unusable.push((key, what));
             return param;
         }
-        let data = data.clone().convert::<f32>();
-        let values = data.as_slice::<f32>().unwrap_or(&[]);
-        let bad = values.iter().filter(|v| !v.is_finite()).count();
+        // dtype, layout and the NaN/inf count in one pass on the host (`crate::convert`)
+        let Some((values, bad)) = crate::convert::to_f32(&data, transpose) else {
+            self.report.unusable.push((key, format!("has dtype {} that cannot be read", dtype_name(data.dtype))));
+            return param;
+        };
+        drop(data);
         if bad > 0 {
             let what = format!("holds {bad} NaN or infinite value(s) of {}", values.len());
             self.report.unusable.push((key, what));
             return param;
         }
         let device = param.lazy_device();
-        let tensor = if transpose {
-            Tensor::<B, 2>::from_data(data, &device).transpose().reshape(expected_dims::<D>(&found))
-        } else {
-            Tensor::<B, D>::from_data(data, &device)
-        };
+        let tensor = Tensor::<B, D>::from_data(TensorData::new(values, expected_dims::<D>(&expected)), &device);
         let id = param.id;
         param.transform_for_load(tensor, id)
     }
@@ -128,10 +135,30 @@ fn expected_dims<const D: usize>(v: &[usize]) -> [usize; D] {
 /// initial values (see the returned report). Mismatched shapes are always errors, so a
 /// module never silently runs on random weights where the checkpoint had something else.
 pub fn load_module<B: Backend, M: Module<B>>(module: M, sd: &StateDict, strict: Strictness) -> Result<(M, LoadReport)> {
-    let mut loader = Loader { sd, path: Vec::new(), used: BTreeSet::new(), report: LoadReport::default() };
+    run_loader(module, Some(sd), StateDict::new(), strict)
+}
+
+/// [`load_module`] from a state dict it owns: each tensor is freed once converted, so loading
+/// a checkpoint never holds more than the model plus what is left of the checkpoint.
+pub fn load_module_owned<B: Backend, M: Module<B>>(
+    module: M,
+    sd: StateDict,
+    strict: Strictness,
+) -> Result<(M, LoadReport)> {
+    run_loader(module, None, sd, strict)
+}
+
+fn run_loader<B: Backend, M: Module<B>>(
+    module: M,
+    borrowed: Option<&StateDict>,
+    owned: StateDict,
+    strict: Strictness,
+) -> Result<(M, LoadReport)> {
+    let mut loader = Loader { borrowed, owned, path: Vec::new(), used: BTreeSet::new(), report: LoadReport::default() };
     let module = module.map(&mut loader);
     let mut report = loader.report;
-    report.unexpected = sd.keys().filter(|k| !loader.used.contains(*k)).map(String::from).collect();
+    let left = borrowed.unwrap_or(&loader.owned);
+    report.unexpected = left.keys().filter(|k| !loader.used.contains(*k)).map(String::from).collect();
     let fatal = match strict {
         Strictness::Strict => !report.is_clean(),
         Strictness::Partial => report.is_fatal(),

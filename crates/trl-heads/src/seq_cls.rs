@@ -127,7 +127,7 @@ impl<B: Backend> ForSequenceClassification<B> {
         sd.remove("lm_head.weight");
         let n = num_labels_override.unwrap_or(if is_seq_cls(&config) { num_labels(&config) } else { 1 });
         let backbone = AnyCausalLm::init(&config, device)?.without_lm_head();
-        let (backbone, _) = backbone.load(&sd, Strictness::Strict)?;
+        let (backbone, _) = backbone.load(sd, Strictness::Strict)?;
         let mut model = Self::with_fresh_score(backbone, &config, n, device)?;
         let restored = !score_sd.is_empty();
         if restored {

@@ -128,7 +128,7 @@ impl<B: Backend> CausalLmWithValueHead<B> {
         let config = HfConfig::load(dir)?;
         let mut sd = checkpoint::load_dir(dir)?;
         let head_sd = sd.split_off_by(|k| k.starts_with(V_HEAD_PREFIX)).strip_prefix(V_HEAD_PREFIX);
-        let (model, _) = AnyCausalLm::init(&config, device)?.load(&sd, Strictness::Strict)?;
+        let (model, _) = AnyCausalLm::init(&config, device)?.load(sd, Strictness::Strict)?;
         let dropout = opts.summary_dropout_prob.or_else(|| config.get_f64("summary_dropout_prob")).unwrap_or(0.1);
         let head = ValueHead::new(head_hidden_size(&config)?, dropout, opts.init, device);
         let (v_head, source) = if head_sd.is_empty() {

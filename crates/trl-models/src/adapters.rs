@@ -29,7 +29,7 @@ impl<B: Backend> AnyCausalLm<B> {
         }
         let config = HfConfig::load(dir)?;
         let sd = trl_core::checkpoint::load_dir(dir)?;
-        let (model, _) = Self::init(&config, device)?.load(&sd, Strictness::Strict)?;
+        let (model, _) = Self::init(&config, device)?.load(sd, Strictness::Strict)?;
         Ok((model, config))
     }
 }

@@ -11,7 +11,7 @@
 use burn::module::Module;
 use burn::prelude::*;
 
-use trl_core::{load_module, HfConfig, LoadReport, StateDict, Strictness};
+use trl_core::{load_module_owned, HfConfig, LoadReport, StateDict, Strictness};
 
 use crate::backbone::{decode, ArchInfo, Backbone};
 use crate::batch::{Context, TokenBatch};
@@ -108,17 +108,17 @@ impl<B: Backend> AnyCausalLm<B> {
         })
     }
 
-    /// Loads the backbone (and lm_head, if untied) from `sd`, by HF key.
+    /// Loads the backbone (and lm_head, if untied) from `sd`, by HF key, freeing each
+    /// checkpoint tensor once it is converted.
     ///
-    /// `sd` may carry keys of other parts (a value head, a score head): pass them in `extra`
-    /// style by removing them first, or use `Strictness::Partial` and read the report.
-    pub fn load(self, sd: &StateDict, strict: Strictness) -> Result<(Self, LoadReport)> {
-        let mut sd = sd.clone();
+    /// `sd` may carry keys of other parts (a value head, a score head): remove them first, or
+    /// use `Strictness::Partial` and read the report.
+    pub fn load(self, mut sd: StateDict, strict: Strictness) -> Result<(Self, LoadReport)> {
         if dispatch!(&self, m => m.lm_head_tied()) {
             // Tied checkpoints may or may not store the shared matrix again.
             sd.remove("lm_head.weight");
         }
-        Ok(load_module(self, &sd, strict)?)
+        Ok(load_module_owned(self, sd, strict)?)
     }
 
     /// Drops an untied lm_head (for models that put another head on the hidden states).

@@ -1,0 +1,73 @@
+//! Checkpoint tensors to the f32 layout a parameter needs, in one pass on the host: dtype
+//! conversion (F32, F16, BF16, F64), PyTorch `nn.Linear`'s `[out, in]` → burn's `[in, out]`
+//! transpose (cache-blocked), and a count of NaN/infinite values, with no intermediate copy.
+
+use burn::tensor::{DType, TensorData};
+use half::{bf16, f16};
+
+/// Side of the square tiles the transpose copies (both tiles stay in L1: 2 × 32² × 4 bytes).
+const TILE: usize = 32;
+
+/// `data` as f32, `[cols, rows]` when `transpose` (for a `[rows, cols]` input), plus how many
+/// values are NaN or infinite. `None` for a dtype that is not F32, F16, BF16 or F64.
+pub(crate) fn to_f32(data: &TensorData, transpose: bool) -> Option<(Vec<f32>, usize)> {
+    let (rows, cols) = match (transpose, data.shape.as_slice()) {
+        (true, [r, c]) => (*r, *c),
+        _ => (1, data.num_elements()),
+    };
+    let out = match data.dtype {
+        DType::F32 => convert(data.as_slice::<f32>().ok()?, rows, cols, transpose, |x| x),
+        DType::BF16 => convert(data.as_slice::<bf16>().ok()?, rows, cols, transpose, bf16::to_f32),
+        DType::F16 => convert(data.as_slice::<f16>().ok()?, rows, cols, transpose, f16::to_f32),
+        DType::F64 => convert(data.as_slice::<f64>().ok()?, rows, cols, transpose, |x| x as f32),
+        _ => return None,
+    };
+    let bad = out.iter().filter(|v| !v.is_finite()).count();
+    Some((out, bad))
+}
+
+fn convert<T: Copy>(src: &[T], rows: usize, cols: usize, transpose: bool, f: impl Fn(T) -> f32) -> Vec<f32> {
+    if !transpose {
+        return src.iter().map(|&x| f(x)).collect();
+    }
+    let mut out = vec![0f32; src.len()];
+    // Tile by tile: each output row segment is written contiguously from a column of the
+    // tile's source rows, which stay in L1.
+    for r0 in (0..rows).step_by(TILE) {
+        let r1 = (r0 + TILE).min(rows);
+        for c0 in (0..cols).step_by(TILE) {
+            for c in c0..(c0 + TILE).min(cols) {
+                let dst = &mut out[c * rows + r0..c * rows + r1];
+                for (d, r) in dst.iter_mut().zip(r0..r1) {
+                    *d = f(src[r * cols + c]);
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn converts_transposes_and_counts_bad_values() {
+        // sizes that are not multiples of the tile; multiples of 0.5 below 100, which bf16
+        // (8 significant bits) and f16 hold exactly
+        let (r, c) = (37, 70);
+        let value = |i: usize| (i % 200) as f32 * 0.5 - 3.0;
+        let vals: Vec<f32> = (0..r * c).map(value).collect();
+        let want_t: Vec<f32> = (0..c).flat_map(|j| (0..r).map(move |i| value(i * c + j))).collect();
+        let f32_data = TensorData::new(vals.clone(), [r, c]);
+        assert_eq!(to_f32(&f32_data, false).unwrap(), (vals.clone(), 0));
+        assert_eq!(to_f32(&f32_data, true).unwrap(), (want_t.clone(), 0));
+        let b = TensorData::new(vals.iter().map(|&x| bf16::from_f32(x)).collect::<Vec<_>>(), [r, c]);
+        let h = TensorData::new(vals.iter().map(|&x| f16::from_f32(x)).collect::<Vec<_>>(), [r, c]);
+        assert_eq!(to_f32(&b, false).unwrap().0, vals);
+        assert_eq!(to_f32(&h, true).unwrap(), (want_t, 0));
+        let bad = TensorData::new(vec![1.0f32, f32::NAN, f32::INFINITY, -2.0], [2, 2]);
+        assert_eq!(to_f32(&bad, true).unwrap().1, 2);
+        assert!(to_f32(&TensorData::new(vec![1i64, 2], [2]), false).is_none());
+    }
+}
