@@ -16,6 +16,7 @@ use trl_reward::{RewardConfig, RewardTrainer};
 
 use crate::common::{Error, B};
 
+pub(crate) mod real;
 mod trl;
 
 #[derive(clap::Args, Debug)]
@@ -25,7 +26,9 @@ pub struct BenchArgs {
     pub out: PathBuf,
     /// Cases to run: tiny, medium (every row 64 tokens), tiny-varlen, medium-varlen (row
     /// lengths spread over 12–64 tokens, about 40% padding when batched), mixture, trl (the
-    /// built-in `cargo xtask train` job against TRL's RewardTrainer; not in the default set).
+    /// built-in `cargo xtask train` job against TRL's RewardTrainer) and real (a 0.5B bf16
+    /// reward model: first reward, peak RSS and scoring against transformers); the last two
+    /// are not in the default set.
     #[arg(long, value_delimiter = ',', default_value = "tiny,medium,medium-varlen,mixture")]
     pub cases: Vec<String>,
     /// Seconds to spend measuring each number.
@@ -185,10 +188,10 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
     if let Some(bad) = args
         .cases
         .iter()
-        .find(|c| !["mixture", "trl"].contains(&c.as_str()) && !all.iter().any(|k| k.name == c.as_str()))
+        .find(|c| !["mixture", "trl", "real"].contains(&c.as_str()) && !all.iter().any(|k| k.name == c.as_str()))
     {
         let names: Vec<&str> = all.iter().map(|c| c.name).collect();
-        return Err(format!("unknown bench case `{bad}`; cases: {}, mixture, trl", names.join(", ")).into());
+        return Err(format!("unknown bench case `{bad}`; cases: {}, mixture, trl, real", names.join(", ")).into());
     }
     let selected: Vec<&Case> = all.iter().filter(|c| want(c.name)).collect();
     eprintln!("measuring the PyTorch baseline ({} cases)…", selected.len());
@@ -235,6 +238,11 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
                        "recompute_tokens_per_sec": tokens / recompute, "speedup": recompute / cached});
         eprintln!("{m}");
         results.push(m);
+    }
+    if want("real") {
+        let r = real::run(&args.python)?;
+        eprintln!("{r}");
+        results.push(r);
     }
     if want("trl") {
         let r = trl::run(&args.python)?;

@@ -159,6 +159,7 @@ fn read_items(args: &ScoreArgs, m: &ModelDir, limit: &Limit) -> Result<Vec<Item>
 pub fn run(args: ScoreArgs) -> Result<(), Error> {
     let m = ModelDir::open(&args.model)?;
     let device = trl_core::backend::device();
+    let loading = std::time::Instant::now();
     let (mut model, _, has_score) = match &args.adapter {
         Some(a) => ForSequenceClassification::<B>::from_adapter(a, Some(&m.dir), &device)?,
         None if m.kind == Kind::Reward => ForSequenceClassification::<B>::from_pretrained(&m.dir, None, &device)?,
@@ -167,6 +168,7 @@ pub fn run(args: ScoreArgs) -> Result<(), Error> {
             return Err(format!("{} {why}", m.dir.display()).into());
         }
     };
+    crate::bench::real::report_load(loading.elapsed().as_secs_f64());
     if !has_score {
         return Err("neither the model nor the adapter has a trained `score` head: rewards would be random".into());
     }
@@ -206,7 +208,9 @@ pub fn run(args: ScoreArgs) -> Result<(), Error> {
         out.flush()?;
         Ok(())
     };
-    write_output(args.out.as_deref(), emit)
+    write_output(args.out.as_deref(), emit)?;
+    crate::bench::real::report_peak_rss();
+    Ok(())
 }
 
 /// The rewards of every item (per sequence, `num_labels` each), in the items' order, scored

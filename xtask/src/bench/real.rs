@@ -1,0 +1,171 @@
+//! `cargo xtask bench --cases real`: a Qwen2-0.5B-shaped reward model (494M parameters, bf16
+//! safetensors as transformers saves them), built in code with no download, scored by
+//! `cargo xtask score` and by transformers (float32, as users run it on a CPU) in the same run.
+//!
+//! Each figure comes from a separate process, so peak RSS is that of the job alone: the wall
+//! time from process start to the first reward (1 pair), and a 64-pair scoring run (batches
+//! of 32 pairs) whose extra time over the 1-pair run gives pairs/s.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use burn::tensor::DType;
+use serde_json::{json, Value};
+
+use trl_core::{backend, checkpoint, HfConfig, StateDict};
+use trl_heads::ForSequenceClassification;
+use trl_models::AnyCausalLm;
+use trl_reward::synthetic;
+
+use crate::common::{Error, B};
+
+/// Pairs of the throughput run, and pairs per batch.
+const PAIRS: usize = 64;
+const BATCH_PAIRS: usize = 32;
+
+/// Environment variable that makes `score` report its load time and peak RSS on stderr.
+pub const REPORT_ENV: &str = "TRL_BENCH_REPORT";
+
+/// Qwen2-0.5B's shape (`Qwen/Qwen2-0.5B` config.json), one label, the built-in tokenizer's pad id.
+fn config() -> Result<HfConfig, Error> {
+    Ok(HfConfig::from_value(json!({
+        "architectures": ["Qwen2ForSequenceClassification"], "model_type": "qwen2",
+        "vocab_size": 151936, "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
+        "num_attention_heads": 14, "num_key_value_heads": 2, "max_position_embeddings": 32768,
+        "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "tie_word_embeddings": true, "torch_dtype": "bfloat16",
+        "pad_token_id": 0, "eos_token_id": 1, "id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0},
+    }))?)
+}
+
+/// Writes the model (random init, bf16), the built-in tokenizer and the two input files.
+fn build(dir: &Path) -> Result<usize, Error> {
+    let cfg = config()?;
+    let device = backend::device();
+    let backbone = AnyCausalLm::<B>::init(&cfg, &device)?.without_lm_head();
+    let model = ForSequenceClassification::with_fresh_score(backbone, &cfg, 1, &device)?;
+    let mut sd = StateDict::new();
+    let mut params = 0;
+    for (k, t) in model.state_dict().tensors {
+        params += t.num_elements();
+        sd.insert(k, t.convert_dtype(DType::BF16));
+    }
+    drop(model);
+    cfg.save(dir)?;
+    checkpoint::save_weights(&sd, dir, checkpoint::DEFAULT_MAX_SHARD_SIZE)?;
+    synthetic::tokenizer().save(dir)?;
+    let rows = synthetic::rows(PAIRS, 5);
+    let text = |c: &trl_reward::data::Content| match c {
+        trl_reward::data::Content::Text(t) => t.clone(),
+        trl_reward::data::Content::Messages(_) => String::new(),
+    };
+    for (file, n) in [("one.jsonl", 1), ("many.jsonl", PAIRS)] {
+        let lines: Vec<String> = rows[..n]
+            .iter()
+            .map(|r| {
+                let prompt = r.prompt.as_ref().map(text).unwrap_or_default();
+                json!({"prompt": prompt, "chosen": text(&r.chosen), "rejected": text(&r.rejected)}).to_string()
+            })
+            .collect();
+        trl_core::atomic::write_atomic(&dir.join(file), (lines.join("\n") + "\n").as_bytes())?;
+    }
+    Ok(params)
+}
+
+/// Wall seconds of `cmd`, and the `key value` lines it printed on stderr.
+fn timed(mut cmd: Command) -> Result<(f64, Vec<(String, f64)>), Error> {
+    let start = Instant::now();
+    let out = cmd.output()?;
+    let wall = start.elapsed().as_secs_f64();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        return Err(format!("{cmd:?} failed: {}", stderr.lines().last().unwrap_or("")).into());
+    }
+    let text = format!("{stderr}\n{}", String::from_utf8_lossy(&out.stdout));
+    let found = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("bench: "))
+        .filter_map(|l| l.split_once(' ').and_then(|(k, v)| Some((k.to_string(), v.trim().parse().ok()?))))
+        .collect();
+    Ok((wall, found))
+}
+
+fn get(found: &[(String, f64)], key: &str) -> Option<f64> {
+    found.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
+}
+
+/// One side's figures from its 1-pair and 64-pair runs.
+fn figures(one: (f64, Vec<(String, f64)>), many: (f64, Vec<(String, f64)>)) -> Value {
+    let rate = PAIRS as f64 - 1.0;
+    json!({
+        "first_reward_s": one.0,
+        "load_s": get(&one.1, "load_s"),
+        "peak_rss_gb_first": get(&one.1, "peak_rss_kb").map(|k| k / 1e6),
+        "peak_rss_gb_scoring": get(&many.1, "peak_rss_kb").map(|k| k / 1e6),
+        "score_pairs_per_sec": rate / (many.0 - one.0).max(1e-3),
+    })
+}
+
+pub fn run(python: &str) -> Result<Value, Error> {
+    let dir = std::env::temp_dir().join(format!("trl-bench-real-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    eprintln!("real: writing a Qwen2-0.5B-shaped bf16 reward model to {}…", dir.display());
+    let params = build(&dir)?;
+    let exe = std::env::current_exe()?;
+    let ours = |input: &str| {
+        let mut c = Command::new(&exe);
+        c.args(["score", "--model"]).arg(&dir).arg("--input").arg(dir.join(input));
+        c.args(["--batch-size", &(2 * BATCH_PAIRS).to_string()]).env(REPORT_ENV, "1");
+        timed(c)
+    };
+    eprintln!("real: ours…");
+    let (one, many) = (ours("one.jsonl")?, ours("many.jsonl")?);
+    let ours = figures(one, many);
+    eprintln!("real: ours {ours}");
+    let theirs = (python != "none")
+        .then(|| -> Result<Value, Error> {
+            let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench/real_baseline.py");
+            let run = |input: &str| {
+                let mut c = Command::new(python);
+                c.arg(&script).arg(&dir).arg(dir.join(input)).arg(BATCH_PAIRS.to_string());
+                timed(c)
+            };
+            eprintln!("real: transformers…");
+            Ok(figures(run("one.jsonl")?, run("many.jsonl")?))
+        })
+        .transpose()
+        .unwrap_or_else(|e| {
+            eprintln!("transformers baseline skipped: {e}");
+            None
+        });
+    let _ = std::fs::remove_dir_all(&dir);
+    let ratio = |key: &str| theirs.as_ref().and_then(|t| Some(ours.get(key)?.as_f64()? / t.get(key)?.as_f64()?));
+    Ok(json!({
+        "name": "real", "model": "Qwen2ForSequenceClassification, Qwen2-0.5B shape, bf16 safetensors",
+        "parameters": params, "pairs": PAIRS, "batch_pairs": BATCH_PAIRS, "ours": ours, "transformers": theirs,
+        "first_reward_ratio": ratio("first_reward_s"), "peak_rss_ratio": ratio("peak_rss_gb_scoring"),
+        "score_speedup": ratio("score_pairs_per_sec"),
+    }))
+}
+
+/// What `score` prints when [`REPORT_ENV`] is set: its peak resident memory so far.
+pub fn report_peak_rss() {
+    if std::env::var_os(REPORT_ENV).is_none() {
+        return;
+    }
+    let peak = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(String::from))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()));
+    if let Some(kb) = peak {
+        eprintln!("bench: peak_rss_kb {kb}");
+    }
+}
+
+/// What `score` prints when [`REPORT_ENV`] is set: seconds spent loading the model.
+pub fn report_load(seconds: f64) {
+    if std::env::var_os(REPORT_ENV).is_some() {
+        eprintln!("bench: load_s {seconds}");
+    }
+}
