@@ -295,7 +295,7 @@ fn lora_settings_follow_trl_and_peft() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("cfg.toml");
     std::fs::write(&path, "learning_rate = 2e-4\n[lora]\nlora_r = 4\nuse_rslora = true\n").unwrap();
-    let cfg = RewardConfig::from_file(&path).unwrap();
+    let cfg = trl_reward::config_file::read(&path).unwrap().0;
     let l = cfg.lora.clone().expect("a lora section turns LoRA on");
     assert_eq!((l.r, l.alpha, l.dropout, l.use_rslora), (4, 32.0, 0.05, true), "TRL ModelConfig defaults");
     assert_eq!(RewardConfig::default().lora, None);
@@ -312,5 +312,5 @@ fn lora_settings_follow_trl_and_peft() {
     assert_eq!(all.lora_config("llama").unwrap().target_modules, TargetModules::AllLinear);
     assert!(LoraSettings::default().lora_config("bert").unwrap_err().to_string().contains("target_modules"));
     std::fs::write(&path, "[lora]\nr = 0\n").unwrap();
-    assert!(RewardConfig::from_file(&path).is_err());
+    assert!(trl_reward::config_file::read(&path).is_err());
 }

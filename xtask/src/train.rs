@@ -149,7 +149,13 @@ type Error = Box<dyn std::error::Error>;
 pub fn run(args: TrainArgs) -> Result<(), Error> {
     let builtin = args.model.is_none() && args.init_config.is_none() && args.train_file.is_none();
     let mut cfg = match &args.config {
-        Some(p) => RewardConfig::from_file(p)?,
+        Some(p) => {
+            let (cfg, ignored) = trl_reward::config_file::read(p)?;
+            if !ignored.is_empty() {
+                eprintln!("warning: {}: these settings have no effect in trl-rs: {}", p.display(), ignored.join(", "));
+            }
+            cfg
+        }
         None if builtin => synthetic::training_config(),
         None => RewardConfig::default(),
     };

@@ -165,6 +165,15 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
         })
     }
 
+    /// Removes the oldest `checkpoint-N` directories beyond `save_total_limit`.
+    pub(crate) fn prune_checkpoints(&self) -> Result<()> {
+        let Some(limit) = self.config.save_total_limit else { return Ok(()) };
+        for old in checkpoints_newest_first(&self.config.output_dir).into_iter().skip(limit) {
+            std::fs::remove_dir_all(&old).map_err(|e| RewardError::io(&old, e))?;
+        }
+        Ok(())
+    }
+
     /// Writes `checkpoint-<step>` (model, optimizer, state) via a temp directory (unique to this
     /// process) and a rename.
     pub fn save_checkpoint(&self) -> Result<PathBuf> {

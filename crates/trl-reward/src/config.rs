@@ -1,7 +1,7 @@
 //! `RewardConfig`: TRL 1.x's defaults, under transformers' field names so a TRL config file
-//! reads as is (TOML or JSON; unknown fields are an error naming them).
+//! reads as is (files are read by [`crate::config_file`]).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use trl_core::peft::{LoraConfig, TargetModules};
@@ -26,10 +26,24 @@ pub struct RewardConfig {
     pub max_length: Option<usize>,
     pub center_rewards_coefficient: Option<f64>,
     pub logging_steps: u64,
+    /// Also log after the first optimizer step.
+    pub logging_first_step: bool,
+    /// With an eval set: `steps` evaluates every `eval_steps` (if set), `epoch` at the end of
+    /// each epoch, `no` never before the end; the end of training always evaluates.
+    pub eval_strategy: IntervalStrategy,
     /// Evaluate every N optimizer steps (and at the end) when an eval set is given.
     pub eval_steps: Option<u64>,
+    /// `steps`: a checkpoint every `save_steps`; `epoch`: at the end of each epoch; `no`: none
+    /// before the end (the last step's checkpoint is always written, so a run can be resumed).
+    pub save_strategy: IntervalStrategy,
     pub save_steps: u64,
+    /// Keep at most this many `checkpoint-N` directories (the oldest go first).
+    pub save_total_limit: Option<usize>,
     pub seed: u64,
+    /// Seed of the shuffling order (default: `seed`).
+    pub data_seed: Option<u64>,
+    /// `adamw_torch` (or `adamw_torch_fused`, the same update); other optimizers are an error.
+    pub optim: String,
     /// Shuffle the training pairs each epoch (seeded by `seed` and the epoch, so a resumed run
     /// replays the same order). `false` reads them in file order every epoch, as a
     /// `SequentialSampler` would: for step-by-step comparisons with another trainer.
@@ -62,6 +76,27 @@ pub struct RewardConfig {
     pub eval_split: f64,
     /// Train a LoRA adapter (and `score`) on a frozen base instead of the whole model.
     pub lora: Option<LoraSettings>,
+}
+
+/// transformers' `IntervalStrategy`: when to evaluate or save.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IntervalStrategy {
+    No,
+    #[default]
+    Steps,
+    Epoch,
+}
+
+impl IntervalStrategy {
+    /// Whether a step is due: every `every` steps (`Steps`), or at an epoch's end (`Epoch`).
+    pub fn due(self, step: u64, every: Option<u64>, epoch_end: bool) -> bool {
+        match self {
+            IntervalStrategy::No => false,
+            IntervalStrategy::Steps => every.is_some_and(|e| step.is_multiple_of(e)),
+            IntervalStrategy::Epoch => epoch_end,
+        }
+    }
 }
 
 /// A LoRA adapter to train: TRL's `ModelConfig` `lora_*` fields and defaults (the `lora_`
@@ -171,9 +206,15 @@ impl Default for RewardConfig {
             max_length: Some(1024),
             center_rewards_coefficient: None,
             logging_steps: 10,
+            logging_first_step: false,
+            eval_strategy: IntervalStrategy::Steps,
             eval_steps: None,
+            save_strategy: IntervalStrategy::Steps,
             save_steps: 500,
+            save_total_limit: None,
             seed: 42,
+            data_seed: None,
+            optim: "adamw_torch".into(),
             shuffle: true,
             warmup_steps: 0,
             warmup_ratio: 0.0,
@@ -206,18 +247,6 @@ fn range_of(name: &str) -> &'static str {
 }
 
 impl RewardConfig {
-    /// Reads a `.toml` or `.json` config file.
-    pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| RewardError::io(path, e))?;
-        let bad = |reason: String| RewardError::Data { path: path.to_path_buf(), reason };
-        let cfg: Self = match path.extension().and_then(|e| e.to_str()) {
-            Some("toml") => toml::from_str(&text).map_err(|e| bad(e.to_string()))?,
-            _ => serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?,
-        };
-        cfg.validate()?;
-        Ok(cfg)
-    }
-
     /// Rejects settings that cannot train.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: &str| Err(RewardError::Config(m.into()));
@@ -269,6 +298,15 @@ impl RewardConfig {
         }
         if let Some(l) = &self.lora {
             l.validate()?;
+        }
+        if !["adamw_torch", "adamw_torch_fused"].contains(&self.optim.as_str()) {
+            return Err(RewardError::Config(format!(
+                "optim `{}` is not supported: trl-rs trains with PyTorch's AdamW (optim = \"adamw_torch\")",
+                self.optim
+            )));
+        }
+        if self.save_total_limit == Some(0) {
+            return bad("save_total_limit must be at least 1 when set");
         }
         // the kwargs' names and values, before a run's step count is known
         Schedule::new(self.lr_scheduler_type, &self.lr_scheduler_kwargs, self.learning_rate, 0, u64::MAX / 4)

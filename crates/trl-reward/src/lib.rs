@@ -35,6 +35,7 @@ mod chat_limits;
 mod checkpoint;
 pub mod collate;
 mod config;
+pub mod config_file;
 pub mod data;
 mod error;
 mod exact;
@@ -51,7 +52,7 @@ pub mod synthetic;
 mod trainer;
 
 pub use checkpoint::Resumed;
-pub use config::{LoraSettings, RewardConfig};
+pub use config::{IntervalStrategy, LoraSettings, RewardConfig};
 pub use error::{Result, RewardError};
 pub use state::{LogEntry, LogWindow, Sample, Summary, TrainerState};
 pub use trainer::{Event, Job, RewardTrainer, ADAPTER_NAME};

@@ -67,7 +67,7 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
                 self.state.batch_in_epoch = 0;
             }
             let order = if cfg.shuffle {
-                epoch_order(train.len(), cfg.seed, self.state.epoch)
+                epoch_order(train.len(), cfg.data_seed.unwrap_or(cfg.seed), self.state.epoch)
             } else {
                 (0..train.len()).collect()
             };
@@ -120,7 +120,8 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
             self.state.window.steps += 1;
             self.state.window.metrics.extend(step_metrics.into_iter().map(PairMetrics::json_exact));
             stop |= on_event(Event::Step { step, total, loss: step_loss }).is_break();
-            if step.is_multiple_of(cfg.logging_steps) || step == total {
+            let epoch_end = self.state.batch_in_epoch >= batches_per_epoch;
+            if step.is_multiple_of(cfg.logging_steps) || step == total || (step == 1 && cfg.logging_first_step) {
                 let window = std::mem::take(&mut self.state.window);
                 let secs = start.elapsed().as_secs_f64().max(1e-9);
                 let entry = LogEntry {
@@ -136,12 +137,13 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
                 };
                 stop |= self.log(entry, on_event)?;
             }
-            if !eval.is_empty() && (cfg.eval_steps.is_some_and(|e| step.is_multiple_of(e)) || step == total) {
+            if !eval.is_empty() && (cfg.eval_strategy.due(step, cfg.eval_steps, epoch_end) || step == total) {
                 let entry = self.evaluate(eval)?;
                 stop |= self.log(entry, on_event)?;
             }
-            if step.is_multiple_of(cfg.save_steps) || step == total {
+            if cfg.save_strategy.due(step, Some(cfg.save_steps), epoch_end) || step == total {
                 let dir = self.save_checkpoint()?;
+                self.prune_checkpoints()?;
                 stop |= on_event(Event::Checkpoint(&dir)).is_break();
             }
         }
