@@ -5,6 +5,7 @@
 
 mod bench;
 mod common;
+mod eval;
 mod forward;
 mod generate;
 mod score;
@@ -33,6 +34,9 @@ enum Command {
     Forward(forward::ForwardArgs),
     /// Score texts or preference pairs with a reward model (JSONL in, JSONL out).
     Score(score::ScoreArgs),
+    /// Evaluate a reward model on a labelled preference set (RewardBench-style accuracy per
+    /// subset and section, margins, calibration).
+    Eval(Box<eval::EvalArgs>),
     /// Generate completions from a model or a geometric mixture (Nash-MD).
     Generate(generate::GenerateArgs),
     /// Measure training, scoring and generation throughput against PyTorch (JSON out).
@@ -45,6 +49,7 @@ fn main() {
         Command::Train(args) => train::run(*args),
         Command::Forward(args) => forward::run(args),
         Command::Score(args) => score::run(args),
+        Command::Eval(args) => eval::run(*args),
         Command::Generate(args) => generate::run(args),
         Command::Bench(args) => bench::run(args),
     };

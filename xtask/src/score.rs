@@ -25,7 +25,7 @@ pub struct ScoreArgs {
     /// (UTF-8, a byte-order mark allowed, blank lines skipped), or Parquet when the name ends
     /// in `.parquet`. Each output row is the input row plus `reward`, or `chosen_reward`,
     /// `rejected_reward` and `p_chosen`.
-    #[arg(long)]
+    #[arg(long, alias = "data")]
     pub input: PathBuf,
     /// Texts per forward pass (a pair counts two).
     #[arg(long, default_value_t = 16)]
@@ -156,7 +156,17 @@ fn read_items(args: &ScoreArgs, m: &ModelDir, limit: &Limit) -> Result<Vec<Item>
     Ok(items)
 }
 
-pub fn run(args: ScoreArgs) -> Result<(), Error> {
+/// One scored input row: its JSON, whether it is a pair, the sides cut, and the rewards of
+/// its sequences (`num_labels` each).
+pub(crate) struct Scored {
+    pub value: Value,
+    pub pair: bool,
+    pub truncated: Vec<bool>,
+    pub rewards: Vec<f32>,
+}
+
+/// Loads the model and scores every row of `args.input`, in input order.
+pub(crate) fn score_file(args: &ScoreArgs) -> Result<Vec<Scored>, Error> {
     let m = ModelDir::open(&args.model)?;
     let device = trl_core::backend::device();
     let loading = std::time::Instant::now();
@@ -175,14 +185,23 @@ pub fn run(args: ScoreArgs) -> Result<(), Error> {
     let pad = m.pad_id()?;
     model.pad_token_id = model.pad_token_id.or(Some(pad));
     let limit = Limit::new(args.max_length, model.backbone.max_positions(), args.truncation)?;
-    let items = read_items(&args, &m, &limit)?;
-
+    let items = read_items(args, &m, &limit)?;
     let rewards = score_sorted(&model, &items, pad, (args.batch_size / 2).max(1))?;
+    Ok(items
+        .into_iter()
+        .zip(rewards)
+        .map(|(i, rewards)| Scored { value: i.value, pair: i.pair, truncated: i.truncated, rewards })
+        .collect())
+}
+
+pub fn run(args: ScoreArgs) -> Result<(), Error> {
+    let items = score_file(&args)?;
     let emit = |out: &mut dyn Write| -> Result<(), Error> {
-        for (item, r) in items.iter().zip(&rewards) {
+        for item in &items {
+            let r = &item.rewards;
             let mut o = item.value.clone();
             let obj = o.as_object_mut().ok_or("row is not an object")?;
-            let labels = r.len() / item.ids.len();
+            let labels = r.len() / if item.pair { 2 } else { 1 };
             if item.pair {
                 let (c, r) = (r[0], r[labels]);
                 obj.insert("chosen_reward".into(), json!(c));

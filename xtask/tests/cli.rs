@@ -222,7 +222,7 @@ fn bad_input_is_a_clear_error() {
 fn help_lists_every_subcommand() {
     let (ok, out, _) = xtask(&["--help"]);
     assert!(ok);
-    for cmd in ["train", "forward", "score", "generate", "bench"] {
+    for cmd in ["train", "forward", "score", "eval", "generate", "bench"] {
         assert!(out.contains(cmd), "--help lacks `{cmd}`:\n{out}");
     }
 }
