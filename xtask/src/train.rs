@@ -211,8 +211,10 @@ pub fn run(args: TrainArgs) -> Result<(), Error> {
         eprintln!("resumed from {} at step {}", ckpt.display(), trainer.state.global_step);
     }
     let tty = std::io::stderr().is_terminal();
+    let pairs_per_step = trainer.config.per_device_train_batch_size * trainer.config.gradient_accumulation_steps;
+    let mut progress = Progress::new(pairs_per_step);
     let summary = trainer.train(&train, &eval, dropped, &mut |ev| {
-        report(ev, tty);
+        report(ev, tty, &mut progress);
         ControlFlow::Continue(())
     })?;
     if tty {
@@ -232,13 +234,53 @@ pub fn run(args: TrainArgs) -> Result<(), Error> {
     Ok(())
 }
 
-fn report(ev: Event, tty: bool) {
+/// The terminal progress line: steps, ETA, pairs/s and a running loss.
+struct Progress {
+    start: std::time::Instant,
+    /// The first step this run took (a resumed run starts past 1).
+    first: Option<u64>,
+    pairs_per_step: usize,
+    /// Exponential moving average of the step loss (weight 0.1 on the newest).
+    loss: Option<f64>,
+}
+
+impl Progress {
+    fn new(pairs_per_step: usize) -> Self {
+        Self { start: std::time::Instant::now(), first: None, pairs_per_step, loss: None }
+    }
+
+    fn line(&mut self, step: u64, total: u64, loss: f64) -> String {
+        let first = *self.first.get_or_insert(step);
+        self.loss = Some(self.loss.map_or(loss, |l| 0.9 * l + 0.1 * loss));
+        let done = (step + 1 - first) as f64;
+        let secs = self.start.elapsed().as_secs_f64().max(1e-9);
+        let eta = secs / done * total.saturating_sub(step) as f64;
+        let width = 30;
+        let filled = (step as usize * width) / total.max(1) as usize;
+        format!(
+            "\r[{}{}] {step}/{total} ETA {} {:.0} pairs/s loss {:.4}   ",
+            "#".repeat(filled),
+            ".".repeat(width - filled),
+            clock(eta),
+            done * self.pairs_per_step as f64 / secs,
+            self.loss.unwrap_or(loss)
+        )
+    }
+}
+
+/// `h:mm:ss` (or `m:ss` under an hour).
+fn clock(secs: f64) -> String {
+    let s = secs.round() as u64;
+    if s >= 3600 {
+        format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+    } else {
+        format!("{}:{:02}", s / 60, s % 60)
+    }
+}
+
+fn report(ev: Event, tty: bool, progress: &mut Progress) {
     match ev {
-        Event::Step { step, total, loss } if tty => {
-            let width = 30;
-            let done = (step as usize * width) / total.max(1) as usize;
-            eprint!("\r[{}{}] {step}/{total} loss {loss:.4}   ", "#".repeat(done), ".".repeat(width - done));
-        }
+        Event::Step { step, total, loss } if tty => eprint!("{}", progress.line(step, total, loss)),
         Event::Step { .. } => {}
         Event::Log(e) => {
             let lead = if tty { "\r" } else { "" };
@@ -254,5 +296,22 @@ fn report(ev: Event, tty: bool) {
             }
         }
         Event::Warning(w) => eprintln!("{}warning: {w}", if tty { "\r" } else { "" }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_line_has_eta_rate_and_running_loss() {
+        assert_eq!(clock(65.2), "1:05");
+        assert_eq!(clock(3725.0), "1:02:05");
+        let mut p = Progress::new(16);
+        let first = p.line(11, 20, 1.0);
+        assert!(first.contains("11/20 ETA") && first.contains("pairs/s loss 1.0000"), "{first}");
+        // a resumed run counts from its first step; the loss is a moving average
+        let next = p.line(12, 20, 0.0);
+        assert!(next.contains("12/20") && next.contains("loss 0.9000"), "{next}");
     }
 }
