@@ -69,4 +69,61 @@ fn unknown_and_unsupported_settings_are_errors() {
     assert!(e.contains("optim `adafactor` is not supported"), "{e}");
     let e = run(r#"{"save_strategy": "sometimes"}"#);
     assert!(e.contains("save_strategy"), "{e}");
+    let e = run(r#"{"load_best_model_at_end": true, "eval_steps": 3, "save_steps": 4}"#);
+    assert!(e.contains("save_steps a multiple of eval_steps"), "{e}");
+    let e = run(r#"{"load_best_model_at_end": true, "eval_steps": 2, "save_steps": 4, "metric_for_best_model": "f1"}"#);
+    assert!(e.contains("metric_for_best_model `f1`"), "{e}");
+}
+
+/// `load_best_model_at_end`: the final model is the checkpoint of the best evaluation, which
+/// `save_total_limit` keeps besides the newest. Run with both directions of the eval loss, so
+/// that in one of them the best is not the last evaluation.
+#[test]
+fn the_best_checkpoint_becomes_the_final_model() {
+    let mut earlier_best = 0;
+    for greater in [true, false] {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("run");
+        let cfg = tmp.path().join("c.json");
+        let body = serde_json::json!({
+            "output_dir": out, "max_steps": 12, "learning_rate": 1e-3, "per_device_train_batch_size": 4,
+            "logging_steps": 4, "eval_steps": 4, "save_steps": 4, "save_total_limit": 1,
+            "load_best_model_at_end": true, "metric_for_best_model": "eval_loss", "greater_is_better": greater,
+        });
+        std::fs::write(&cfg, body.to_string()).unwrap();
+        let run = Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .args(["train", "--config", cfg.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(run.status.success(), "{stderr}");
+        let evals: Vec<(u64, f64)> = std::fs::read_to_string(out.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|l| l["split"] == "eval")
+            .map(|l| (l["step"].as_u64().unwrap(), l["loss"].as_f64().unwrap()))
+            .collect();
+        assert_eq!(evals.iter().map(|e| e.0).collect::<Vec<_>>(), [4, 8, 12]);
+        let better = |a: f64, b: f64| if greater { a > b } else { a < b };
+        let best = evals.iter().fold(evals[0], |b, e| if better(e.1, b.1) { *e } else { b }).0;
+        let model = |dir: &Path| std::fs::read(dir.join("model.safetensors")).unwrap();
+        assert_eq!(model(&out), model(&out.join(format!("checkpoint-{best}"))), "final model = checkpoint-{best}");
+        if best != 12 {
+            earlier_best += 1;
+            assert!(stderr.contains("the final model is"), "{stderr}");
+            assert_ne!(model(&out), model(&out.join("checkpoint-12")));
+        }
+        let mut left: Vec<String> = std::fs::read_dir(&out)
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with("checkpoint-"))
+            .collect();
+        left.sort();
+        let mut want = vec![format!("checkpoint-{best}"), "checkpoint-12".to_string()];
+        want.sort();
+        want.dedup();
+        assert_eq!(left, want, "save_total_limit 1 keeps the best and the newest");
+    }
+    assert!(earlier_best >= 1, "in one direction the best evaluation is not the last");
 }

@@ -61,8 +61,23 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
     /// (`name: old → new`), which the caller should show.
     pub fn resume_from(&mut self, dir: &Path) -> Result<Vec<String>> {
         let device = self.model.backbone.device();
+        let model = self.weights_from(dir)?;
+        let state_path = dir.join(STATE_FILE);
+        let text = std::fs::read_to_string(&state_path).map_err(|e| RewardError::io(&state_path, e))?;
+        let state = serde_json::from_str(&text)
+            .map_err(|e| RewardError::Data { path: state_path.clone(), reason: e.to_string() })?;
+        let sd = checkpoint::load_safetensors(&dir.join(OPTIMIZER_FILE))?;
+        self.model = model;
+        self.state = state;
+        self.optimizer.load_state_dict(&sd, &param_ids(&self.model), self.state.global_step, &device);
+        Ok(self.changed_settings(dir))
+    }
+
+    /// The model (or adapter) weights of checkpoint `dir`, for this trainer's kind of run.
+    fn weights_from(&self, dir: &Path) -> Result<ForSequenceClassification<B>> {
+        let device = self.model.backbone.device();
         let is_adapter = peft::is_adapter_dir(dir);
-        let model = match &self.adapter {
+        Ok(match &self.adapter {
             Some(name) if is_adapter => self.model.clone().load_adapter_weights(dir, name)?,
             None if !is_adapter => ForSequenceClassification::<B>::from_pretrained(dir, None, &device)?.0,
             Some(name) => {
@@ -79,16 +94,7 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
                     dir.display()
                 )))
             }
-        };
-        let state_path = dir.join(STATE_FILE);
-        let text = std::fs::read_to_string(&state_path).map_err(|e| RewardError::io(&state_path, e))?;
-        let state = serde_json::from_str(&text)
-            .map_err(|e| RewardError::Data { path: state_path.clone(), reason: e.to_string() })?;
-        let sd = checkpoint::load_safetensors(&dir.join(OPTIMIZER_FILE))?;
-        self.model = model;
-        self.state = state;
-        self.optimizer.load_state_dict(&sd, &param_ids(&self.model), self.state.global_step, &device);
-        Ok(self.changed_settings(dir))
+        })
     }
 
     /// Resumes from the newest checkpoint in `output_dir` that loads; damaged or incomplete
@@ -168,10 +174,39 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
     /// Removes the oldest `checkpoint-N` directories beyond `save_total_limit`.
     pub(crate) fn prune_checkpoints(&self) -> Result<()> {
         let Some(limit) = self.config.save_total_limit else { return Ok(()) };
-        for old in checkpoints_newest_first(&self.config.output_dir).into_iter().skip(limit) {
+        // the best checkpoint stays (as transformers keeps it), besides the newest others
+        let best = self.best_checkpoint();
+        let mut others = checkpoints_newest_first(&self.config.output_dir);
+        // besides the best: the newest limit − 1 others, and always the newest checkpoint
+        let keep = match &best {
+            None => limit,
+            Some(b) if others.first() == Some(b) => limit - 1,
+            Some(_) => (limit - 1).max(1),
+        };
+        others.retain(|d| Some(d) != best.as_ref());
+        for old in others.into_iter().skip(keep) {
             std::fs::remove_dir_all(&old).map_err(|e| RewardError::io(&old, e))?;
         }
         Ok(())
+    }
+
+    /// The checkpoint of the best evaluation so far, with `load_best_model_at_end`.
+    pub(crate) fn best_checkpoint(&self) -> Option<PathBuf> {
+        let step = self.state.best_step.filter(|_| self.config.load_best_model_at_end)?;
+        Some(self.config.output_dir.join(format!("checkpoint-{step}")))
+    }
+
+    /// With `load_best_model_at_end`, makes the model the best checkpoint's; returns a line to
+    /// tell the user, if it changed anything.
+    pub(crate) fn load_best(&mut self) -> Result<Option<String>> {
+        let Some(dir) = self.best_checkpoint() else { return Ok(None) };
+        if self.state.best_step == Some(self.state.global_step) {
+            return Ok(None);
+        }
+        self.model = self.weights_from(&dir)?;
+        let (name, _) = self.config.best_metric()?;
+        let value = self.state.best_metric.unwrap_or(f64::NAN);
+        Ok(Some(format!("the final model is {}'s, the best eval {name} ({value})", dir.display())))
     }
 
     /// Writes `checkpoint-<step>` (model, optimizer, state) via a temp directory (unique to this

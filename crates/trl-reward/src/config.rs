@@ -37,8 +37,17 @@ pub struct RewardConfig {
     /// before the end (the last step's checkpoint is always written, so a run can be resumed).
     pub save_strategy: IntervalStrategy,
     pub save_steps: u64,
-    /// Keep at most this many `checkpoint-N` directories (the oldest go first).
+    /// Keep at most this many `checkpoint-N` directories (the oldest go first; the best one
+    /// stays while `load_best_model_at_end`).
     pub save_total_limit: Option<usize>,
+    /// At the end, the final model is the checkpoint with the best `metric_for_best_model`
+    /// (evaluation and checkpoints must then share a schedule, as transformers requires).
+    pub load_best_model_at_end: bool,
+    /// `loss` (default), `accuracy`, `margin`, `mean_reward`, … of the eval log line; an
+    /// `eval_` prefix is allowed.
+    pub metric_for_best_model: Option<String>,
+    /// Default: false for a metric ending in `loss`, true otherwise (transformers' rule).
+    pub greater_is_better: Option<bool>,
     pub seed: u64,
     /// Seed of the shuffling order (default: `seed`).
     pub data_seed: Option<u64>,
@@ -212,6 +221,9 @@ impl Default for RewardConfig {
             save_strategy: IntervalStrategy::Steps,
             save_steps: 500,
             save_total_limit: None,
+            load_best_model_at_end: false,
+            metric_for_best_model: None,
+            greater_is_better: None,
             seed: 42,
             data_seed: None,
             optim: "adamw_torch".into(),
@@ -305,12 +317,39 @@ impl RewardConfig {
                 self.optim
             )));
         }
+        if self.load_best_model_at_end {
+            let aligned = match (self.eval_strategy, self.save_strategy) {
+                (IntervalStrategy::Steps, IntervalStrategy::Steps) => {
+                    self.eval_steps.is_some_and(|e| self.save_steps.is_multiple_of(e))
+                }
+                (e, s) => e == s,
+            };
+            if !aligned {
+                return bad("load_best_model_at_end needs eval_strategy equal to save_strategy and, by steps, \
+                            save_steps a multiple of eval_steps (so every best evaluation has a checkpoint)");
+            }
+            self.best_metric()?;
+        }
         if self.save_total_limit == Some(0) {
             return bad("save_total_limit must be at least 1 when set");
         }
         // the kwargs' names and values, before a run's step count is known
         Schedule::new(self.lr_scheduler_type, &self.lr_scheduler_kwargs, self.learning_rate, 0, u64::MAX / 4)
             .map(|_| ())
+    }
+
+    /// The eval metric `load_best_model_at_end` compares, and whether greater is better.
+    pub fn best_metric(&self) -> Result<(String, bool)> {
+        let name = self.metric_for_best_model.as_deref().unwrap_or("loss");
+        let name = name.strip_prefix("eval_").unwrap_or(name).to_string();
+        if !["loss", "accuracy", "margin", "min_reward", "mean_reward", "max_reward"].contains(&name.as_str()) {
+            return Err(RewardError::Config(format!(
+                "metric_for_best_model `{name}` is not an eval metric here (loss, accuracy, margin, min_reward, \
+                 mean_reward, max_reward)"
+            )));
+        }
+        let greater = self.greater_is_better.unwrap_or(!name.ends_with("loss"));
+        Ok((name, greater))
     }
 
     /// The learning-rate schedule of a run of `total` optimizer steps.

@@ -139,6 +139,7 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
             }
             if !eval.is_empty() && (cfg.eval_strategy.due(step, cfg.eval_steps, epoch_end) || step == total) {
                 let entry = self.evaluate(eval)?;
+                self.track_best(&entry)?;
                 stop |= self.log(entry, on_event)?;
             }
             if cfg.save_strategy.due(step, Some(cfg.save_steps), epoch_end) || step == total {
@@ -159,9 +160,39 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
             pairs_per_sec: pairs_done as f64 / seconds.max(1e-9),
         };
         if self.state.global_step >= total {
+            if let Some(note) = self.load_best()? {
+                let _ = on_event(Event::Warning(&note));
+            }
             self.save_final(&summary, if eval.is_empty() { train } else { eval })?;
         }
         Ok(summary)
+    }
+
+    /// Records `entry` as the best evaluation if it beats the best so far on
+    /// `metric_for_best_model` (with `load_best_model_at_end`).
+    fn track_best(&mut self, entry: &LogEntry) -> Result<()> {
+        if !self.config.load_best_model_at_end {
+            return Ok(());
+        }
+        let (name, greater) = self.config.best_metric()?;
+        let m = &entry.metrics;
+        let value = match name.as_str() {
+            "loss" => entry.loss,
+            "accuracy" => m.accuracy,
+            "margin" => m.margin,
+            "min_reward" => m.min_reward,
+            "mean_reward" => m.mean_reward,
+            _ => m.max_reward,
+        };
+        let better = match self.state.best_metric {
+            None => true,
+            Some(best) => (greater && value > best) || (!greater && value < best),
+        };
+        if better {
+            self.state.best_metric = Some(value);
+            self.state.best_step = Some(entry.step);
+        }
+        Ok(())
     }
 
     fn epoch_float(&self, batches_per_epoch: usize) -> f64 {

@@ -58,6 +58,11 @@ pub struct TrainerState {
     /// Steps since the last training log line, not yet logged.
     #[serde(default)]
     pub window: LogWindow,
+    /// The best value of `metric_for_best_model` so far, and the step of that evaluation.
+    #[serde(default)]
+    pub best_metric: Option<f64>,
+    #[serde(default)]
+    pub best_step: Option<u64>,
 }
 
 /// The training steps since the last log line (a log line averages them).
