@@ -26,25 +26,67 @@ pub(crate) fn to_f32(data: &TensorData, transpose: bool) -> Option<(Vec<f32>, us
     Some((out, bad))
 }
 
-fn convert<T: Copy>(src: &[T], rows: usize, cols: usize, transpose: bool, f: impl Fn(T) -> f32) -> Vec<f32> {
-    if !transpose {
-        return src.iter().map(|&x| f(x)).collect();
-    }
+/// Below this many values a tensor is converted on one thread (spawning costs more).
+const PARALLEL_FROM: usize = 1 << 20;
+
+fn convert<T: Copy + Sync>(
+    src: &[T],
+    rows: usize,
+    cols: usize,
+    transpose: bool,
+    f: impl Fn(T) -> f32 + Sync,
+) -> Vec<f32> {
     let mut out = vec![0f32; src.len()];
-    // Tile by tile: each output row segment is written contiguously from a column of the
-    // tile's source rows, which stay in L1.
+    // output rows: `cols` of `rows` values when transposing, else one row of everything
+    let (out_rows, width) = if transpose { (cols, rows) } else { (1, src.len()) };
+    let threads =
+        if src.len() >= PARALLEL_FROM { std::thread::available_parallelism().map_or(1, |n| n.get()).min(8) } else { 1 };
+    if threads == 1 || width == 0 {
+        fill(&mut out, 0, src, rows, cols, transpose, &f);
+        return out;
+    }
+    // Each thread fills a contiguous block of the output (and first touches its pages).
+    let per = if transpose { out_rows.div_ceil(threads) * width } else { src.len().div_ceil(threads) };
+    std::thread::scope(|scope| {
+        for (k, block) in out.chunks_mut(per).enumerate() {
+            let f = &f;
+            scope.spawn(move || fill(block, k * per, src, rows, cols, transpose, f));
+        }
+    });
+    out
+}
+
+/// Fills `out`, the block of the result that starts at flat index `start`.
+fn fill<T: Copy>(
+    out: &mut [f32],
+    start: usize,
+    src: &[T],
+    rows: usize,
+    cols: usize,
+    transpose: bool,
+    f: &impl Fn(T) -> f32,
+) {
+    if !transpose {
+        let n = out.len();
+        for (o, &x) in out.iter_mut().zip(&src[start..start + n]) {
+            *o = f(x);
+        }
+        return;
+    }
+    // Output rows `c` of this block, tile by tile: each output row segment is written
+    // contiguously from a column of the tile's source rows, which stay in L1.
+    let (c_lo, c_hi) = (start / rows, (start + out.len()) / rows);
     for r0 in (0..rows).step_by(TILE) {
         let r1 = (r0 + TILE).min(rows);
-        for c0 in (0..cols).step_by(TILE) {
-            for c in c0..(c0 + TILE).min(cols) {
-                let dst = &mut out[c * rows + r0..c * rows + r1];
-                for (d, r) in dst.iter_mut().zip(r0..r1) {
+        for c0 in (c_lo..c_hi).step_by(TILE) {
+            for c in c0..(c0 + TILE).min(c_hi) {
+                let o = (c - c_lo) * rows;
+                for (d, r) in out[o + r0..o + r1].iter_mut().zip(r0..r1) {
                     *d = f(src[r * cols + c]);
                 }
             }
         }
     }
-    out
 }
 
 #[cfg(test)]
@@ -69,5 +111,18 @@ mod tests {
         let bad = TensorData::new(vec![1.0f32, f32::NAN, f32::INFINITY, -2.0], [2, 2]);
         assert_eq!(to_f32(&bad, true).unwrap().1, 2);
         assert!(to_f32(&TensorData::new(vec![1i64, 2], [2]), false).is_none());
+    }
+
+    #[test]
+    fn large_tensors_convert_the_same_on_several_threads() {
+        // above PARALLEL_FROM, with a row count that does not split evenly
+        let (r, c) = (1031, 1037);
+        let value = |i: usize| (i % 200) as f32 * 0.5 - 3.0;
+        let b = TensorData::new((0..r * c).map(|i| bf16::from_f32(value(i))).collect::<Vec<_>>(), [r, c]);
+        let (t, bad) = to_f32(&b, true).unwrap();
+        assert_eq!(bad, 0);
+        assert!((0..c).all(|j| (0..r).all(|i| t[j * r + i] == value(i * c + j))));
+        let (flat, _) = to_f32(&b, false).unwrap();
+        assert!(flat.iter().enumerate().all(|(i, &x)| x == value(i)));
     }
 }
