@@ -42,6 +42,7 @@ mod exact;
 pub mod loss;
 pub mod optim;
 pub mod parquet;
+mod plot;
 mod pyfmt;
 mod report;
 mod rows;
