@@ -231,6 +231,7 @@ pub fn run(args: TrainArgs) -> Result<(), Error> {
             output_dir.display()
         );
     }
+    crate::bench::real::report_peak_rss();
     Ok(())
 }
 

@@ -4,7 +4,9 @@
 //!
 //! Each figure comes from a separate process, so peak RSS is that of the job alone: the wall
 //! time from process start to the first reward (1 pair), and a 64-pair scoring run (batches
-//! of 32 pairs) whose extra time over the 1-pair run gives pairs/s.
+//! of 32 pairs) whose extra time over the 1-pair run gives pairs/s; then LoRA reward training
+//! (r 16, 4 pairs a step) for 1 and for 4 steps against PEFT + TRL, whose difference gives the
+//! step time.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -23,6 +25,10 @@ use crate::common::{Error, B};
 /// Pairs of the throughput run, and pairs per batch.
 const PAIRS: usize = 64;
 const BATCH_PAIRS: usize = 32;
+/// LoRA training: pairs per step, and the two run lengths whose difference gives a step time.
+const TRAIN_PAIRS: usize = 4;
+const SHORT: u64 = 1;
+const LONG: u64 = 4;
 
 /// Environment variable that makes `score` report its load time and peak RSS on stderr.
 pub const REPORT_ENV: &str = "TRL_BENCH_REPORT";
@@ -59,7 +65,7 @@ fn build(dir: &Path) -> Result<usize, Error> {
         trl_reward::data::Content::Text(t) => t.clone(),
         trl_reward::data::Content::Messages(_) => String::new(),
     };
-    for (file, n) in [("one.jsonl", 1), ("many.jsonl", PAIRS)] {
+    for (file, n) in [("one.jsonl", 1), ("many.jsonl", PAIRS), ("train.jsonl", PAIRS)] {
         let lines: Vec<String> = rows[..n]
             .iter()
             .map(|r| {
@@ -106,6 +112,14 @@ fn figures(one: (f64, Vec<(String, f64)>), many: (f64, Vec<(String, f64)>)) -> V
     })
 }
 
+/// LoRA training figures from a `SHORT`- and a `LONG`-step run: steps/s from the extra time,
+/// the longer run's peak RSS.
+fn lora_figures(short: (f64, Vec<(String, f64)>), long: (f64, Vec<(String, f64)>)) -> Value {
+    let steps = (LONG - SHORT) as f64;
+    json!({"steps_per_sec": steps / (long.0 - short.0).max(1e-3), "step_s": (long.0 - short.0) / steps,
+           "peak_rss_gb": get(&long.1, "peak_rss_kb").map(|k| k / 1e6)})
+}
+
 pub fn run(python: &str) -> Result<Value, Error> {
     let dir = std::env::temp_dir().join(format!("trl-bench-real-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -123,6 +137,17 @@ pub fn run(python: &str) -> Result<Value, Error> {
     let (one, many) = (ours("one.jsonl")?, ours("many.jsonl")?);
     let ours = figures(one, many);
     eprintln!("real: ours {ours}");
+    eprintln!("real: LoRA training, ours…");
+    let train = |steps: u64| {
+        let mut c = Command::new(&exe);
+        c.args(["train", "--model"]).arg(&dir).arg("--train-file").arg(dir.join("train.jsonl"));
+        c.arg("--output-dir").arg(dir.join(format!("ours-{steps}")));
+        c.args(["--lora-r", "16", "--batch-size", &TRAIN_PAIRS.to_string(), "--max-steps", &steps.to_string()]);
+        c.args(["--max-length", "64", "--save-steps", "1000000", "--logging-steps", "1"]).env(REPORT_ENV, "1");
+        timed(c)
+    };
+    let ours_lora = lora_figures(train(SHORT)?, train(LONG)?);
+    eprintln!("real: ours LoRA {ours_lora}");
     let theirs = (python != "none")
         .then(|| -> Result<Value, Error> {
             let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench/real_baseline.py");
@@ -132,7 +157,17 @@ pub fn run(python: &str) -> Result<Value, Error> {
                 timed(c)
             };
             eprintln!("real: transformers…");
-            Ok(figures(run("one.jsonl")?, run("many.jsonl")?))
+            let scoring = figures(run("one.jsonl")?, run("many.jsonl")?);
+            let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench/real_lora_baseline.py");
+            let train = |steps: u64| {
+                let mut c = Command::new(python);
+                c.arg(&script).arg(&dir).arg(dir.join("train.jsonl")).arg(dir.join(format!("trl-{steps}")));
+                c.arg(steps.to_string()).arg(TRAIN_PAIRS.to_string());
+                timed(c)
+            };
+            eprintln!("real: LoRA training, PEFT + TRL…");
+            let lora = lora_figures(train(SHORT)?, train(LONG)?);
+            Ok(json!({"scoring": scoring, "lora": lora}))
         })
         .transpose()
         .unwrap_or_else(|e| {
@@ -140,12 +175,18 @@ pub fn run(python: &str) -> Result<Value, Error> {
             None
         });
     let _ = std::fs::remove_dir_all(&dir);
-    let ratio = |key: &str| theirs.as_ref().and_then(|t| Some(ours.get(key)?.as_f64()? / t.get(key)?.as_f64()?));
+    let ratio = |part: &str, key: &str| {
+        let mine = if part == "lora" { &ours_lora } else { &ours };
+        theirs.as_ref().and_then(|t| Some(mine.get(key)?.as_f64()? / t.get(part)?.get(key)?.as_f64()?))
+    };
     Ok(json!({
         "name": "real", "model": "Qwen2ForSequenceClassification, Qwen2-0.5B shape, bf16 safetensors",
-        "parameters": params, "pairs": PAIRS, "batch_pairs": BATCH_PAIRS, "ours": ours, "transformers": theirs,
-        "first_reward_ratio": ratio("first_reward_s"), "peak_rss_ratio": ratio("peak_rss_gb_scoring"),
-        "score_speedup": ratio("score_pairs_per_sec"),
+        "parameters": params, "pairs": PAIRS, "batch_pairs": BATCH_PAIRS, "lora_batch_pairs": TRAIN_PAIRS,
+        "ours": {"scoring": ours, "lora": ours_lora}, "transformers": theirs,
+        "first_reward_ratio": ratio("scoring", "first_reward_s"),
+        "peak_rss_ratio": ratio("scoring", "peak_rss_gb_scoring"),
+        "score_speedup": ratio("scoring", "score_pairs_per_sec"),
+        "lora_step_speedup": ratio("lora", "steps_per_sec"), "lora_peak_rss_ratio": ratio("lora", "peak_rss_gb"),
     }))
 }
 
