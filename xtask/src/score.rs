@@ -50,6 +50,10 @@ pub struct ScoreArgs {
     /// the sides cut: `"truncated": ["chosen"]`, `["rejected"]` or `["chosen", "rejected"]`.
     #[arg(long, value_enum, default_value = "error")]
     pub truncation: Truncation,
+    /// Report `(reward − mean) / std` with the `mean` and `std` the model's config.json stores
+    /// (written by training with `normalize_reward`, or by OpenRLHF).
+    #[arg(long)]
+    pub normalize: bool,
 }
 
 /// One input row ready to score: its JSON (echoed in the output), its token rows (one, or
@@ -186,7 +190,24 @@ pub(crate) fn score_file(args: &ScoreArgs) -> Result<Vec<Scored>, Error> {
     model.pad_token_id = model.pad_token_id.or(Some(pad));
     let limit = Limit::new(args.max_length, model.backbone.max_positions(), args.truncation)?;
     let items = read_items(args, &m, &limit)?;
-    let rewards = score_sorted(&model, &items, pad, (args.batch_size / 2).max(1))?;
+    let mut rewards = score_sorted(&model, &items, pad, (args.batch_size / 2).max(1))?;
+    if args.normalize {
+        let cfg = trl_core::HfConfig::load(&m.dir)?;
+        let (mean, std) = match (cfg.get_f64("mean"), cfg.get_f64("std")) {
+            (Some(mean), Some(std)) if mean.is_finite() && std.is_finite() && std > 0.0 => (mean, std),
+            _ => {
+                return Err(format!(
+                    "--normalize: {} has no finite `mean` and positive `std`; train with normalize_reward = true to \
+                     store them",
+                    m.dir.join("config.json").display()
+                )
+                .into())
+            }
+        };
+        for r in rewards.iter_mut().flatten() {
+            *r = ((*r as f64 - mean) / std) as f32;
+        }
+    }
     Ok(items
         .into_iter()
         .zip(rewards)

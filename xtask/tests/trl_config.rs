@@ -127,3 +127,47 @@ fn the_best_checkpoint_becomes_the_final_model() {
     }
     assert!(earlier_best >= 1, "in one direction the best evaluation is not the last");
 }
+
+/// `normalize_reward` stores the held-out rewards' mean and std in config.json (OpenRLHF's
+/// keys); `score --normalize` reports `(r − mean) / std`; a model without them is an error.
+#[test]
+fn reward_normalisation_is_stored_and_applied() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let cfg = tmp.path().join("c.json");
+    let body = serde_json::json!({"output_dir": out, "max_steps": 10, "per_device_train_batch_size": 4,
+                                  "logging_steps": 5, "normalize_reward": true});
+    std::fs::write(&cfg, body.to_string()).unwrap();
+    let xtask = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_xtask")).args(args).output().unwrap();
+    let run = xtask(&["train", "--config", cfg.to_str().unwrap()]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let config: Value = serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["normalize_reward"], true);
+    let (mean, std) = (config["mean"].as_f64().unwrap(), config["std"].as_f64().unwrap());
+    assert!(mean.is_finite() && std > 0.0, "{config}");
+
+    let rows = tmp.path().join("rows.jsonl");
+    std::fs::write(&rows, "{\"text\": \"1 2 3 answer : 4\"}\n{\"text\": \"please repeat number 7 . answer : 7\"}\n")
+        .unwrap();
+    let rewards = |extra: &[&str]| -> Vec<f64> {
+        let mut args = vec!["score", "--model", out.to_str().unwrap(), "--input", rows.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let o = xtask(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap()["reward"].as_f64().unwrap())
+            .collect()
+    };
+    let (raw, normalized) = (rewards(&[]), rewards(&["--normalize"]));
+    for (r, n) in raw.iter().zip(&normalized) {
+        let want = (r - mean) / std;
+        // rewards are f32: one rounding of the result, relative to its scale
+        assert!((n - want).abs() <= 4.0 * f64::from(f32::EPSILON) * want.abs().max(1.0), "{n} vs {want}");
+    }
+
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/llama-rm");
+    let o = xtask(&["score", "--model", fixture.to_str().unwrap(), "--input", rows.to_str().unwrap(), "--normalize"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("no finite `mean` and positive `std`"), "{err}");
+}

@@ -231,8 +231,14 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
         Ok(dir)
     }
 
-    pub(crate) fn save_final(&self, summary: &Summary, sample_from: &[TokenizedPair]) -> Result<()> {
+    pub(crate) fn save_final(&mut self, summary: &Summary, sample_from: &[TokenizedPair]) -> Result<()> {
         self.check_finite()?;
+        if self.config.normalize_reward {
+            let (mean, std) = self.reward_stats(sample_from)?;
+            self.hf_config.set("normalize_reward", true);
+            self.hf_config.set("mean", mean);
+            self.hf_config.set("std", std);
+        }
         let out = &self.config.output_dir;
         self.save_model(out)?;
         write_json_atomic(&out.join("training_config.json"), &self.config)?;

@@ -85,6 +85,10 @@ pub struct RewardConfig {
     pub eval_split: f64,
     /// Train a LoRA adapter (and `score`) on a frozen base instead of the whole model.
     pub lora: Option<LoraSettings>,
+    /// After training, store the mean and standard deviation of the rewards on the held-out
+    /// pairs (chosen and rejected) in the model's `config.json` as `mean` and `std`, with
+    /// `normalize_reward: true`, as OpenRLHF does; `score --normalize` applies them.
+    pub normalize_reward: bool,
 }
 
 /// transformers' `IntervalStrategy`: when to evaluate or save.
@@ -244,6 +248,7 @@ impl Default for RewardConfig {
             num_print_samples: 4,
             eval_split: 0.0,
             lora: None,
+            normalize_reward: false,
         }
     }
 }
@@ -329,6 +334,12 @@ impl RewardConfig {
                             save_steps a multiple of eval_steps (so every best evaluation has a checkpoint)");
             }
             self.best_metric()?;
+        }
+        if self.normalize_reward && self.lora.is_some() {
+            return bad(
+                "normalize_reward stores the reward mean and std in the model's config.json, which a LoRA run \
+                        does not write (it writes an adapter): train without normalize_reward, or fine-tune fully",
+            );
         }
         if self.save_total_limit == Some(0) {
             return bad("save_total_limit must be at least 1 when set");

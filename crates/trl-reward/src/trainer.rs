@@ -242,6 +242,23 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
         })
     }
 
+    /// Mean and (population) standard deviation of the rewards of `pairs`, chosen and rejected
+    /// together, as OpenRLHF normalises rewards.
+    pub fn reward_stats(&self, pairs: &[TokenizedPair]) -> Result<(f64, f64)> {
+        let model = self.model.valid();
+        let mut all = Vec::with_capacity(2 * pairs.len());
+        for chunk in pairs.chunks(self.config.per_device_eval_batch_size) {
+            let refs: Vec<&TokenizedPair> = chunk.iter().collect();
+            let s = score(&model, &refs, self.pad_id, self.config.pad_to_multiple_of)?;
+            let host = Tensor::cat(vec![s.chosen, s.rejected], 0).into_data().convert::<f32>().to_vec::<f32>();
+            all.extend(host.unwrap_or_default().into_iter().map(f64::from));
+        }
+        let n = all.len().max(1) as f64;
+        let mean = all.iter().sum::<f64>() / n;
+        let std = (all.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n).sqrt();
+        Ok((mean, std))
+    }
+
     /// Rewards of the first `n` pairs, for the sample table.
     pub fn samples(&self, pairs: &[TokenizedPair], n: usize) -> Result<Vec<Sample>> {
         let model = self.model.valid();
