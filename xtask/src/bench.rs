@@ -280,3 +280,21 @@ fn cpu_info() -> Value {
     json!({"model": model, "avx512f": avx512f, "avx2": avx2, "fma": fma,
            "avx512_kernels_built": kernels_avx512, "simd_level": simd})
 }
+
+/// Writes built-in preference rows as JSONL `{"prompt", "chosen", "rejected"}` (plain text, as
+/// the built-in task draws them) for the Python side of a bench case.
+fn write_pairs_jsonl(path: &std::path::Path, rows: &[trl_reward::data::PreferenceRow]) -> Result<(), Error> {
+    use trl_reward::data::Content;
+    let text = |c: Option<&Content>| match c {
+        Some(Content::Text(t)) => Ok(t.clone()),
+        _ => Err("the built-in rows are plain text"),
+    };
+    let mut out = String::new();
+    for r in rows {
+        let line = json!({"prompt": text(r.prompt.as_ref())?, "chosen": text(Some(&r.chosen))?,
+                          "rejected": text(Some(&r.rejected))?});
+        out.push_str(&line.to_string());
+        out.push('\n');
+    }
+    Ok(trl_core::atomic::write_atomic(path, out.as_bytes())?)
+}

@@ -198,26 +198,19 @@ impl<B: Backend> AnyCausalLm<B> {
     /// reading those rows of [`Self::forward`]'s hidden state; each pick must be a real token.
     pub fn forward_picked(&self, batch: &TokenBatch, picks: &[(usize, usize)]) -> Result<Tensor<B, 2>> {
         let device = self.device();
-        let mut slot_row = vec![usize::MAX; batch.batch * batch.seq];
-        let mut real = 0;
-        for (slot, &m) in batch.attention_mask.iter().enumerate() {
-            if m != 0 {
-                slot_row[slot] = real;
-                real += 1;
-            }
-        }
-        let mut rows = Vec::with_capacity(picks.len());
-        for &(b, t) in picks {
-            match slot_row.get(b * batch.seq + t).copied().filter(|&r| t < batch.seq && r != usize::MAX) {
-                Some(r) => rows.push(r as i64),
-                None => {
-                    return Err(ModelError::Input(format!(
-                        "row {b}, position {t} is not a real token of the batch (attention_mask 0 or out of range)"
-                    )))
-                }
-            }
-        }
         let ctx = self.context(batch, &device)?.without_padding(&batch.attention_mask);
+        let rows = picks
+            .iter()
+            .map(|&(b, t)| {
+                let slot = b.checked_mul(batch.seq).and_then(|s| s.checked_add(t)).filter(|_| t < batch.seq);
+                let row = slot.and_then(|s| ctx.activation_row(s));
+                row.map(|r| r as i64).ok_or_else(|| {
+                    ModelError::Input(format!(
+                        "row {b}, position {t} is not a real token of the batch (attention_mask 0 or out of range)"
+                    ))
+                })
+            })
+            .collect::<Result<Vec<i64>>>()?;
         let hidden = dispatch!(self, m => decode(m, batch.ids_tensor(&device), &ctx, None, None));
         let n = rows.len();
         Ok(hidden.select(0, Tensor::from_data(TensorData::new(rows, [n]), &device)))

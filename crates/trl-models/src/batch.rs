@@ -207,26 +207,29 @@ impl<B: Backend> Context<B> {
         Some(self.index(Memo::Tokens, || self.token_slots().iter().map(|&s| s as i64).collect()))
     }
 
+    /// The activation row holding token slot `b * q_len + t`, if the activations hold it
+    /// (the padding-free layout leaves padding out).
+    pub fn activation_row(&self, slot: usize) -> Option<usize> {
+        match &self.tokens {
+            Some(tokens) => tokens.binary_search(&slot).ok(),
+            None => (slot < self.batch * self.q_len).then_some(slot),
+        }
+    }
+
     /// Activation row of each token slot; a padding slot borrows a real row of its batch row
     /// (its query output is dropped and, as a key, it is masked).
     fn row_of_slot(&self) -> Vec<usize> {
-        let (b, t) = (self.batch, self.q_len);
-        let Some(tokens) = &self.tokens else { return (0..b * t).collect() };
-        let mut rows = vec![usize::MAX; b * t];
-        for (r, &s) in tokens.iter().enumerate() {
-            rows[s] = r;
-        }
+        let t = self.q_len;
         let mut fill = 0;
-        for slot in 0..b * t {
-            if slot % t == 0 {
-                // the row's first real token, or the previous fill for an empty row
-                fill = rows[slot..slot + t].iter().copied().find(|&r| r != usize::MAX).unwrap_or(fill);
-            }
-            if rows[slot] == usize::MAX {
-                rows[slot] = fill;
-            }
-        }
-        rows
+        (0..self.batch * t)
+            .map(|slot| {
+                if slot % t == 0 {
+                    // the row's first real token, or the previous fill for an empty row
+                    fill = (slot..slot + t).find_map(|s| self.activation_row(s)).unwrap_or(fill);
+                }
+                self.activation_row(slot).unwrap_or(fill)
+            })
+            .collect()
     }
 
     fn memoised(&self, key: Memo, make: impl FnOnce() -> Memoised<B>) -> Memoised<B> {

@@ -86,8 +86,9 @@ pub struct RewardConfig {
     /// Train a LoRA adapter (and `score`) on a frozen base instead of the whole model.
     pub lora: Option<LoraSettings>,
     /// After training, store the mean and standard deviation of the rewards on the held-out
-    /// pairs (chosen and rejected) in the model's `config.json` as `mean` and `std`, with
-    /// `normalize_reward: true`, as OpenRLHF does; `score --normalize` applies them.
+    /// pairs (chosen and rejected; the training pairs when there is no eval set) in the model's
+    /// `config.json` as `mean` and `std`, with `normalize_reward: true`, as OpenRLHF does;
+    /// `score --normalize` applies them.
     pub normalize_reward: bool,
 }
 

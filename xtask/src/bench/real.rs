@@ -61,19 +61,8 @@ fn build(dir: &Path) -> Result<usize, Error> {
     checkpoint::save_weights(&sd, dir, checkpoint::DEFAULT_MAX_SHARD_SIZE)?;
     synthetic::tokenizer().save(dir)?;
     let rows = synthetic::rows(PAIRS, 5);
-    let text = |c: &trl_reward::data::Content| match c {
-        trl_reward::data::Content::Text(t) => t.clone(),
-        trl_reward::data::Content::Messages(_) => String::new(),
-    };
     for (file, n) in [("one.jsonl", 1), ("many.jsonl", PAIRS), ("train.jsonl", PAIRS)] {
-        let lines: Vec<String> = rows[..n]
-            .iter()
-            .map(|r| {
-                let prompt = r.prompt.as_ref().map(text).unwrap_or_default();
-                json!({"prompt": prompt, "chosen": text(&r.chosen), "rejected": text(&r.rejected)}).to_string()
-            })
-            .collect();
-        trl_core::atomic::write_atomic(&dir.join(file), (lines.join("\n") + "\n").as_bytes())?;
+        super::write_pairs_jsonl(&dir.join(file), &rows[..n])?;
     }
     Ok(params)
 }

@@ -8,7 +8,6 @@ use std::time::Instant;
 use serde_json::{json, Value};
 
 use trl_core::backend;
-use trl_reward::data::Content;
 use trl_reward::synthetic;
 use trl_reward::Job;
 
@@ -21,22 +20,11 @@ fn export(dir: &Path) -> Result<(), Error> {
     let cfg = synthetic::training_config();
     synthetic::model_config().save(dir)?;
     synthetic::tokenizer().save(dir)?;
-    let text = |c: &Option<Content>| match c {
-        Some(Content::Text(t)) => Ok(t.clone()),
-        _ => Err("the built-in rows are plain text"),
-    };
     for (file, rows) in [
         ("train.jsonl", synthetic::rows(synthetic::TRAIN_ROWS, cfg.seed)),
         ("eval.jsonl", synthetic::rows(synthetic::EVAL_ROWS, cfg.seed.wrapping_add(1_000_003))),
     ] {
-        let mut out = String::new();
-        for r in rows {
-            let line = json!({"prompt": text(&r.prompt)?, "chosen": text(&Some(r.chosen))?,
-                              "rejected": text(&Some(r.rejected))?});
-            out.push_str(&line.to_string());
-            out.push('\n');
-        }
-        trl_core::atomic::write_atomic(&dir.join(file), out.as_bytes())?;
+        super::write_pairs_jsonl(&dir.join(file), &rows)?;
     }
     let settings = json!({
         "seed": cfg.seed, "learning_rate": cfg.learning_rate, "max_steps": cfg.max_steps,
