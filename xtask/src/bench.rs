@@ -17,6 +17,7 @@ use trl_reward::{RewardConfig, RewardTrainer};
 use crate::common::{Error, B};
 
 pub(crate) mod real;
+mod serve;
 mod trl;
 
 #[derive(clap::Args, Debug)]
@@ -27,8 +28,9 @@ pub struct BenchArgs {
     /// Cases to run: tiny, medium (every row 64 tokens), tiny-varlen, medium-varlen (row
     /// lengths spread over 12–64 tokens, about 40% padding when batched), mixture, trl (the
     /// built-in `cargo xtask train` job against TRL's RewardTrainer) and real (a 0.5B bf16
-    /// reward model: first reward, peak RSS and scoring against transformers); the last two
-    /// are not in the default set.
+    /// reward model: first reward, peak RSS and scoring against transformers) and serve
+    /// (load on `cargo xtask serve`: texts/s, p50/p99 latency); the last three are not in the
+    /// default set.
     #[arg(long, value_delimiter = ',', default_value = "tiny,medium,medium-varlen,mixture")]
     pub cases: Vec<String>,
     /// Seconds to spend measuring each number.
@@ -185,13 +187,13 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
     let cpu = cpu_info();
     eprintln!("CPU: {cpu}");
     let all = cases();
-    if let Some(bad) = args
-        .cases
-        .iter()
-        .find(|c| !["mixture", "trl", "real"].contains(&c.as_str()) && !all.iter().any(|k| k.name == c.as_str()))
-    {
+    if let Some(bad) = args.cases.iter().find(|c| {
+        !["mixture", "trl", "real", "serve"].contains(&c.as_str()) && !all.iter().any(|k| k.name == c.as_str())
+    }) {
         let names: Vec<&str> = all.iter().map(|c| c.name).collect();
-        return Err(format!("unknown bench case `{bad}`; cases: {}, mixture, trl, real", names.join(", ")).into());
+        return Err(
+            format!("unknown bench case `{bad}`; cases: {}, mixture, trl, real, serve", names.join(", ")).into()
+        );
     }
     let selected: Vec<&Case> = all.iter().filter(|c| want(c.name)).collect();
     eprintln!("measuring the PyTorch baseline ({} cases)…", selected.len());
@@ -241,6 +243,11 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
     }
     if want("real") {
         let r = real::run(&args.python)?;
+        eprintln!("{r}");
+        results.push(r);
+    }
+    if want("serve") {
+        let r = serve::run(args.seconds)?;
         eprintln!("{r}");
         results.push(r);
     }

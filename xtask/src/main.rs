@@ -9,6 +9,7 @@ mod eval;
 mod forward;
 mod generate;
 mod score;
+mod serve;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -39,6 +40,8 @@ enum Command {
     Eval(Box<eval::EvalArgs>),
     /// Generate completions from a model or a geometric mixture (Nash-MD).
     Generate(generate::GenerateArgs),
+    /// Serve a reward model over HTTP to OpenRLHF, vLLM and text-embeddings-inference clients.
+    Serve(Box<serve::ServeArgs>),
     /// Measure training, scoring and generation throughput against PyTorch (JSON out).
     Bench(bench::BenchArgs),
 }
@@ -51,6 +54,7 @@ fn main() {
         Command::Score(args) => score::run(args),
         Command::Eval(args) => eval::run(*args),
         Command::Generate(args) => generate::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Bench(args) => bench::run(args),
     };
     if let Err(e) = result {
