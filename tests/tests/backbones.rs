@@ -3,7 +3,7 @@
 use trl_models::AnyCausalLm;
 use trl_tests::*;
 
-const MODELS: &[&str] = &["gpt2", "llama", "qwen2", "qwen3", "mistral"];
+const MODELS: &[&str] = &["gpt2", "llama", "qwen2", "qwen3", "mistral", "gpt_neox", "gpt_neox-serial"];
 
 fn load(name: &str) -> AnyCausalLm<B> {
     AnyCausalLm::<B>::from_pretrained(&fixture(name), &trl_core::backend::device()).expect("load").0

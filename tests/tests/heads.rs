@@ -4,7 +4,7 @@ use trl_core::checkpoint::DEFAULT_MAX_SHARD_SIZE;
 use trl_heads::{CausalLmWithValueHead, ForSequenceClassification, VHeadSource, ValueHeadOptions};
 use trl_tests::*;
 
-const ARCHS: &[&str] = &["gpt2", "llama", "qwen2"];
+const ARCHS: &[&str] = &["gpt2", "llama", "qwen2", "gpt_neox"];
 
 fn dev() -> burn::tensor::Device<B> {
     trl_core::backend::device()
@@ -159,9 +159,13 @@ fn reward_model_needs_pad_id_for_batches() {
 /// A causal-LM checkpoint becomes a reward model with a fresh 1-label score head.
 #[test]
 fn causal_lm_checkpoint_gets_fresh_score() {
-    let (model, cfg, restored) =
-        ForSequenceClassification::<B>::from_pretrained(&fixture("llama"), None, &dev()).unwrap();
-    assert!(!restored);
-    assert_eq!(model.score.weight.dims(), [64, 1]);
-    assert_eq!(cfg.architectures(), vec!["LlamaForSequenceClassification".to_string()]);
+    // each architecture's output head (`lm_head`, GPT-NeoX's `embed_out`) is dropped
+    for (name, class) in [("llama", "LlamaForSequenceClassification"), ("gpt_neox", "GPTNeoXForSequenceClassification")]
+    {
+        let (model, cfg, restored) =
+            ForSequenceClassification::<B>::from_pretrained(&fixture(name), None, &dev()).unwrap();
+        assert!(!restored);
+        assert_eq!(model.score.weight.dims(), [64, 1]);
+        assert_eq!(cfg.architectures(), vec![class.to_string()]);
+    }
 }

@@ -21,8 +21,13 @@ use trl_tests::*;
 type T = trl_core::backend::Train;
 
 /// Causal adapters with expected logits, and whether they have merged logits.
-const CAUSAL: &[(&str, bool)] =
-    &[("lora-gpt2", true), ("lora-llama", true), ("lora-qwen2", true), ("lora-llama-layers", false)];
+const CAUSAL: &[(&str, bool)] = &[
+    ("lora-gpt2", true),
+    ("lora-llama", true),
+    ("lora-qwen2", true),
+    ("lora-llama-layers", false),
+    ("lora-gpt_neox", true),
+];
 
 fn dev() -> burn::tensor::Device<B> {
     trl_core::backend::device()
@@ -160,25 +165,25 @@ fn several_named_adapters() {
 /// PEFT's SEQ_CLS adapter on a reward model: the adapter's `score` replaces the head.
 #[test]
 fn reward_model_adapter_matches_peft() {
-    let (model, cfg, restored) =
-        ForSequenceClassification::<B>::from_adapter(&fixture("lora-llama-rm"), None, &dev()).unwrap();
-    assert!(restored);
-    assert_eq!(cfg.architectures(), vec!["LlamaForSequenceClassification".to_string()]);
-    let exp = expected("lora-llama-rm");
-    for case in ["right", "left"] {
-        let b = batch(&exp, case);
-        let out = model.forward(&b, true).unwrap();
-        assert_close(
-            &format!("{case} rewards"),
-            &to_vec(out.rewards),
-            &floats(&exp, &format!("{case}.rewards")).0,
-            Tol::forward("lora-llama-rm"),
-        );
-        let want = floats(&exp, &format!("{case}.scores")).0;
-        let tol = Tol::forward("lora-llama-rm");
-        assert_close_where(&format!("{case} scores"), &to_vec(out.scores.unwrap()), &want, tol, |i| {
-            b.attention_mask[i] != 0
-        });
+    for (name, class) in
+        [("lora-llama-rm", "LlamaForSequenceClassification"), ("lora-gpt_neox-rm", "GPTNeoXForSequenceClassification")]
+    {
+        let (model, cfg, restored) =
+            ForSequenceClassification::<B>::from_adapter(&fixture(name), None, &dev()).unwrap();
+        assert!(restored);
+        assert_eq!(cfg.architectures(), vec![class.to_string()]);
+        let exp = expected(name);
+        let tol = Tol::forward(name);
+        for case in ["right", "left"] {
+            let b = batch(&exp, case);
+            let out = model.forward(&b, true).unwrap();
+            let want = floats(&exp, &format!("{case}.rewards")).0;
+            assert_close(&format!("{name} {case} rewards"), &to_vec(out.rewards), &want, tol);
+            let want = floats(&exp, &format!("{case}.scores")).0;
+            assert_close_where(&format!("{name} {case} scores"), &to_vec(out.scores.unwrap()), &want, tol, |i| {
+                b.attention_mask[i] != 0
+            });
+        }
     }
 }
 

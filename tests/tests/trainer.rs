@@ -253,6 +253,11 @@ fn parity_llama_margin_grad_accum() {
     parity("llama-margin-ga2");
 }
 
+#[test]
+fn parity_gpt_neox() {
+    parity("gpt_neox");
+}
+
 fn resume_config(out: &Path) -> RewardConfig {
     RewardConfig {
         output_dir: out.to_path_buf(),

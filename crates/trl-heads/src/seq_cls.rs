@@ -124,9 +124,10 @@ impl<B: Backend> ForSequenceClassification<B> {
         let mut config = HfConfig::load(dir)?;
         let mut sd = checkpoint::load_dir(dir)?;
         let score_sd = sd.split_off_by(|k| k.starts_with(SCORE_PREFIX)).strip_prefix(SCORE_PREFIX);
-        sd.remove("lm_head.weight");
         let n = num_labels_override.unwrap_or(if is_seq_cls(&config) { num_labels(&config) } else { 1 });
-        let backbone = AnyCausalLm::init(&config, device)?.without_lm_head();
+        let backbone = AnyCausalLm::init(&config, device)?;
+        sd.remove(&backbone.lm_head_key());
+        let backbone = backbone.without_lm_head();
         let (backbone, _) = backbone.load(sd, Strictness::Strict)?;
         let mut model = Self::with_fresh_score(backbone, &config, n, device)?;
         let restored = !score_sd.is_empty();

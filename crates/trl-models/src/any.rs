@@ -116,9 +116,14 @@ impl<B: Backend> AnyCausalLm<B> {
     pub fn load(self, mut sd: StateDict, strict: Strictness) -> Result<(Self, LoadReport)> {
         if dispatch!(&self, m => m.lm_head_tied()) {
             // Tied checkpoints may or may not store the shared matrix again.
-            sd.remove("lm_head.weight");
+            sd.remove(&self.lm_head_key());
         }
         Ok(load_module_owned(self, sd, strict)?)
+    }
+
+    /// The checkpoint key of the output head's weight (`lm_head.weight`, `embed_out.weight`).
+    pub fn lm_head_key(&self) -> String {
+        format!("{}.weight", self.info().lm_head)
     }
 
     /// Drops an untied lm_head (for models that put another head on the hidden states).

@@ -26,6 +26,8 @@ pub struct ArchInfo {
     pub default_lora_targets: &'static [&'static str],
     /// Its projections are GPT-2 `Conv1D`s (`[in, out]`): PEFT's `fan_in_fan_out`.
     pub fan_in_fan_out: bool,
+    /// The output head's module name (`lm_head`, GPT-NeoX's `embed_out`).
+    pub lm_head: &'static str,
 }
 
 impl ArchInfo {

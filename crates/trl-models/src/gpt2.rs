@@ -4,7 +4,6 @@
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear};
 use burn::prelude::*;
-use burn::tensor::activation;
 use serde::Deserialize;
 
 use trl_core::HfConfig;
@@ -12,7 +11,7 @@ use trl_core::HfConfig;
 use crate::backbone::{ArchInfo, Backbone, CacheSlot};
 use crate::batch::Context;
 use crate::error::{ModelError, Result};
-use crate::layers::{attend, Conv1D, LayerNorm};
+use crate::layers::{attend, Activation, Conv1D, LayerNorm};
 use crate::limits;
 use crate::lora::{Adapters, LoraLayer};
 
@@ -22,6 +21,7 @@ pub const INFO: ArchInfo = ArchInfo {
     class_stems: &["GPT2"],
     default_lora_targets: &["c_attn"],
     fan_in_fan_out: true,
+    lm_head: "lm_head",
 };
 
 fn yes() -> bool {
@@ -60,40 +60,6 @@ fn ln_eps() -> f64 {
 }
 fn init_range() -> f64 {
     0.02
-}
-
-/// The activation functions GPT-2 configs name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activation {
-    GeluNew,
-    Gelu,
-    Relu,
-    Silu,
-}
-
-impl Activation {
-    pub fn parse(name: &str) -> Result<Self> {
-        Ok(match name {
-            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Self::GeluNew,
-            "gelu" => Self::Gelu,
-            "relu" => Self::Relu,
-            "silu" | "swish" => Self::Silu,
-            other => {
-                return Err(ModelError::Config(format!(
-                    "activation `{other}` is not supported (gelu_new, gelu_pytorch_tanh, gelu, relu, silu)"
-                )))
-            }
-        })
-    }
-
-    pub fn apply<B: Backend, const D: usize>(self, x: Tensor<B, D>) -> Tensor<B, D> {
-        match self {
-            Self::GeluNew => activation::gelu_approximate(x),
-            Self::Gelu => activation::gelu(x),
-            Self::Relu => activation::relu(x),
-            Self::Silu => activation::silu(x),
-        }
-    }
 }
 
 #[derive(Module, Debug)]

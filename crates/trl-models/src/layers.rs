@@ -7,12 +7,13 @@
 use burn::module::{Module, Param};
 use burn::nn::Initializer;
 use burn::prelude::*;
-use burn::tensor::activation::softmax;
+use burn::tensor::activation::{self, softmax};
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::TensorPrimitive;
 
 use crate::batch::Context;
+use crate::error::{ModelError, Result};
 pub use crate::lora::Conv1D;
 
 /// `torch.nn.LayerNorm` (weight and bias), through burn's fused kernel.
@@ -56,6 +57,49 @@ impl<B: Backend> RmsNorm<B> {
         let inv = (x.clone().square().mean_dim(D - 1) + self.eps).powf_scalar(-0.5);
         x * inv * self.weight.val().unsqueeze()
     }
+}
+
+/// The activation functions configs name (`activation_function`, `hidden_act`), as
+/// transformers' `ACT2FN` computes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    GeluNew,
+    Gelu,
+    Relu,
+    Silu,
+}
+
+impl Activation {
+    pub fn parse(name: &str) -> Result<Self> {
+        Ok(match name {
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Self::GeluNew,
+            "gelu" => Self::Gelu,
+            "relu" => Self::Relu,
+            "silu" | "swish" => Self::Silu,
+            other => {
+                return Err(ModelError::Config(format!(
+                    "activation `{other}` is not supported (gelu_new, gelu_pytorch_tanh, gelu, relu, silu)"
+                )))
+            }
+        })
+    }
+
+    pub fn apply<B: Backend, const D: usize>(self, x: Tensor<B, D>) -> Tensor<B, D> {
+        match self {
+            Self::GeluNew => activation::gelu_approximate(x),
+            Self::Gelu => activation::gelu(x),
+            Self::Relu => activation::relu(x),
+            Self::Silu => activation::silu(x),
+        }
+    }
+}
+
+/// Token embeddings of `ids` `[batch, q_len]`, flat `[batch * q_len, hidden]`.
+pub fn embed_flat<B: Backend>(embedding: &burn::nn::Embedding<B>, ids: Tensor<B, 2, Int>) -> Tensor<B, 2> {
+    let [b, t] = ids.dims();
+    let x = embedding.forward(ids);
+    let hidden = x.dims()[2];
+    x.reshape([b * t, hidden])
 }
 
 /// A plain burn `Linear` for heads that never carry adapters (`lm_head`), weight ~ N(0, std).

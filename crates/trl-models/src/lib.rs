@@ -1,7 +1,8 @@
 //! # trl-models
 //!
 //! Causal-LM backbones loaded from Hugging Face checkpoints and proven equal to transformers:
-//! GPT-2 (`gpt2.rs`) and the Llama family — Llama, Mistral, Qwen2, Qwen3 — (`llama.rs`), one
+//! GPT-2 (`gpt2.rs`), the Llama family — Llama, Mistral, Qwen2, Qwen3 — (`llama.rs`) and
+//! GPT-NeoX (`gpt_neox.rs`), one
 //! file per architecture over shared blocks (`layers.rs`: norms, RoPE, attention, KV cache). Module
 //! fields mirror the HF parameter paths, so checkpoint keys load without a table. Masks and
 //! position ids come from the attention mask, built once per batch (`batch.rs`), so left and
@@ -19,7 +20,8 @@ macro_rules! architectures {
     ($then:ident $($args:tt)*) => {
         $then! { ($($args)*)
             Gpt2 => gpt2::Gpt2LMHeadModel,
-            Llama => llama::LlamaForCausalLM
+            Llama => llama::LlamaForCausalLM,
+            GptNeoX => gpt_neox::GptNeoXForCausalLM
         }
     };
 }
@@ -40,6 +42,7 @@ mod layers;
 mod limits;
 mod lora;
 pub mod loss;
+mod rope;
 
 pub use any::{arch_info, supported, AnyCausalLm, LmOutput, ARCHITECTURES};
 pub use backbone::{decode, ArchInfo, Backbone, CacheSlot};

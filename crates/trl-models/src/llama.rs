@@ -13,7 +13,7 @@ use trl_core::HfConfig;
 use crate::backbone::{ArchInfo, Backbone, CacheSlot};
 use crate::batch::Context;
 use crate::error::{ModelError, Result};
-use crate::layers::{attend, linear, RmsNorm, Rope, RopeTables};
+use crate::layers::{attend, embed_flat, linear, RmsNorm, Rope, RopeTables};
 use crate::limits;
 use crate::lora::{Adapters, Linear, LoraLayer};
 
@@ -75,6 +75,7 @@ pub const INFO: ArchInfo = ArchInfo {
     class_stems: &["Llama", "Mistral", "Qwen2", "Qwen3"],
     default_lora_targets: &["q_proj", "v_proj"],
     fan_in_fan_out: false,
+    lm_head: "lm_head",
 };
 
 impl LlamaConfig {
@@ -88,45 +89,7 @@ impl LlamaConfig {
             return Err(ModelError::Config(format!("hidden_act `{}` is not supported (silu)", c.hidden_act)));
         }
         c.validate_sizes()?;
-        let theta = cfg.rope_theta().unwrap_or(10000.0);
-        limits::finite_at_least("rope_theta", theta, f64::MIN_POSITIVE)?;
-        let mut rope = Rope::new(c.head_dim(), theta);
-        if let Some(scaling) = cfg.rope_scaling() {
-            let get = |k: &str| scaling.get(k).and_then(|v| v.as_f64());
-            match cfg.rope_type() {
-                Some("linear") => {
-                    let f = get("factor").unwrap_or(1.0);
-                    limits::finite_at_least("rope_scaling.factor", f, f64::MIN_POSITIVE)?;
-                    let f = f as f32;
-                    rope.inv_freq.iter_mut().for_each(|x| *x /= f);
-                }
-                Some("llama3") => {
-                    let need =
-                        |k: &str| get(k).ok_or_else(|| ModelError::Config(format!("llama3 rope scaling needs `{k}`")));
-                    for k in ["factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"] {
-                        limits::finite_at_least(&format!("rope_scaling.{k}"), need(k)?, f64::MIN_POSITIVE)?;
-                    }
-                    if need("high_freq_factor")? <= need("low_freq_factor")? {
-                        return Err(ModelError::Config(
-                            "llama3 rope scaling needs high_freq_factor > low_freq_factor".into(),
-                        ));
-                    }
-                    llama3_scaling(
-                        &mut rope.inv_freq,
-                        need("factor")?,
-                        need("low_freq_factor")?,
-                        need("high_freq_factor")?,
-                        need("original_max_position_embeddings")?,
-                    );
-                }
-                Some(other) => {
-                    return Err(ModelError::Config(format!(
-                        "rope type `{other}` is not supported (default, linear, llama3)"
-                    )))
-                }
-                None => {}
-            }
-        }
+        let rope = crate::rope::from_config(cfg, c.head_dim())?;
         c.rope = Some(rope);
         Ok(c)
     }
@@ -253,24 +216,6 @@ impl LlamaConfig {
     }
 }
 
-/// Llama 3's frequency-dependent RoPE scaling (transformers' `_compute_llama3_parameters`).
-fn llama3_scaling(inv_freq: &mut [f32], factor: f64, low: f64, high: f64, old_ctx: f64) {
-    let low_wavelen = old_ctx / low;
-    let high_wavelen = old_ctx / high;
-    for f in inv_freq.iter_mut() {
-        let freq = *f as f64;
-        let wavelen = 2.0 * std::f64::consts::PI / freq;
-        let scaled = if wavelen > low_wavelen { freq / factor } else { freq };
-        let medium = wavelen >= high_wavelen && wavelen <= low_wavelen;
-        *f = if medium {
-            let smooth = (old_ctx / wavelen - low) / (high - low);
-            ((1.0 - smooth) * scaled / factor + smooth * scaled) as f32
-        } else {
-            scaled as f32
-        };
-    }
-}
-
 #[derive(Module, Debug)]
 pub struct LlamaAttention<B: Backend> {
     pub q_proj: Linear<B>,
@@ -368,10 +313,7 @@ impl<B: Backend> Backbone<B> for LlamaForCausalLM<B> {
     }
 
     fn embed(&self, ids: Tensor<B, 2, Int>, _ctx: &Context<B>) -> Tensor<B, 2> {
-        let [b, t] = ids.dims();
-        let x = self.model.embed_tokens.forward(ids);
-        let hidden = x.dims()[2];
-        x.reshape([b * t, hidden])
+        embed_flat(&self.model.embed_tokens, ids)
     }
 
     fn num_layers(&self) -> usize {
