@@ -3,7 +3,8 @@
 use trl_models::AnyCausalLm;
 use trl_tests::*;
 
-const MODELS: &[&str] = &["gpt2", "llama", "qwen2", "qwen3", "mistral", "gpt_neox", "gpt_neox-serial"];
+const MODELS: &[&str] =
+    &["gpt2", "llama", "qwen2", "qwen3", "mistral", "gpt_neox", "gpt_neox-serial", "phi3", "phi3-long"];
 
 fn load(name: &str) -> AnyCausalLm<B> {
     AnyCausalLm::<B>::from_pretrained(&fixture(name), &trl_core::backend::device()).expect("load").0
@@ -71,7 +72,10 @@ fn lm_loss_matches_transformers() {
 /// other blockings, so within [`Tol::forward`].
 #[test]
 fn cached_decoding_equals_full_forward() {
-    for name in MODELS {
+    // LongRoPE picks its frequencies per forward pass from the largest position in it (as
+    // transformers does), so phi3-long's first decoding steps, below its original context of 4
+    // positions, use other frequencies than the full pass: not comparable by design.
+    for name in MODELS.iter().filter(|n| **n != "phi3-long") {
         let model = load(name);
         let exp = expected(name);
         let b = batch(&exp, "left");

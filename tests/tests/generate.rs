@@ -9,7 +9,8 @@ use trl_heads::{CausalLmWithValueHead, ValueHeadOptions};
 use trl_models::{AnyCausalLm, TokenBatch};
 use trl_tests::*;
 
-const MODELS: &[&str] = &["gpt2", "llama", "qwen2", "qwen3", "mistral", "gpt_neox", "gpt_neox-serial"];
+const MODELS: &[&str] =
+    &["gpt2", "llama", "qwen2", "qwen3", "mistral", "gpt_neox", "gpt_neox-serial", "phi3", "phi3-long"];
 const PAD: i64 = 1;
 
 fn load(name: &str) -> AnyCausalLm<B> {

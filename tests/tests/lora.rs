@@ -27,6 +27,7 @@ const CAUSAL: &[(&str, bool)] = &[
     ("lora-qwen2", true),
     ("lora-llama-layers", false),
     ("lora-gpt_neox", true),
+    ("lora-phi3", true),
 ];
 
 fn dev() -> burn::tensor::Device<B> {
@@ -165,9 +166,11 @@ fn several_named_adapters() {
 /// PEFT's SEQ_CLS adapter on a reward model: the adapter's `score` replaces the head.
 #[test]
 fn reward_model_adapter_matches_peft() {
-    for (name, class) in
-        [("lora-llama-rm", "LlamaForSequenceClassification"), ("lora-gpt_neox-rm", "GPTNeoXForSequenceClassification")]
-    {
+    for (name, class) in [
+        ("lora-llama-rm", "LlamaForSequenceClassification"),
+        ("lora-gpt_neox-rm", "GPTNeoXForSequenceClassification"),
+        ("lora-phi3-rm", "Phi3ForSequenceClassification"),
+    ] {
         let (model, cfg, restored) =
             ForSequenceClassification::<B>::from_adapter(&fixture(name), None, &dev()).unwrap();
         assert!(restored);

@@ -258,6 +258,11 @@ fn parity_gpt_neox() {
     parity("gpt_neox");
 }
 
+#[test]
+fn parity_phi3() {
+    parity("phi3");
+}
+
 fn resume_config(out: &Path) -> RewardConfig {
     RewardConfig {
         output_dir: out.to_path_buf(),

@@ -122,7 +122,7 @@ pub struct GptNeoXForCausalLM<B: Backend> {
     pub gpt_neox: GptNeoXModel<B>,
     pub embed_out: Option<burn::nn::Linear<B>>,
     #[module(skip)]
-    pub rope_inv_freq: Vec<f32>,
+    pub rope: Rope,
     pub max_position_embeddings: usize,
     /// LoRA adapters attached to the projections ([`crate::lora`]).
     #[module(skip)]
@@ -142,19 +142,9 @@ impl<B: Backend> GptNeoXLayer<B> {
         let (heads, rot) = (a.num_heads, a.rotary_ndims);
         let hd = d / heads;
         let qkv = a.query_key_value.forward(self.input_layernorm.forward(x.clone())).reshape([n, heads, 3 * hd]);
-        let part = |i: usize| qkv.clone().slice([0..n, 0..heads, i * hd..(i + 1) * hd]);
-        // rotary positions on the first `rot` dimensions of every head, the rest as they are
-        let rotate = |x: Tensor<B, 3>| -> Tensor<B, 2> {
-            if rot == 0 {
-                return x.reshape([n, d]);
-            }
-            if rot == hd {
-                return rope.apply(x.reshape([n, d]));
-            }
-            let r = rope.apply(x.clone().slice([0..n, 0..heads, 0..rot]).reshape([n, heads * rot]));
-            Tensor::cat(vec![r.reshape([n, heads, rot]), x.slice([0..n, 0..heads, rot..hd])], 2).reshape([n, d])
-        };
-        let v = part(2).reshape([n, d]);
+        let part = |i: usize| qkv.clone().slice([0..n, 0..heads, i * hd..(i + 1) * hd]).reshape([n, d]);
+        let rotate = |x: Tensor<B, 2>| rope.apply_partial(x, heads, rot);
+        let v = part(2);
         let scale = 1.0 / (hd as f64).sqrt();
         let out = attend(rotate(part(0)), rotate(part(1)), v, (heads, heads), ctx, cache, scale);
         let attn = a.dense.forward(out);
@@ -239,7 +229,7 @@ impl<B: Backend> Backbone<B> for GptNeoXForCausalLM<B> {
                 final_layer_norm: LayerNorm::new(h, eps, device),
             },
             embed_out: (!c.tie_word_embeddings).then(|| linear(h, c.vocab_size, false, std, device)),
-            rope_inv_freq: rope.inv_freq,
+            rope,
             max_position_embeddings: c.max_position_embeddings,
             adapters: Adapters::default(),
         })
@@ -248,7 +238,7 @@ impl<B: Backend> Backbone<B> for GptNeoXForCausalLM<B> {
     fn tables(&self, ctx: &Context<B>) -> RopeTables<B> {
         let heads = self.gpt_neox.layers.first().map_or(1, |l| l.attention.num_heads);
         let device = self.gpt_neox.embed_in.weight.device();
-        Rope { inv_freq: self.rope_inv_freq.clone(), attention_scaling: 1.0 }.tables(ctx, &[heads], &device)
+        self.rope.tables(ctx, &[heads], &device)
     }
 
     fn embed(&self, ids: Tensor<B, 2, Int>, _ctx: &Context<B>) -> Tensor<B, 2> {

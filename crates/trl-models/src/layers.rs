@@ -115,7 +115,11 @@ pub fn linear<B: Backend>(d_in: usize, d_out: usize, bias: bool, std: f64, devic
 #[derive(Debug, Clone)]
 pub struct Rope {
     pub inv_freq: Vec<f32>,
+    /// Multiplies cos and sin (LongRoPE's attention factor; 1 otherwise).
     pub attention_scaling: f32,
+    /// LongRoPE: the frequencies a forward pass uses instead when its largest position is at
+    /// or past `.1` (the original context), as transformers switches per call.
+    pub long: Option<(Vec<f32>, usize)>,
 }
 
 /// The cos and sin tables of one forward pass for activations `width = heads * head_dim` wide,
@@ -138,20 +142,24 @@ impl Rope {
     /// Default RoPE: `inv_freq[i] = base^(-2i/dim)`, computed in f32 as transformers does.
     pub fn new(head_dim: usize, base: f64) -> Self {
         let inv_freq = (0..head_dim / 2).map(|i| 1.0 / (base as f32).powf((2 * i) as f32 / head_dim as f32)).collect();
-        Self { inv_freq, attention_scaling: 1.0 }
+        Self { inv_freq, attention_scaling: 1.0, long: None }
     }
 
     /// Tables for the positions of `ctx`, for activations of `heads` heads each (e.g. the
     /// query and the KV head counts). Built once per forward pass and shared by every layer.
     pub fn tables<B: Backend>(&self, ctx: &Context<B>, heads: &[usize], device: &B::Device) -> RopeTables<B> {
-        let half = self.inv_freq.len();
-        let dim = 2 * half;
         let positions = ctx.token_positions();
+        let inv_freq = match &self.long {
+            Some((long, original)) if positions.iter().any(|&p| p >= *original as i64) => long,
+            _ => &self.inv_freq,
+        };
+        let half = inv_freq.len();
+        let dim = 2 * half;
         let n = positions.len();
         let (mut cos, mut sin) = (Vec::with_capacity(n * dim), Vec::with_capacity(n * dim));
         for &p in positions.iter() {
             let start = cos.len();
-            for &f in &self.inv_freq {
+            for &f in inv_freq {
                 let a = p as f32 * f;
                 cos.push(a.cos() * self.attention_scaling);
                 sin.push(-a.sin() * self.attention_scaling);
@@ -185,6 +193,23 @@ impl<B: Backend> RopeTables<B> {
         let r =
             self.by_width.iter().find(|r| r.width == width).expect("rope tables are built for every head count used");
         x.clone() * r.cos.clone() + x.select(1, r.perm.clone()) * r.sin.clone()
+    }
+
+    /// Rotates the first `rot` dimensions of each of the `heads` heads of flat
+    /// `[tokens, heads * head_dim]` activations and keeps the rest (partial rotary:
+    /// `partial_rotary_factor`, GPT-NeoX's `rotary_pct`); the tables are for `rot`-wide heads.
+    pub fn apply_partial(&self, x: Tensor<B, 2>, heads: usize, rot: usize) -> Tensor<B, 2> {
+        let [n, d] = x.dims();
+        let hd = d / heads;
+        match rot {
+            0 => x,
+            r if r == hd => self.apply(x),
+            r => {
+                let x = x.reshape([n, heads, hd]);
+                let rotated = self.apply(x.clone().slice([0..n, 0..heads, 0..r]).reshape([n, heads * r]));
+                Tensor::cat(vec![rotated.reshape([n, heads, r]), x.slice([0..n, 0..heads, r..hd])], 2).reshape([n, d])
+            }
+        }
     }
 }
 

@@ -207,7 +207,7 @@ impl LlamaConfig {
                 norm: RmsNorm::new(h, self.rms_norm_eps, device),
             },
             lm_head: (!self.tie_word_embeddings).then(|| linear(h, self.vocab_size, false, std, device)),
-            rope_inv_freq: self.rope.clone().unwrap_or_else(|| Rope::new(hd, 10000.0)).inv_freq,
+            rope: self.rope.clone().unwrap_or_else(|| Rope::new(hd, 10000.0)),
             head_dim: hd,
             sliding_window: self.window(),
             max_position_embeddings: self.max_position_embeddings,
@@ -257,7 +257,7 @@ pub struct LlamaForCausalLM<B: Backend> {
     pub model: LlamaModel<B>,
     pub lm_head: Option<burn::nn::Linear<B>>,
     #[module(skip)]
-    pub rope_inv_freq: Vec<f32>,
+    pub rope: Rope,
     pub head_dim: usize,
     pub sliding_window: Option<usize>,
     pub max_position_embeddings: usize,
@@ -309,7 +309,7 @@ impl<B: Backend> Backbone<B> for LlamaForCausalLM<B> {
         let heads =
             self.model.layers.first().map(|l| [l.self_attn.num_heads, l.self_attn.num_kv_heads]).unwrap_or([1, 1]);
         let device = self.model.embed_tokens.weight.device();
-        Rope { inv_freq: self.rope_inv_freq.clone(), attention_scaling: 1.0 }.tables(ctx, &heads, &device)
+        self.rope.tables(ctx, &heads, &device)
     }
 
     fn embed(&self, ids: Tensor<B, 2, Int>, _ctx: &Context<B>) -> Tensor<B, 2> {

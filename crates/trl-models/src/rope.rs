@@ -1,6 +1,6 @@
 //! Rotary frequencies from `config.json`: the base (`rope_theta`, `rope_parameters.rope_theta`,
 //! or GPT-NeoX's `rotary_emb_base`) and the scaling types transformers implements that we
-//! support: `default`, `linear` and `llama3`.
+//! support: `default`, `linear`, `llama3` and `longrope` (Phi-3's `su`).
 
 use trl_core::HfConfig;
 
@@ -38,8 +38,11 @@ pub fn from_config(cfg: &HfConfig, dim: usize) -> Result<Rope> {
                 need("original_max_position_embeddings")?,
             );
         }
+        Some("longrope" | "su") => longrope(cfg, &mut rope, theta, dim, &get)?,
         Some(other) => {
-            return Err(ModelError::Config(format!("rope type `{other}` is not supported (default, linear, llama3)")))
+            return Err(ModelError::Config(format!(
+                "rope type `{other}` is not supported (default, linear, llama3, longrope)"
+            )))
         }
         None => {}
     }
@@ -62,4 +65,53 @@ fn llama3_scaling(inv_freq: &mut [f32], factor: f64, low: f64, high: f64, old_ct
             scaled as f32
         };
     }
+}
+
+/// LongRoPE (transformers' `_compute_longrope_parameters`): `inv_freq[i] = 1 / (ext[i] ·
+/// base^(2i/dim))` with `short_factor` as `ext`, or `long_factor` for forward passes reaching
+/// past `original_max_position_embeddings`; cos and sin scaled by the attention factor
+/// (`sqrt(1 + ln(factor) / ln(original))` unless given, `factor` = max / original positions
+/// unless given).
+fn longrope(cfg: &HfConfig, rope: &mut Rope, theta: f64, dim: usize, get: &dyn Fn(&str) -> Option<f64>) -> Result<()> {
+    let scaling = cfg.rope_scaling().expect("called for a scaling type");
+    let original = get("original_max_position_embeddings")
+        .or_else(|| cfg.get_f64("original_max_position_embeddings"))
+        .ok_or_else(|| ModelError::Config("longrope needs `original_max_position_embeddings`".into()))?;
+    limits::finite_at_least("original_max_position_embeddings", original, 1.0)?;
+    let max = cfg.get_f64("max_position_embeddings").unwrap_or(original);
+    let factor = get("factor").unwrap_or(max / original);
+    limits::finite_at_least("rope_scaling.factor", factor, f64::MIN_POSITIVE)?;
+    let attention = match get("attention_factor") {
+        Some(a) => a,
+        None if factor <= 1.0 => 1.0,
+        None => (1.0 + factor.ln() / original.ln()).sqrt(),
+    };
+    limits::finite_at_least("rope_scaling.attention_factor", attention, 0.0)?;
+    let freqs = |key: &str| -> Result<Vec<f32>> {
+        let list = scaling
+            .get(key)
+            .and_then(|v| v.as_array())
+            .ok_or_else(|| ModelError::Config(format!("longrope needs `{key}`: a list of {} numbers", dim / 2)))?;
+        if list.len() != dim / 2 {
+            return Err(ModelError::Config(format!(
+                "longrope `{key}` has {} numbers; the rotary dimension {dim} needs {}",
+                list.len(),
+                dim / 2
+            )));
+        }
+        list.iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let ext = v
+                    .as_f64()
+                    .filter(|x| x.is_finite() && *x > 0.0)
+                    .ok_or_else(|| ModelError::Config(format!("longrope `{key}[{i}]` must be a positive number")))?;
+                Ok(1.0 / (ext as f32 * (theta as f32).powf((2 * i) as f32 / dim as f32)))
+            })
+            .collect()
+    };
+    rope.inv_freq = freqs("short_factor")?;
+    rope.long = Some((freqs("long_factor")?, original as usize));
+    rope.attention_scaling = attention as f32;
+    Ok(())
 }
