@@ -10,6 +10,22 @@ use trl_models::TokenBatch;
 /// The backend tests run on (chosen by cargo feature, `flex` by default).
 pub type B = trl_core::backend::Default;
 
+/// Every causal-LM fixture: one or more per architecture, each with transformers' logits,
+/// hidden states, loss and greedy generation in its `expected.safetensors`.
+pub const DECODERS: &[&str] = &[
+    "gpt2",
+    "llama",
+    "qwen2",
+    "qwen3",
+    "mistral",
+    "gpt_neox",
+    "gpt_neox-serial",
+    "phi3",
+    "phi3-long",
+    "gemma2",
+    "gemma3_text",
+];
+
 /// `tests/fixtures/<name>`, failing clearly when the fixtures were not generated.
 pub fn fixture(name: &str) -> PathBuf {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name);

@@ -3,9 +3,6 @@
 use trl_models::AnyCausalLm;
 use trl_tests::*;
 
-const MODELS: &[&str] =
-    &["gpt2", "llama", "qwen2", "qwen3", "mistral", "gpt_neox", "gpt_neox-serial", "phi3", "phi3-long"];
-
 fn load(name: &str) -> AnyCausalLm<B> {
     AnyCausalLm::<B>::from_pretrained(&fixture(name), &trl_core::backend::device()).expect("load").0
 }
@@ -13,7 +10,7 @@ fn load(name: &str) -> AnyCausalLm<B> {
 /// Logits of every case match transformers at real-token positions, within [`Tol::forward`].
 #[test]
 fn logits_match_transformers() {
-    for name in MODELS {
+    for name in DECODERS {
         let model = load(name);
         let exp = expected(name);
         for case in ["single", "right", "left"] {
@@ -40,7 +37,7 @@ fn logits_match_transformers() {
 /// `hidden_states` (embeddings, every layer, final norm) equal transformers'.
 #[test]
 fn all_hidden_states_match_transformers() {
-    for name in MODELS {
+    for name in DECODERS {
         let model = load(name);
         let exp = expected(name);
         let all = model.hidden_states(&batch(&exp, "single")).unwrap();
@@ -55,7 +52,7 @@ fn all_hidden_states_match_transformers() {
 /// log-softmax over the vocabulary and a mean over the tokens).
 #[test]
 fn lm_loss_matches_transformers() {
-    for name in MODELS {
+    for name in DECODERS {
         let model = load(name);
         let exp = expected(name);
         let b = batch(&exp, "right");
@@ -75,7 +72,7 @@ fn cached_decoding_equals_full_forward() {
     // LongRoPE picks its frequencies per forward pass from the largest position in it (as
     // transformers does), so phi3-long's first decoding steps, below its original context of 4
     // positions, use other frequencies than the full pass: not comparable by design.
-    for name in MODELS.iter().filter(|n| **n != "phi3-long") {
+    for name in DECODERS.iter().filter(|n| **n != "phi3-long") {
         let model = load(name);
         let exp = expected(name);
         let b = batch(&exp, "left");

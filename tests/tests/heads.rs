@@ -4,7 +4,7 @@ use trl_core::checkpoint::DEFAULT_MAX_SHARD_SIZE;
 use trl_heads::{CausalLmWithValueHead, ForSequenceClassification, VHeadSource, ValueHeadOptions};
 use trl_tests::*;
 
-const ARCHS: &[&str] = &["gpt2", "llama", "qwen2", "gpt_neox", "phi3"];
+const ARCHS: &[&str] = &["gpt2", "llama", "qwen2", "gpt_neox", "phi3", "gemma2", "gemma3_text"];
 
 fn dev() -> burn::tensor::Device<B> {
     trl_core::backend::device()

@@ -28,6 +28,8 @@ const CAUSAL: &[(&str, bool)] = &[
     ("lora-llama-layers", false),
     ("lora-gpt_neox", true),
     ("lora-phi3", true),
+    ("lora-gemma2", true),
+    ("lora-gemma3_text", true),
 ];
 
 fn dev() -> burn::tensor::Device<B> {
@@ -170,6 +172,8 @@ fn reward_model_adapter_matches_peft() {
         ("lora-llama-rm", "LlamaForSequenceClassification"),
         ("lora-gpt_neox-rm", "GPTNeoXForSequenceClassification"),
         ("lora-phi3-rm", "Phi3ForSequenceClassification"),
+        ("lora-gemma2-rm", "Gemma2ForSequenceClassification"),
+        ("lora-gemma3_text-rm", "Gemma3TextForSequenceClassification"),
     ] {
         let (model, cfg, restored) =
             ForSequenceClassification::<B>::from_adapter(&fixture(name), None, &dev()).unwrap();

@@ -263,6 +263,16 @@ fn parity_phi3() {
     parity("phi3");
 }
 
+#[test]
+fn parity_gemma2() {
+    parity("gemma2");
+}
+
+#[test]
+fn parity_gemma3_text() {
+    parity("gemma3_text");
+}
+
 fn resume_config(out: &Path) -> RewardConfig {
     RewardConfig {
         output_dir: out.to_path_buf(),

@@ -55,7 +55,7 @@ fn assert_close_masked(name: &str, what: &str, got: &[f32], want: &[f32], mask: 
 #[test]
 fn forward_reproduces_transformers_logits() {
     let tmp = tempfile::tempdir().unwrap();
-    for name in ["gpt2", "llama", "qwen2", "qwen3", "mistral", "gpt_neox", "phi3"] {
+    for name in ["gpt2", "llama", "qwen2", "qwen3", "mistral", "gpt_neox", "phi3", "gemma2", "gemma3_text"] {
         let exp = load_safetensors(&fixtures().join(name).join("expected.safetensors")).unwrap();
         for side in ["right", "left"] {
             let got = forward(&fixtures().join(name), side, tmp.path());

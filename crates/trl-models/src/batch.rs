@@ -170,6 +170,25 @@ impl<B: Backend> Context<B> {
         Self { mask, positions, batch, q_len, kv_len, tokens: None, memo: RefCell::new(Vec::new()) }
     }
 
+    /// The same context with the keys `window` or more slots before each query blocked too:
+    /// the sliding-window layers of models that alternate them with global ones (Gemma 2
+    /// and 3), with Mistral's window semantics ([`Context::new`]).
+    pub fn windowed(&self, window: usize) -> Self {
+        let (b, q, kv) = (self.batch, self.q_len, self.kv_len);
+        let past = kv - q;
+        let band: Vec<bool> = (0..q).flat_map(|i| (0..kv).map(move |j| j + window <= past + i)).collect();
+        let band = Tensor::<B, 4, Bool>::from_data(TensorData::new(band, [1, 1, q, kv]), &self.mask.device());
+        Self {
+            mask: self.mask.clone().bool_or(band.expand([b, 1, q, kv])),
+            positions: self.positions.clone(),
+            batch: b,
+            q_len: q,
+            kv_len: kv,
+            tokens: self.tokens.clone(),
+            memo: RefCell::new(Vec::new()),
+        }
+    }
+
     /// The padding-free layout of an uncached batch: activations hold only the tokens where
     /// `attention_mask` (`[batch, q_len]`) is set. Their values equal the padded layout's.
     pub fn without_padding(mut self, attention_mask: &[i64]) -> Self {

@@ -267,10 +267,26 @@ pub fn attend<B: Backend>(
     q: Tensor<B, 2>,
     k: Tensor<B, 2>,
     v: Tensor<B, 2>,
+    heads: (usize, usize),
+    ctx: &Context<B>,
+    cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+    scale: f64,
+) -> Tensor<B, 2> {
+    attend_capped(q, k, v, heads, ctx, cache, scale, None)
+}
+
+/// [`attend`] with the scores soft-capped before the mask: `cap · tanh(scores / cap)`
+/// (Gemma 2's `attn_logit_softcapping`).
+#[allow(clippy::too_many_arguments)]
+pub fn attend_capped<B: Backend>(
+    q: Tensor<B, 2>,
+    k: Tensor<B, 2>,
+    v: Tensor<B, 2>,
     (heads, kv_heads): (usize, usize),
     ctx: &Context<B>,
     cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
     scale: f64,
+    softcap: Option<f64>,
 ) -> Tensor<B, 2> {
     let (b, t, d) = (ctx.batch, ctx.q_len, q.dims()[1] / heads);
     let n = q.dims()[0];
@@ -302,10 +318,14 @@ pub fn attend<B: Backend>(
         // Backends that differentiate attention would decompose the fused op into burn's NaN-safe
         // fallback; no row here is fully masked (the diagonal stays visible, see `Context::new`),
         // so plain softmax is exact and takes fewer ops on `[batch, heads, q_len, kv_len]`.
-        let scores = (q * scale).matmul(k.swap_dims(2, 3)).mask_fill(ctx.mask_for_heads(heads), f32::NEG_INFINITY);
+        let mut scores = (q * scale).matmul(k.swap_dims(2, 3));
+        if let Some(cap) = softcap {
+            scores = (scores / cap).tanh() * cap;
+        }
+        let scores = scores.mask_fill(ctx.mask_for_heads(heads), f32::NEG_INFINITY);
         softmax(scores, 3).matmul(v)
     } else {
-        let options = AttentionModuleOptions { scale: Some(scale), softcap: None, is_causal: false };
+        let options = AttentionModuleOptions { scale: Some(scale), softcap, is_causal: false };
         attention(q, k, v, Some(ctx.mask.clone()), None, options)
     };
     out.reshape([b * heads * t, d]).select(0, ctx.from_heads_index(heads)).reshape([n, heads * d])

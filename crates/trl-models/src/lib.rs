@@ -2,7 +2,7 @@
 //!
 //! Causal-LM backbones loaded from Hugging Face checkpoints and proven equal to transformers:
 //! GPT-2 (`gpt2.rs`), the Llama family — Llama, Mistral, Qwen2, Qwen3 — (`llama.rs`) and
-//! GPT-NeoX (`gpt_neox.rs`) and Phi-3 (`phi3.rs`), one
+//! GPT-NeoX (`gpt_neox.rs`), Phi-3 (`phi3.rs`) and Gemma 2 and 3 (`gemma.rs`), one
 //! file per architecture over shared blocks (`layers.rs`: norms, RoPE, attention, KV cache). Module
 //! fields mirror the HF parameter paths, so checkpoint keys load without a table. Masks and
 //! position ids come from the attention mask, built once per batch (`batch.rs`), so left and
@@ -22,7 +22,8 @@ macro_rules! architectures {
             Gpt2 => gpt2::Gpt2LMHeadModel,
             Llama => llama::LlamaForCausalLM,
             GptNeoX => gpt_neox::GptNeoXForCausalLM,
-            Phi3 => phi3::Phi3ForCausalLM
+            Phi3 => phi3::Phi3ForCausalLM,
+            Gemma => gemma::GemmaForCausalLM
         }
     };
 }
