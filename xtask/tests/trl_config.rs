@@ -10,20 +10,37 @@ use serde_json::Value;
 
 #[test]
 fn a_trl_config_file_trains_unchanged() {
+    let (_tmp, _out, warning) = trains_unchanged("reward_config.json");
+    assert!(warning.contains("use_cpu") && !warning.contains("gradient_checkpointing"), "{warning}");
+}
+
+/// TRL's `--config` YAML, with its script and model arguments mixed in: the same run, plus the
+/// TensorBoard event file it asks for.
+#[test]
+fn a_trl_yaml_config_trains_unchanged() {
+    let (_tmp, out, warning) = trains_unchanged("reward_config.yaml");
+    assert!(warning.contains("model_name_or_path") && warning.contains("dataset_name"), "{warning}");
+    assert!(!warning.contains("use_peft"), "false asks for nothing: {warning}");
+    let events = std::fs::read_dir(out.join("runs")).unwrap().count();
+    assert_eq!(events, 1, "report_to: [tensorboard] writes one event file");
+}
+
+/// Trains with fixture config `name` (its OUTPUT_DIR replaced); checks what its settings ask
+/// for and returns the temp dir, the output dir and the warning line.
+fn trains_unchanged(name: &str) -> (tempfile::TempDir, std::path::PathBuf, String) {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run");
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/trl_config/reward_config.json");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/trl_config").join(name);
     let text = std::fs::read_to_string(fixture).unwrap().replace("OUTPUT_DIR", out.to_str().unwrap());
-    let cfg = tmp.path().join("reward_config.json");
+    let cfg = tmp.path().join(name);
     std::fs::write(&cfg, text).unwrap();
     let run =
         Command::new(env!("CARGO_BIN_EXE_xtask")).args(["train", "--config", cfg.to_str().unwrap()]).output().unwrap();
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "train failed: {stderr}");
-    // one warning line names what has no effect here (use_cpu differs from TRL's default);
-    // what equals TRL's defaults (gradient_checkpointing = true) is not named
-    let warning = stderr.lines().find(|l| l.contains("no effect in trl-rs")).expect("a warning line");
-    assert!(warning.contains("use_cpu") && !warning.contains("gradient_checkpointing"), "{warning}");
+    // one warning line names what has no effect here (e.g. use_cpu, which differs from TRL's
+    // default); what equals TRL's defaults (gradient_checkpointing = true) is not named
+    let warning = stderr.lines().find(|l| l.contains("no effect in trl-rs")).expect("a warning line").to_string();
 
     let lines: Vec<Value> = std::fs::read_to_string(out.join("metrics.jsonl"))
         .unwrap()
@@ -48,6 +65,7 @@ fn a_trl_config_file_trains_unchanged() {
         .collect();
     ckpts.sort();
     assert_eq!(ckpts, ["checkpoint-12", "checkpoint-8"]);
+    (tmp, out, warning)
 }
 
 #[test]

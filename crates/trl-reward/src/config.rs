@@ -53,6 +53,11 @@ pub struct RewardConfig {
     pub data_seed: Option<u64>,
     /// `adamw_torch` (or `adamw_torch_fused`, the same update); other optimizers are an error.
     pub optim: String,
+    /// Where log lines go besides `metrics.jsonl` and the plots: `tensorboard` writes
+    /// TensorBoard event files under `<output_dir>/runs/` (a string or a list, as transformers
+    /// takes it; `none` or empty: nowhere else).
+    #[serde(deserialize_with = "one_or_many")]
+    pub report_to: Vec<String>,
     /// Shuffle the training pairs each epoch (seeded by `seed` and the epoch, so a resumed run
     /// replays the same order). `false` reads them in file order every epoch, as a
     /// `SequentialSampler` would: for step-by-step comparisons with another trainer.
@@ -232,6 +237,7 @@ impl Default for RewardConfig {
             seed: 42,
             data_seed: None,
             optim: "adamw_torch".into(),
+            report_to: Vec::new(),
             shuffle: true,
             warmup_steps: 0,
             warmup_ratio: 0.0,
@@ -317,6 +323,12 @@ impl RewardConfig {
         if let Some(l) = &self.lora {
             l.validate()?;
         }
+        if let Some(r) = self.report_to.iter().find(|r| !["tensorboard", "none"].contains(&r.as_str())) {
+            return Err(RewardError::Config(format!(
+                "report_to `{r}` is not available: trl-rs reports to `tensorboard` (or `none`); metrics.jsonl and \
+                 the plots are always written"
+            )));
+        }
         if !["adamw_torch", "adamw_torch_fused"].contains(&self.optim.as_str()) {
             return Err(RewardError::Config(format!(
                 "optim `{}` is not supported: trl-rs trains with PyTorch's AdamW (optim = \"adamw_torch\")",
@@ -390,4 +402,18 @@ impl RewardConfig {
             (self.warmup_ratio * total as f64).ceil() as u64
         }
     }
+}
+
+/// A string or a list of strings, as a list (`report_to = "tensorboard"` or `["tensorboard"]`).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
 }

@@ -139,8 +139,9 @@ const TRL_DEFAULTS: &str = r#"{
     "activation_offloading": false
 }"#;
 
-/// A config file (`.toml`, else JSON) read as TRL/transformers write them, plus the names of
-/// the fields it sets that have no effect in trl-rs (for one warning line).
+/// A config file (`.toml`, `.yaml`/`.yml` as TRL's `--config` takes, else JSON) read as
+/// TRL/transformers write them, plus the names of the fields it sets that have no effect in
+/// trl-rs (for one warning line).
 pub fn read(path: &Path) -> Result<(RewardConfig, Vec<String>)> {
     let text = std::fs::read_to_string(path).map_err(|e| RewardError::io(path, e))?;
     let bad = |reason: String| RewardError::Data { path: path.to_path_buf(), reason };
@@ -148,6 +149,7 @@ pub fn read(path: &Path) -> Result<(RewardConfig, Vec<String>)> {
         Some("toml") => toml::from_str::<toml::Value>(&text)
             .map_err(|e| bad(e.to_string()))
             .and_then(|v| serde_json::to_value(v).map_err(|e| bad(e.to_string())))?,
+        Some("yaml" | "yml") => yaml_to_json(&text).map_err(bad)?,
         _ => serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?,
     };
     let Value::Object(map) = value else {
@@ -175,7 +177,6 @@ fn split(map: Map<String, Value>) -> std::result::Result<(Map<String, Value>, Ve
             // transformers' and TRL's "unset" values
             "max_steps" => v.as_i64() == Some(-1),
             "eos_token" => v.is_null() || v.as_str() == Some("<EOS_TOKEN>"),
-            "report_to" => true,
             _ => v.is_null(),
         };
         // transformers 5: a `warmup_steps` below 1 is a ratio of the training steps
@@ -183,16 +184,39 @@ fn split(map: Map<String, Value>) -> std::result::Result<(Map<String, Value>, Ve
             ours.insert("warmup_ratio".into(), v);
             continue;
         }
+        // report_to: TensorBoard is ours; "all" means every integration, so TensorBoard here;
+        // the others (wandb, mlflow, …) are not available and listed in the warning
+        if k == "report_to" {
+            let names: Vec<String> = match &v {
+                Value::String(s) => vec![s.clone()],
+                Value::Array(a) => a.iter().filter_map(|x| x.as_str().map(String::from)).collect(),
+                _ => Vec::new(),
+            };
+            let mut ok = Vec::new();
+            for n in names {
+                match n.as_str() {
+                    "tensorboard" | "all" => ok.push(Value::String("tensorboard".into())),
+                    "none" => {}
+                    other => ignored.push(format!(
+                        "report_to={other} (not available: metrics go to metrics.jsonl, \
+                                                   the plots and TensorBoard)"
+                    )),
+                }
+            }
+            ours.insert(k, Value::Array(ok));
+            continue;
+        }
         if known.contains(&k) {
             if !unset {
                 ours.insert(k, v);
             }
+        } else if SCRIPT_AND_MODEL_ARGS.contains(&k.as_str()) {
+            if !is_default_like(&v) {
+                ignored
+                    .push(format!("{k} (a TRL script / model argument: pass --model, --train-file, --lora-r instead)"));
+            }
         } else if let Some(default) = trl.get(&k) {
-            if k == "report_to" {
-                if !reports_nowhere(&v) {
-                    ignored.push(format!("report_to={v} (metrics go to metrics.jsonl and the plots)"));
-                }
-            } else if &v != default && !(default.is_null() && is_default_like(&v)) {
+            if &v != default && !(default.is_null() && is_default_like(&v)) {
                 ignored.push(k);
             }
         } else {
@@ -212,12 +236,93 @@ fn split(map: Map<String, Value>) -> std::result::Result<(Map<String, Value>, Ve
     Ok((ours, ignored))
 }
 
-fn reports_nowhere(v: &Value) -> bool {
-    match v {
-        Value::String(s) => s == "none",
-        Value::Array(a) => a.is_empty() || a.iter().all(|x| x.as_str() == Some("none")),
-        Value::Null => true,
-        _ => false,
+/// TRL's `ScriptArguments` and `ModelConfig` fields, which a TRL YAML `--config` mixes in with
+/// the `RewardConfig` ones: known, but the command line says these here.
+const SCRIPT_AND_MODEL_ARGS: &[&str] = &[
+    "dataset_name",
+    "dataset_config",
+    "dataset_train_split",
+    "dataset_test_split",
+    "dataset_streaming",
+    "gradient_checkpointing_use_reentrant",
+    "ignore_bias_buffers",
+    "model_name_or_path",
+    "model_revision",
+    "torch_dtype",
+    "dtype",
+    "trust_remote_code",
+    "attn_implementation",
+    "use_peft",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "lora_target_modules",
+    "lora_target_parameters",
+    "lora_modules_to_save",
+    "lora_task_type",
+    "use_rslora",
+    "use_dora",
+    "load_in_8bit",
+    "load_in_4bit",
+    "bnb_4bit_quant_type",
+    "use_bnb_nested_quant",
+];
+
+/// Nesting deeper than this in a YAML config is refused (a config is a flat table).
+const YAML_MAX_DEPTH: usize = 64;
+
+/// A YAML document (one mapping of settings) as JSON: YAML 1.2 core scalars (`1.0e-5`, `true`,
+/// `~`), sequences and mappings with string keys; anchors and aliases are refused.
+fn yaml_to_json(text: &str) -> std::result::Result<Value, String> {
+    use yaml_rust2::{Yaml, YamlLoader};
+    fn convert(y: &Yaml, depth: usize) -> std::result::Result<Value, String> {
+        if depth > YAML_MAX_DEPTH {
+            return Err(format!("nested deeper than {YAML_MAX_DEPTH} levels"));
+        }
+        Ok(match y {
+            Yaml::Null => Value::Null,
+            Yaml::Boolean(b) => Value::Bool(*b),
+            Yaml::Integer(i) => Value::from(*i),
+            Yaml::Real(r) => {
+                let f: f64 = r.parse().map_err(|_| format!("`{r}` is not a number"))?;
+                serde_json::Number::from_f64(f).map(Value::Number).ok_or_else(|| format!("`{r}` is not finite"))?
+            }
+            Yaml::String(s) => Value::String(s.clone()),
+            Yaml::Array(a) => Value::Array(a.iter().map(|x| convert(x, depth + 1)).collect::<Result<_, _>>()?),
+            Yaml::Hash(h) => {
+                let mut m = Map::new();
+                for (k, v) in h {
+                    let key = match k {
+                        Yaml::String(s) => s.clone(),
+                        Yaml::Integer(i) => i.to_string(),
+                        other => return Err(format!("mapping key {other:?} is not a string")),
+                    };
+                    m.insert(key, convert(v, depth + 1)?);
+                }
+                Value::Object(m)
+            }
+            Yaml::Alias(_) => return Err("YAML aliases are not supported in a config".into()),
+            Yaml::BadValue => return Err("unreadable value".into()),
+        })
+    }
+    // Aliases are refused before loading: the loader copies what they name, so nested ones
+    // could grow a small file into any size ("billion laughs").
+    let mut parser = yaml_rust2::parser::Parser::new_from_str(text);
+    loop {
+        match parser.next_token() {
+            Ok((yaml_rust2::parser::Event::Alias(_), mark)) => {
+                return Err(format!("line {}: YAML aliases are not supported in a config", mark.line()))
+            }
+            Ok((yaml_rust2::parser::Event::StreamEnd, _)) => break,
+            Ok(_) => {}
+            Err(e) => return Err(format!("YAML: {e}")),
+        }
+    }
+    let docs = YamlLoader::load_from_str(text).map_err(|e| format!("YAML: {e}"))?;
+    match docs.as_slice() {
+        [doc] => convert(doc, 0),
+        [] => Ok(Value::Object(Map::new())),
+        _ => Err(format!("{} YAML documents; a config is one", docs.len())),
     }
 }
 
@@ -243,9 +348,29 @@ mod tests {
     }
 
     #[test]
+    fn yaml_reads_as_trl_writes_it() {
+        let v = yaml_to_json(
+            "# TRL --config\nlearning_rate: 1.0e-5\nnum_train_epochs: 1\nbf16: true\nreport_to:\n  - tensorboard\n\
+             eval_steps: ~\nlr_scheduler_kwargs: {min_lr: 1e-6}\noutput_dir: runs/rm\n",
+        )
+        .unwrap();
+        assert_eq!(
+            v,
+            json!({"learning_rate": 1e-5, "num_train_epochs": 1, "bf16": true, "report_to": ["tensorboard"],
+                   "eval_steps": null, "lr_scheduler_kwargs": {"min_lr": 1e-6}, "output_dir": "runs/rm"})
+        );
+        assert!(yaml_to_json("a: &x 1\nb: *x\n").unwrap_err().contains("aliases"));
+        let deep = format!("a: {}1{}\n", "[".repeat(100), "]".repeat(100));
+        assert!(yaml_to_json(&deep).unwrap_err().contains("nested deeper"));
+        assert!(yaml_to_json("a: [1, 2\n").is_err());
+        let very_deep = format!("a: {}1{}\n", "[".repeat(200_000), "]".repeat(200_000));
+        assert!(yaml_to_json(&very_deep).is_err());
+    }
+
+    #[test]
     fn trl_names_are_known_and_unknown_names_are_errors() {
         let (ours, ignored) = parse(json!({
-            "learning_rate": 1e-5, "max_steps": -1, "bf16": true, "fp16": false, "report_to": ["tensorboard"],
+            "learning_rate": 1e-5, "max_steps": -1, "bf16": true, "fp16": false, "report_to": ["tensorboard", "wandb"],
             "torch_compile": true, "push_to_hub": false, "eval_steps": null, "save_total_limit": 2,
             "gradient_checkpointing": true, "logging_strategy": "steps", "label_smoothing_factor": 0.0,
         }))
@@ -254,8 +379,11 @@ mod tests {
         assert!(!ours.contains_key("max_steps") && !ours.contains_key("eval_steps"));
         assert_eq!(ours.get("save_total_limit"), Some(&json!(2)));
         assert_eq!(ignored.len(), 3, "{ignored:?}");
-        assert!(ignored.iter().any(|i| i == "bf16") && ignored.iter().any(|i| i.starts_with("report_to")));
+        assert!(ignored.iter().any(|i| i == "bf16") && ignored.iter().any(|i| i.starts_with("report_to=wandb")));
+        assert_eq!(ours.get("report_to"), Some(&json!(["tensorboard"])));
         let err = parse(json!({"learning_rat": 1e-5})).unwrap_err();
+        let (_, ignored) = parse(json!({"model_name_or_path": "Qwen/Qwen2-0.5B", "use_peft": true})).unwrap();
+        assert_eq!(ignored.len(), 2, "{ignored:?}");
         assert!(err.contains("`learning_rat`") && err.contains("learning_rate"), "{err}");
         // our extensions are not TRL names, so nothing is both
         let trl: Map<String, Value> = serde_json::from_str(TRL_DEFAULTS).unwrap();

@@ -50,6 +50,7 @@ mod run;
 pub mod schedule;
 mod state;
 pub mod synthetic;
+pub mod tensorboard;
 mod trainer;
 
 pub use checkpoint::Resumed;

@@ -209,6 +209,14 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
             std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| RewardError::io(&path, e))?;
         let line = serde_json::to_string(&entry).expect("log entries serialise");
         writeln!(f, "{line}").map_err(|e| RewardError::io(&path, e))?;
+        if self.config.report_to.iter().any(|r| r == "tensorboard") {
+            if self.tensorboard.is_none() {
+                self.tensorboard = Some(crate::tensorboard::EventWriter::create(&self.config.output_dir.join("runs"))?);
+            }
+            if let Some(tb) = self.tensorboard.as_mut() {
+                tb.log(&entry)?;
+            }
+        }
         let stop = on_event(Event::Log(&entry)).is_break();
         self.state.log_history.push(entry);
         Ok(stop)

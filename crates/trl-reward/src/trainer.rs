@@ -79,6 +79,9 @@ pub struct RewardTrainer<B: AutodiffBackend> {
     pub(crate) reseed: bool,
     /// The lock on `config.output_dir`, held from [`Self::lock_output_dir`] on.
     pub(crate) lock: Option<trl_core::lock::DirLock>,
+    /// The TensorBoard event file of this run (`report_to` tensorboard), opened at the first
+    /// log line.
+    pub(crate) tensorboard: Option<crate::tensorboard::EventWriter>,
 }
 
 /// Rewards of a batch of pairs, scored in one forward pass.
@@ -184,6 +187,7 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
             adapter,
             reseed,
             lock: None,
+            tensorboard: None,
         })
     }
 
