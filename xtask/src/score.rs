@@ -66,8 +66,10 @@ struct Item {
 }
 
 /// The texts of one row, rendered as training renders them (EOS appended to plain text,
-/// conversations through the chat template). `Err` is why the row is malformed.
-fn texts(v: &Value, args: &ScoreArgs, m: &ModelDir) -> Result<(bool, Vec<String>), String> {
+/// conversations through the chat template), each with whether it is a rendered conversation
+/// (then tokenized without special tokens: the template writes them, as TRL tokenizes).
+/// `Err` is why the row is malformed.
+fn texts(v: &Value, args: &ScoreArgs, m: &ModelDir) -> Result<(bool, Vec<(String, bool)>), String> {
     if !v.is_object() {
         return Err("not a JSON object (expected `text`, `prompt`+`response`, or `prompt`+`chosen`+`rejected`)".into());
     }
@@ -81,7 +83,11 @@ fn texts(v: &Value, args: &ScoreArgs, m: &ModelDir) -> Result<(bool, Vec<String>
             .map_err(|_| format!("`{k}` must be a string or a list of {{\"role\", \"content\"}} messages"))
     };
     let prompt = field("prompt")?;
-    let r = |c: &Content| render(prompt.as_ref(), c, &m.tokenizer, &eos, None).map_err(|e| e.to_string());
+    let r = |c: &Content| {
+        render(prompt.as_ref(), c, &m.tokenizer, &eos, None)
+            .map(|t| (t, c.is_conversational()))
+            .map_err(|e| e.to_string())
+    };
     Ok(match (field("text")?, field("response")?, field("chosen")?, field("rejected")?) {
         (Some(t), _, _, _) => (false, vec![r(&t)?]),
         (_, Some(resp), _, _) => (false, vec![r(&resp)?]),
@@ -117,7 +123,7 @@ fn read_items(args: &ScoreArgs, m: &ModelDir, limit: &Limit) -> Result<Vec<Item>
             let ids = texts
                 .iter()
                 .zip(if pair { ["`chosen`", "`rejected`"].as_slice() } else { ["the text"].as_slice() })
-                .map(|(t, side)| match m.tokenizer.encode(t, true) {
+                .map(|((t, conversation), side)| match m.tokenizer.encode(t, !conversation) {
                     Ok(ids) if ids.is_empty() => Err(format!("{side} has no tokens: nothing to score")),
                     Ok(ids) => Ok(ids),
                     Err(e) => Err(e.to_string()),

@@ -234,8 +234,20 @@ fn append_eos_matches_score_and_conversations_use_the_template() {
     }
     let cfg_path = model.join("tokenizer_config.json");
     let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
-    cfg["chat_template"] = json!("{% for m in messages %}<{{ m.role }}> {{ m.content }}\n{% endfor %}");
+    // a template that writes the BOS itself, and a tokenizer that adds one to plain text (as
+    // Llama 3's do): a conversation must get one BOS, not two
+    cfg["chat_template"] = json!("{{ bos_token }}{% for m in messages %}<{{ m.role }}> {{ m.content }}\n{% endfor %}");
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let tok_path = model.join("tokenizer.json");
+    let mut tok: Value = serde_json::from_str(&std::fs::read_to_string(&tok_path).unwrap()).unwrap();
+    let bos = json!({ "SpecialToken": { "id": "<|endoftext|>", "type_id": 0 } });
+    tok["post_processor"] = json!({
+        "type": "TemplateProcessing",
+        "single": [bos, { "Sequence": { "id": "A", "type_id": 0 } }],
+        "pair": [bos, { "Sequence": { "id": "A", "type_id": 0 } }, { "Sequence": { "id": "B", "type_id": 1 } }],
+        "special_tokens": { "<|endoftext|>": { "id": "<|endoftext|>", "ids": [0], "tokens": ["<|endoftext|>"] } },
+    });
+    std::fs::write(&tok_path, tok.to_string()).unwrap();
     let model = model.to_str().unwrap();
 
     let want = score_cli(model, &text_rows(), &[]);
@@ -254,6 +266,12 @@ fn append_eos_matches_score_and_conversations_use_the_template() {
     let want = score_cli(model, &[json!({ "text": messages })], &[]);
     let r = server.ok("/classify", json!({ "messages": messages }));
     assert_close("/classify messages", &floats(&r["data"][0]["probs"]), &want);
+    // the rendered text as plain `input` gets the tokenizer's BOS on top of the template's
+    // (and, with --append-eos, an EOS)
+    let rendered = "<|endoftext|><user> Where is Paris?\n<assistant> In France.\n";
+    let plain = server.ok("/classify", json!({ "input": rendered }));
+    let tokens = |v: &Value| v["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert_eq!(tokens(&r) + 2, tokens(&plain), "a conversation gets the template's BOS only: {r} {plain}");
 }
 
 #[test]
