@@ -199,9 +199,9 @@ pub(crate) fn score_file(args: &ScoreArgs) -> Result<Vec<Scored>, Error> {
     let mut rewards = score_sorted(&model, &items, pad, (args.batch_size / 2).max(1))?;
     if args.normalize {
         let cfg = trl_core::HfConfig::load(&m.dir)?;
-        let (mean, std) = match (cfg.get_f64("mean"), cfg.get_f64("std")) {
-            (Some(mean), Some(std)) if mean.is_finite() && std.is_finite() && std > 0.0 => (mean, std),
-            _ => {
+        let (mean, std) = match trl_heads::seq_cls::reward_normalization(&cfg) {
+            Some(n) => n,
+            None => {
                 return Err(format!(
                     "--normalize: {} has no finite `mean` and positive `std`; train with normalize_reward = true to \
                      store them",

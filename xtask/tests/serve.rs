@@ -226,12 +226,7 @@ fn every_endpoint_equals_score() {
 #[test]
 fn append_eos_matches_score_and_conversations_use_the_template() {
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("rm");
-    std::fs::create_dir(&model).unwrap();
-    for f in std::fs::read_dir(fixtures().join("gpt2-rm")).unwrap() {
-        let f = f.unwrap().path();
-        std::fs::copy(&f, model.join(f.file_name().unwrap())).unwrap();
-    }
+    let model = trl_tests::copy_fixture("gpt2-rm", dir.path());
     let cfg_path = model.join("tokenizer_config.json");
     let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
     // a template that writes the BOS itself, and a tokenizer that adds one to plain text (as
@@ -468,12 +463,7 @@ fn sigterm_finishes_requests_in_flight() {
 #[test]
 fn normalized_rewards_equal_score_normalize() {
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("rm");
-    std::fs::create_dir(&model).unwrap();
-    for f in std::fs::read_dir(fixtures().join("gpt2-rm")).unwrap() {
-        let f = f.unwrap().path();
-        std::fs::copy(&f, model.join(f.file_name().unwrap())).unwrap();
-    }
+    let model = trl_tests::copy_fixture("gpt2-rm", dir.path());
     let cfg_path = model.join("config.json");
     let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
     cfg["mean"] = json!(-0.5);

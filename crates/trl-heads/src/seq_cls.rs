@@ -60,6 +60,15 @@ pub(crate) fn mark_as_seq_cls(cfg: &mut HfConfig, n: usize) {
     cfg.raw.remove("num_labels");
 }
 
+/// The reward normalisation a reward model's config.json stores (OpenRLHF's and
+/// `normalize_reward`'s `mean` and `std`), when both are there, finite, and `std` positive.
+pub fn reward_normalization(cfg: &HfConfig) -> Option<(f64, f64)> {
+    match (cfg.get_f64("mean"), cfg.get_f64("std")) {
+        (Some(mean), Some(std)) if mean.is_finite() && std.is_finite() && std > 0.0 => Some((mean, std)),
+        _ => None,
+    }
+}
+
 /// Whether a checkpoint is a reward model rather than a causal LM.
 pub fn is_seq_cls(cfg: &HfConfig) -> bool {
     cfg.architectures().iter().any(|a| a.ends_with("ForSequenceClassification"))

@@ -74,12 +74,23 @@ pub trait Backbone<B: Backend>: Module<B> + Sized {
 
     fn lm_head_slot(&mut self) -> &mut Option<burn::nn::Linear<B>>;
 
-    /// `[batch, seq, hidden]` → `[batch, seq, vocab]`
+    /// `[batch, seq, hidden]` → `[batch, seq, vocab]`, soft-capped when the architecture
+    /// caps its logits ([`Self::final_logit_softcap`]).
     fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        match self.lm_head() {
+        let logits = match self.lm_head() {
             Some(head) => head.forward(hidden),
             None => hidden.matmul(self.embedding().transpose().unsqueeze()),
+        };
+        match self.final_logit_softcap() {
+            Some(cap) => (logits / cap).tanh() * cap,
+            None => logits,
         }
+    }
+
+    /// `cap` of `cap · tanh(logits / cap)` on the LM logits (Gemma 2's
+    /// `final_logit_softcapping`); none by default.
+    fn final_logit_softcap(&self) -> Option<f64> {
+        None
     }
 
     /// Whether the lm_head is the token embedding (no `lm_head.weight` of its own).

@@ -435,16 +435,8 @@ impl<B: Backend> Backbone<B> for GemmaForCausalLM<B> {
         self.model.norm.forward(x)
     }
 
-    /// The head's logits, soft-capped as Gemma 2 does: `cap · tanh(logits / cap)`.
-    fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        let logits = match &self.lm_head {
-            Some(head) => head.forward(hidden),
-            None => hidden.matmul(self.embedding().transpose().unsqueeze()),
-        };
-        match self.settings.final_softcap {
-            Some(cap) => (logits / cap).tanh() * cap,
-            None => logits,
-        }
+    fn final_logit_softcap(&self) -> Option<f64> {
+        self.settings.final_softcap
     }
 
     fn embedding(&self) -> Tensor<B, 2> {

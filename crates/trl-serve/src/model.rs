@@ -52,14 +52,13 @@ pub(crate) enum Net<B: Backend> {
 
 /// `(mean, std)` of `config.json`, or an error naming the file and the fix.
 fn normalization(cfg: &HfConfig, dir: &Path) -> Result<(f64, f64), ServeError> {
-    match (cfg.get_f64("mean"), cfg.get_f64("std")) {
-        (Some(m), Some(s)) if m.is_finite() && s.is_finite() && s > 0.0 => Ok((m, s)),
-        _ => Err(ServeError::Config(format!(
+    seq_cls::reward_normalization(cfg).ok_or_else(|| {
+        ServeError::Config(format!(
             "--normalize-reward: {} has no finite `mean` and positive `std`; train with normalize_reward = true \
              to store them, or serve without --normalize-reward",
             dir.join("config.json").display()
-        ))),
-    }
+        ))
+    })
 }
 
 impl<B: Backend> Net<B> {

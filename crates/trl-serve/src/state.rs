@@ -236,14 +236,19 @@ impl AppState {
     }
 }
 
+/// The classifier activation both client families apply: a sigmoid for one label, a softmax
+/// over several.
+pub fn activate(scores: &[f32]) -> Vec<f32> {
+    match scores.len() {
+        1 => vec![sigmoid(scores[0])],
+        _ => softmax(scores),
+    }
+}
+
 /// `(score, label)` pairs of one reward vector, best first, with text-embeddings-inference's
-/// activation unless `raw`: a sigmoid for one label, a softmax over several.
+/// activation ([`activate`]) unless `raw`.
 pub fn activated(scores: &[f32], labels: &[String], raw: bool) -> Vec<(f32, String)> {
-    let values: Vec<f32> = match (raw, scores.len()) {
-        (true, _) => scores.to_vec(),
-        (false, 1) => vec![sigmoid(scores[0])],
-        (false, _) => softmax(scores),
-    };
+    let values = if raw { scores.to_vec() } else { activate(scores) };
     let mut out: Vec<(f32, String)> = values
         .into_iter()
         .enumerate()
@@ -257,7 +262,7 @@ pub fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
 
-pub fn softmax(x: &[f32]) -> Vec<f32> {
+fn softmax(x: &[f32]) -> Vec<f32> {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let e: Vec<f32> = x.iter().map(|v| (v - max).exp()).collect();
     let sum: f32 = e.iter().sum();

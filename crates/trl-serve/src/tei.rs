@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use crate::error::ApiError;
 use crate::model::ModelKind;
-use crate::state::{activated, parse, Cut, Input, Shared};
+use crate::state::{activated, parse, sigmoid, Cut, Input, Shared};
 
 /// A text, or a pair of texts (scored as one: the first, then the second).
 #[derive(Deserialize)]
@@ -114,12 +114,8 @@ pub async fn rerank(State(s): State<Shared>, body: Bytes) -> Result<Json<Value>,
     let req: RerankRequest = parse(&body)?;
     let inputs = req.texts.iter().map(|t| Input::Pair(req.query.clone(), t.clone())).collect();
     let out = rewards(&s, inputs, cut(&s, req.truncate, req.truncation_direction)).await?;
-    let labels = s.labels();
-    let mut ranked: Vec<(usize, f32)> = out
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (i, if req.raw_scores { r[0] } else { activated(&r[..1], &labels, false)[0].0 }))
-        .collect();
+    let mut ranked: Vec<(usize, f32)> =
+        out.iter().enumerate().map(|(i, r)| (i, if req.raw_scores { r[0] } else { sigmoid(r[0]) })).collect();
     ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
     let data = ranked
         .into_iter()

@@ -10,7 +10,7 @@ use trl_reward::data::Message;
 
 use crate::error::ApiError;
 use crate::model::ModelKind;
-use crate::state::{now, parse, sigmoid, softmax, Input, Shared};
+use crate::state::{activate, now, parse, sigmoid, Input, Shared};
 
 /// A string or a list of strings.
 #[derive(Deserialize)]
@@ -94,11 +94,7 @@ pub async fn classify(State(s): State<Shared>, body: Bytes) -> Result<Json<Value
         .into_iter()
         .enumerate()
         .map(|(index, logits)| {
-            let probs = match (req.use_activation.unwrap_or(false), logits.len()) {
-                (false, _) => logits,
-                (true, 1) => vec![sigmoid(logits[0])],
-                (true, _) => softmax(&logits),
-            };
+            let probs = if req.use_activation.unwrap_or(false) { activate(&logits) } else { logits };
             let best = (0..probs.len()).max_by(|&a, &b| probs[a].total_cmp(&probs[b])).unwrap_or(0);
             json!({ "index": index, "label": labels.get(best), "probs": probs, "num_classes": probs.len() })
         })
