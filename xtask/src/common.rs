@@ -76,7 +76,7 @@ pub fn kind_of(dir: &Path, config: &HfConfig) -> Result<Kind, Error> {
         let index = dir.join(trl_core::checkpoint::SAFE_INDEX);
         match trl_core::checkpoint::read_index(&index) {
             Ok(map) => map.keys().any(|k| k.starts_with("v_head.")),
-            Err(_) => trl_core::checkpoint::load_dir(dir)?.keys().any(|k| k.starts_with("v_head.")),
+            Err(_) => trl_core::checkpoint::load_dir_lazily(dir)?.keys().any(|k| k.starts_with("v_head.")),
         }
     } else {
         safetensors_keys(&files[0])?.iter().any(|k| k.starts_with("v_head."))
@@ -256,5 +256,26 @@ pub fn write_output(out: Option<&Path>, emit: impl FnOnce(&mut dyn Write) -> Res
     match failure {
         Some(e) => Err(e),
         None => written.map_err(|e| format!("cannot write --out {}: {e}", path.display()).into()),
+    }
+}
+
+/// `--dtype` and `--quantize`: how a model's weights are held in memory ([`trl_core::dtype`]).
+#[derive(clap::Args, Debug, Clone)]
+pub struct HoldingArgs {
+    /// Dtype of the weight matrices in memory: `auto` (the checkpoint's `dtype`/`torch_dtype`),
+    /// `f32`, `bf16` or `f16`. Activations, norms and heads stay f32, so a bf16 checkpoint gives
+    /// the same numbers in bf16 as in f32, with half the memory.
+    #[arg(long, default_value = "auto")]
+    pub dtype: trl_core::DtypeArg,
+    /// `int8`: weight-only int8 projections (burn's q8, one scale per block of up to 128
+    /// output features of an input feature), dequantized to f32 as each layer runs; rewards
+    /// move slightly (docs/checkpoints.md gives by how much).
+    #[arg(long, default_value = "none")]
+    pub quantize: trl_core::Quantize,
+}
+
+impl HoldingArgs {
+    pub fn get(&self) -> trl_core::Holding {
+        trl_core::Holding { dtype: self.dtype, quantize: self.quantize }
     }
 }

@@ -23,6 +23,9 @@ pub struct ForwardArgs {
     /// Merge the adapter into the base weights before running (same numbers, faster).
     #[arg(long, requires = "adapter")]
     pub merge: bool,
+    /// How the weights are held in memory (`--dtype`, `--quantize`; docs/checkpoints.md).
+    #[command(flatten)]
+    pub holding: crate::common::HoldingArgs,
     /// A JSON array of strings, or an object with a `texts` array.
     #[arg(long)]
     pub input: PathBuf,
@@ -92,14 +95,14 @@ pub fn run(args: ForwardArgs) -> Result<(), Error> {
     let model = match kind {
         Kind::CausalLm => {
             let (mut model, _) = match &args.adapter {
-                Some(a) => AnyCausalLm::<B>::from_adapter(a, base, &device)?,
-                None => AnyCausalLm::<B>::from_pretrained(&m.dir, &device)?,
+                Some(a) => AnyCausalLm::<B>::from_adapter_as(a, base, args.holding.get(), &device)?,
+                None => AnyCausalLm::<B>::from_pretrained_as(&m.dir, args.holding.get(), &device)?,
             };
             merge(&mut model)?;
             Model::Lm(Box::new(model))
         }
         Kind::ValueHead => {
-            let opts = ValueHeadOptions::default();
+            let opts = ValueHeadOptions { holding: args.holding.get(), ..Default::default() };
             let (mut model, _, source) = match &args.adapter {
                 Some(a) => CausalLmWithValueHead::<B>::from_adapter(a, base, &opts, &device)?,
                 None => CausalLmWithValueHead::<B>::from_pretrained(&m.dir, &opts, &device)?,
@@ -112,8 +115,8 @@ pub fn run(args: ForwardArgs) -> Result<(), Error> {
         }
         Kind::Reward => {
             let (mut model, _, _) = match &args.adapter {
-                Some(a) => ForSequenceClassification::<B>::from_adapter(a, base, &device)?,
-                None => ForSequenceClassification::<B>::from_pretrained(&m.dir, None, &device)?,
+                Some(a) => ForSequenceClassification::<B>::from_adapter_as(a, base, args.holding.get(), &device)?,
+                None => ForSequenceClassification::<B>::from_pretrained_as(&m.dir, None, args.holding.get(), &device)?,
             };
             merge(&mut model.backbone)?;
             model.pad_token_id = model.pad_token_id.or(Some(m.pad_id()?));

@@ -79,6 +79,9 @@ pub struct GenerateArgs {
     /// prompt's output row gets `"truncated": true`.
     #[arg(long, value_enum, default_value = "error")]
     pub truncation: Truncation,
+    /// How the weights are held in memory (`--dtype`, `--quantize`; docs/checkpoints.md).
+    #[command(flatten)]
+    pub holding: crate::common::HoldingArgs,
 }
 
 /// Runs `cargo xtask generate`.
@@ -95,13 +98,13 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let cfg = sampling_config(&args, &dir, &tokenizer)?;
     cfg.validate()?;
     let prompts = read_prompts(&args.prompts)?;
-    let mut policy = load_lm(&dir, &device)?;
+    let mut policy = load_lm(&dir, args.holding.get(), &device)?;
     if let Some(a) = &args.adapter {
         // A value-head adapter's `v_head` (modules_to_save) plays no part in generation.
         policy.load_adapter(a, "default")?;
     }
     let reference = match (&args.ref_model, args.mixture_coef) {
-        (Some(r), _) => Some(load_lm(&trl_core::source::resolve(r)?, &device)?),
+        (Some(r), _) => Some(load_lm(&trl_core::source::resolve(r)?, args.holding.get(), &device)?),
         (None, Some(_)) => Some(policy.without_adapters()?),
         (None, None) => None,
     };
@@ -194,11 +197,17 @@ fn read_prompts(path: &Path) -> Result<Vec<(usize, String)>> {
 }
 
 /// A causal LM from `dir`; the `v_head.*` keys of a TRL value-head checkpoint are ignored.
-fn load_lm(dir: &Path, device: &burn::tensor::Device<Backend>) -> Result<AnyCausalLm<Backend>> {
+fn load_lm(
+    dir: &Path,
+    holding: trl_core::Holding,
+    device: &burn::tensor::Device<Backend>,
+) -> Result<AnyCausalLm<Backend>> {
     let config = HfConfig::load(dir)?;
-    let mut sd = checkpoint::load_dir(dir)?;
+    let mut sd = checkpoint::load_dir_lazily(dir)?;
     sd.split_off_by(|k| k.starts_with("v_head."));
-    Ok(AnyCausalLm::init(&config, device)?.load(sd, Strictness::Strict)?.0)
+    Ok(AnyCausalLm::init(&config, device)?
+        .load_as(sd, Strictness::Strict, holding.dtype.resolve(&config), holding.quantize)?
+        .0)
 }
 
 /// A prompt, tokenized and fitted to the length limit.

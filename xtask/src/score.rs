@@ -54,6 +54,9 @@ pub struct ScoreArgs {
     /// (written by training with `normalize_reward`, or by OpenRLHF).
     #[arg(long)]
     pub normalize: bool,
+    /// How the weights are held in memory (`--dtype`, `--quantize`; docs/checkpoints.md).
+    #[command(flatten)]
+    pub holding: crate::common::HoldingArgs,
 }
 
 /// One input row ready to score: its JSON (echoed in the output), its token rows (one, or
@@ -181,8 +184,10 @@ pub(crate) fn score_file(args: &ScoreArgs) -> Result<Vec<Scored>, Error> {
     let device = trl_core::backend::device();
     let loading = std::time::Instant::now();
     let (mut model, _, has_score) = match &args.adapter {
-        Some(a) => ForSequenceClassification::<B>::from_adapter(a, Some(&m.dir), &device)?,
-        None if m.kind == Kind::Reward => ForSequenceClassification::<B>::from_pretrained(&m.dir, None, &device)?,
+        Some(a) => ForSequenceClassification::<B>::from_adapter_as(a, Some(&m.dir), args.holding.get(), &device)?,
+        None if m.kind == Kind::Reward => {
+            ForSequenceClassification::<B>::from_pretrained_as(&m.dir, None, args.holding.get(), &device)?
+        }
         None => {
             let why = "is not a reward model (config.json names no *ForSequenceClassification); pass --adapter";
             return Err(format!("{} {why}", m.dir.display()).into());

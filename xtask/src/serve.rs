@@ -47,6 +47,9 @@ pub struct ServeArgs {
     /// Report `(reward − mean) / std` with the `mean` and `std` of the model's config.json.
     #[arg(long)]
     pub normalize_reward: bool,
+    /// How the weights are held in memory (`--dtype`, `--quantize`; docs/checkpoints.md).
+    #[command(flatten)]
+    pub holding: crate::common::HoldingArgs,
     /// Seconds a request may wait for the model before a 503.
     #[arg(long, default_value_t = 60.0)]
     pub request_timeout: f64,
@@ -95,6 +98,7 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
         adapters: args.adapters,
         addr: SocketAddr::new(args.host, args.port),
         max_input_length: args.max_input_length,
+        holding: args.holding.get(),
         limits: trl_serve::Limits {
             max_concurrent_requests: args.max_concurrent_requests,
             max_batch_tokens: args.max_batch_tokens,

@@ -114,6 +114,37 @@ fn score_agrees_with_forward() {
     assert!((r as f32 - want).abs() > 1e-3);
 }
 
+/// `--dtype` and `--quantize` reach the model: a bf16 checkpoint's logits are transformers'
+/// f32 computation of its weights under `auto` and `bf16` alike; `--quantize int8` rewards are
+/// those of the q8 round trip; a dtype the checkpoint cannot hold is refused by name.
+#[test]
+fn dtype_and_quantize_flags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let texts = fixtures().join("texts.json");
+    let exp = load_safetensors(&fixtures().join("llama-bf16/expected.safetensors")).unwrap();
+    for dtype in ["auto", "bf16"] {
+        let out = tmp.path().join(format!("{dtype}.safetensors"));
+        let model = fixtures().join("llama-bf16");
+        let args = ["forward", "--model", model.to_str().unwrap(), "--input", texts.to_str().unwrap()];
+        let (ok, _, err) = xtask(&[&args[..], &["--dtype", dtype, "--out", out.to_str().unwrap()]].concat());
+        assert!(ok, "forward --dtype {dtype} failed: {err}");
+        let got = load_safetensors(&out).unwrap();
+        let mask = ints(&got, "attention_mask");
+        let want = floats(&exp, "right.logits");
+        assert_close_masked("llama-bf16", dtype, &floats(&got, "logits"), &want, &mask, 512);
+    }
+    let model = fixtures().join("llama-rm");
+    let out = tmp.path().join("int8.safetensors");
+    let args = ["forward", "--model", model.to_str().unwrap(), "--input", texts.to_str().unwrap()];
+    let (ok, _, err) = xtask(&[&args[..], &["--quantize", "int8", "--out", out.to_str().unwrap()]].concat());
+    assert!(ok, "forward --quantize int8 failed: {err}");
+    let int8 = load_safetensors(&fixtures().join("llama-rm-int8/expected.safetensors")).unwrap();
+    let got = floats(&load_safetensors(&out).unwrap(), "rewards");
+    assert_close("llama-rm --quantize int8", &got, &floats(&int8, "right.rewards"), Tol::forward("llama-rm"));
+    let (ok, _, err) = xtask(&[&args[..], &["--dtype", "int4"]].concat());
+    assert!(!ok && err.contains("auto, f32, bf16 or f16"), "{err}");
+}
+
 /// Rows are scored longest first, in batches of similar length; the output keeps the input's
 /// order and each reward is the one the row gets when scored alone.
 #[test]

@@ -45,6 +45,22 @@ pub fn load_dir(dir: &Path) -> Result<StateDict> {
     Ok(sd)
 }
 
+/// [`load_dir`] for a state dict that goes straight into a model: each safetensors tensor is
+/// read from its file when first used (burn's file-backed bytes), so a loader that frees each
+/// tensor once converted never holds more of the checkpoint than the tensor at hand. The
+/// files must stay as they are until every tensor has been read: reading one that was
+/// replaced or truncated meanwhile fails (as an mmap reader would).
+pub fn load_dir_lazily(dir: &Path) -> Result<StateDict> {
+    let mut sd = StateDict::new();
+    for f in weight_files(dir)? {
+        sd.extend(match f.extension().and_then(|e| e.to_str()) {
+            Some("safetensors") => read_safetensors(&f, true)?,
+            _ => crate::pickle::load_bin(&f)?,
+        });
+    }
+    Ok(sd)
+}
+
 /// Reads one weight file, by its extension: `.safetensors` or PyTorch `.bin`/`.pt`.
 pub fn load_file(path: &Path) -> Result<StateDict> {
     match path.extension().and_then(|e| e.to_str()) {
@@ -137,6 +153,12 @@ fn dtype_to_safetensors(d: DType) -> Option<Dtype> {
 
 /// Reads a `.safetensors` file through a memory map.
 pub fn load_safetensors(path: &Path) -> Result<StateDict> {
+    read_safetensors(path, false)
+}
+
+/// Reads a `.safetensors` file through a memory map; with `lazily`, only its header, each
+/// tensor's bytes being read from the file when first used ([`load_dir_lazily`]).
+fn read_safetensors(path: &Path, lazily: bool) -> Result<StateDict> {
     let file = std::fs::File::open(path).map_err(io_err(path))?;
     // SAFETY: the map is read-only and dropped before this function returns; a concurrent
     // truncation by another process is the only hazard, as for every mmap reader.
@@ -150,12 +172,17 @@ pub fn load_safetensors(path: &Path) -> Result<StateDict> {
             key: name.to_string(),
             dtype: format!("{:?}", view.dtype()),
         })?;
-        let mut bytes = view.data().to_vec();
-        if view.dtype() == Dtype::BOOL {
+        let data = if view.dtype() == Dtype::BOOL {
             // a bool byte other than 0/1 is undefined behaviour once read as `bool`; torch reads it as true
-            bytes.iter_mut().for_each(|b| *b = (*b != 0) as u8);
-        }
-        let data = TensorData::from_bytes_vec(bytes, view.shape().to_vec(), dtype);
+            let bytes = view.data().iter().map(|&b| (b != 0) as u8).collect();
+            TensorData::from_bytes_vec(bytes, view.shape().to_vec(), dtype)
+        } else if !lazily {
+            TensorData::from_bytes_vec(view.data().to_vec(), view.shape().to_vec(), dtype)
+        } else {
+            let offset = view.data().as_ptr() as usize - mmap.as_ptr() as usize;
+            let bytes = burn::tensor::Bytes::from_file(path, view.data().len() as u64, offset as u64);
+            TensorData::from_bytes(bytes, view.shape().to_vec(), dtype)
+        };
         sd.insert(name, data);
     }
     Ok(sd)

@@ -13,6 +13,7 @@ pub mod backend;
 pub mod checkpoint;
 pub mod config;
 mod convert;
+pub mod dtype;
 pub mod error;
 pub mod lock;
 pub mod module_io;
@@ -23,6 +24,7 @@ pub mod state_dict;
 pub mod tokenizer;
 
 pub use config::HfConfig;
+pub use dtype::{DtypeArg, Holding, Quantize, WeightDtype};
 pub use error::{Error, LoadReport, Result};
 pub use module_io::{load_module, load_module_owned, module_state_dict, Strictness};
 pub use state_dict::StateDict;

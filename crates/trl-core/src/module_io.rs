@@ -10,8 +10,9 @@ use std::collections::BTreeSet;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::prelude::*;
-use burn::tensor::TensorData;
+use burn::tensor::{TensorCreationOptions, TensorData};
 
+use crate::dtype::WeightDtype;
 use crate::error::{Error, LoadReport, Result};
 use crate::state_dict::{is_float, StateDict};
 
@@ -33,6 +34,13 @@ struct Loader<'a> {
     path: Vec<(String, String)>,
     used: BTreeSet<String>,
     report: LoadReport,
+    /// The dtype of parameters with two or more dimensions (weight matrices, embeddings);
+    /// everything else is f32.
+    matrices: WeightDtype,
+    /// Which projection weights (`Linear`, `Conv1D`) to quantize to int8, by key.
+    int8: &'a dyn Fn(&str) -> bool,
+    /// Why `matrices` cannot be held on the module's device, once found.
+    refused: Option<Error>,
 }
 
 /// The checkpoint key of a parameter path. Enum variants (burn reports them as path
@@ -54,6 +62,12 @@ impl Loader<'_> {
     fn is_linear_weight(path: &[(String, String)]) -> bool {
         // burn reports each field with the type of the struct that holds it.
         matches!(path.last(), Some((name, holder)) if name == "weight" && holder == "Struct:Linear")
+    }
+
+    /// True for the weight of a projection (`Linear`, GPT-2's `Conv1D`).
+    fn is_projection_weight(path: &[(String, String)]) -> bool {
+        Self::is_linear_weight(path)
+            || matches!(path.last(), Some((name, holder)) if name == "weight" && holder == "Struct:Conv1D")
     }
 }
 
@@ -100,18 +114,32 @@ impl<B: Backend> ModuleMapper<B> for Loader<'_> {
             return param;
         }
         // dtype, layout and the NaN/inf count in one pass on the host (`crate::convert`)
-        let Some((values, bad)) = crate::convert::to_f32(&data, transpose) else {
-            self.report.unusable.push((key, format!("has dtype {} that cannot be read", dtype_name(data.dtype))));
+        let target = if D >= 2 { self.matrices } else { WeightDtype::F32 };
+        if let Err(e) = target.check_backend::<B>(&param.lazy_device()) {
+            self.refused.get_or_insert(e);
+            return param;
+        }
+        let dtype = data.dtype;
+        let Some((values, bad)) = crate::convert::into_dtype(data, transpose, target.dtype()) else {
+            self.report.unusable.push((key, format!("has dtype {} that cannot be read", dtype_name(dtype))));
             return param;
         };
-        drop(data);
         if bad > 0 {
-            let what = format!("holds {bad} NaN or infinite value(s) of {}", values.len());
+            let what = match target {
+                WeightDtype::F16 => format!(
+                    "holds {bad} NaN, infinite or out-of-f16-range value(s) of {}: load it with --dtype bf16 or f32",
+                    values.num_elements()
+                ),
+                _ => format!("holds {bad} NaN or infinite value(s) of {}", values.num_elements()),
+            };
             self.report.unusable.push((key, what));
             return param;
         }
-        let device = param.lazy_device();
-        let tensor = Tensor::<B, D>::from_data(TensorData::new(values, expected_dims::<D>(&expected)), &device);
+        let options = TensorCreationOptions::new(param.lazy_device()).with_dtype(target.dtype());
+        let mut tensor = Tensor::<B, D>::from_data(values, options);
+        if D == 2 && Loader::is_projection_weight(&self.path) && (self.int8)(&key) {
+            tensor = crate::dtype::quantize_int8(tensor);
+        }
         let id = param.id;
         param.transform_for_load(tensor, id)
     }
@@ -135,17 +163,22 @@ fn expected_dims<const D: usize>(v: &[usize]) -> [usize; D] {
 /// initial values (see the returned report). Mismatched shapes are always errors, so a
 /// module never silently runs on random weights where the checkpoint had something else.
 pub fn load_module<B: Backend, M: Module<B>>(module: M, sd: &StateDict, strict: Strictness) -> Result<(M, LoadReport)> {
-    run_loader(module, Some(sd), StateDict::new(), strict)
+    run_loader(module, Some(sd), StateDict::new(), strict, WeightDtype::F32, &|_| false)
 }
 
 /// [`load_module`] from a state dict it owns: each tensor is freed once converted, so loading
 /// a checkpoint never holds more than the model plus what is left of the checkpoint.
+/// Parameters of two or more dimensions (weight matrices, embeddings) are held in `matrices`,
+/// and the projection weights whose key `int8` picks are quantized to int8 (see
+/// [`crate::dtype`]); the rest is f32.
 pub fn load_module_owned<B: Backend, M: Module<B>>(
     module: M,
     sd: StateDict,
     strict: Strictness,
+    matrices: WeightDtype,
+    int8: &dyn Fn(&str) -> bool,
 ) -> Result<(M, LoadReport)> {
-    run_loader(module, None, sd, strict)
+    run_loader(module, None, sd, strict, matrices, int8)
 }
 
 fn run_loader<B: Backend, M: Module<B>>(
@@ -153,9 +186,23 @@ fn run_loader<B: Backend, M: Module<B>>(
     borrowed: Option<&StateDict>,
     owned: StateDict,
     strict: Strictness,
+    matrices: WeightDtype,
+    int8: &dyn Fn(&str) -> bool,
 ) -> Result<(M, LoadReport)> {
-    let mut loader = Loader { borrowed, owned, path: Vec::new(), used: BTreeSet::new(), report: LoadReport::default() };
+    let mut loader = Loader {
+        borrowed,
+        owned,
+        path: Vec::new(),
+        used: BTreeSet::new(),
+        report: LoadReport::default(),
+        matrices,
+        int8,
+        refused: None,
+    };
     let module = module.map(&mut loader);
+    if let Some(e) = loader.refused {
+        return Err(e);
+    }
     let mut report = loader.report;
     let left = borrowed.unwrap_or(&loader.owned);
     report.unexpected = left.keys().filter(|k| !loader.used.contains(*k)).map(String::from).collect();
@@ -189,7 +236,7 @@ impl<B: Backend> ModuleVisitor<B> for Saver<'_> {
         if !(self.keep)(&key) {
             return;
         }
-        let t = param.val();
+        let t = param.val().dequantize();
         let data: TensorData = if D == 2 && Loader::is_linear_weight(&self.path) {
             let t2: Tensor<B, 2> = t.reshape(expected_dims::<2>(&param.lazy_shape().to_vec()));
             t2.transpose().into_data()

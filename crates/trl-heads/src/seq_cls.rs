@@ -11,7 +11,7 @@ use burn::prelude::*;
 use serde_json::{json, Map, Value};
 
 use trl_core::peft::{self, AdapterKey, LoraConfig};
-use trl_core::{checkpoint, load_module, module_state_dict, HfConfig, StateDict, Strictness};
+use trl_core::{checkpoint, load_module, module_state_dict, HfConfig, Holding, StateDict, Strictness};
 use trl_models::{AnyCausalLm, TokenBatch};
 
 use crate::error::{HeadError, Result};
@@ -127,17 +127,29 @@ impl<B: Backend> ForSequenceClassification<B> {
         num_labels_override: Option<usize>,
         device: &B::Device,
     ) -> Result<(Self, HfConfig, bool)> {
+        Self::from_pretrained_as(dir, num_labels_override, Holding::F32, device)
+    }
+
+    /// [`Self::from_pretrained`] with the backbone's weights held as `holding` says (dtype,
+    /// int8; [`trl_core::dtype`]); the score head stays f32.
+    pub fn from_pretrained_as(
+        dir: &Path,
+        num_labels_override: Option<usize>,
+        holding: Holding,
+        device: &B::Device,
+    ) -> Result<(Self, HfConfig, bool)> {
         if peft::is_adapter_dir(dir) {
-            return Self::from_adapter(dir, None, device);
+            return Self::from_adapter_as(dir, None, holding, device);
         }
         let mut config = HfConfig::load(dir)?;
-        let mut sd = checkpoint::load_dir(dir)?;
+        let mut sd = checkpoint::load_dir_lazily(dir)?;
         let score_sd = sd.split_off_by(|k| k.starts_with(SCORE_PREFIX)).strip_prefix(SCORE_PREFIX);
         let n = num_labels_override.unwrap_or(if is_seq_cls(&config) { num_labels(&config) } else { 1 });
         let backbone = AnyCausalLm::init(&config, device)?;
         sd.remove(&backbone.lm_head_key());
         let backbone = backbone.without_lm_head();
-        let (backbone, _) = backbone.load(sd, Strictness::Strict)?;
+        let (backbone, _) =
+            backbone.load_as(sd, Strictness::Strict, holding.dtype.resolve(&config), holding.quantize)?;
         let mut model = Self::with_fresh_score(backbone, &config, n, device)?;
         let restored = !score_sd.is_empty();
         if restored {
@@ -212,8 +224,18 @@ impl<B: Backend> ForSequenceClassification<B> {
     /// id); a causal-LM base gets the adapter's `score`. Returns whether `score` came from the
     /// adapter or the base (not freshly drawn).
     pub fn from_adapter(dir: &Path, base: Option<&Path>, device: &B::Device) -> Result<(Self, HfConfig, bool)> {
+        Self::from_adapter_as(dir, base, Holding::F32, device)
+    }
+
+    /// [`Self::from_adapter`] with the base's weights held as `holding` says.
+    pub fn from_adapter_as(
+        dir: &Path,
+        base: Option<&Path>,
+        holding: Holding,
+        device: &B::Device,
+    ) -> Result<(Self, HfConfig, bool)> {
         let base_dir = peft::base_of(dir, base)?;
-        let (mut model, mut hf, restored) = Self::from_pretrained(&base_dir, None, device)?;
+        let (mut model, mut hf, restored) = Self::from_pretrained_as(&base_dir, None, holding, device)?;
         let from_adapter = model.load_adapter(dir, "default")?;
         mark_as_seq_cls(&mut hf, model.score.weight.dims()[1]);
         Ok((model, hf, restored || from_adapter))

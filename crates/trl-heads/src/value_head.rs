@@ -9,7 +9,7 @@ use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
 use burn::prelude::*;
 
 use trl_core::peft;
-use trl_core::{checkpoint, load_module, module_state_dict, HfConfig, StateDict, Strictness};
+use trl_core::{checkpoint, load_module, module_state_dict, HfConfig, Holding, StateDict, Strictness};
 use trl_models::{AnyCausalLm, KvCache, TokenBatch};
 
 use crate::error::{HeadError, Result};
@@ -40,11 +40,14 @@ pub struct ValueHeadOptions {
     /// `summary_dropout_prob`; `None` reads the config, else TRL's default 0.1.
     pub summary_dropout_prob: Option<f64>,
     pub init: VHeadInit,
+    /// How the backbone's weights are held (dtype, int8); the value head stays f32. All f32
+    /// by default.
+    pub holding: Holding,
 }
 
 impl Default for ValueHeadOptions {
     fn default() -> Self {
-        Self { summary_dropout_prob: None, init: VHeadInit::Default }
+        Self { summary_dropout_prob: None, init: VHeadInit::Default, holding: Holding::F32 }
     }
 }
 
@@ -126,9 +129,10 @@ impl<B: Backend> CausalLmWithValueHead<B> {
             return Self::from_adapter(dir, None, opts, device);
         }
         let config = HfConfig::load(dir)?;
-        let mut sd = checkpoint::load_dir(dir)?;
+        let mut sd = checkpoint::load_dir_lazily(dir)?;
         let head_sd = sd.split_off_by(|k| k.starts_with(V_HEAD_PREFIX)).strip_prefix(V_HEAD_PREFIX);
-        let (model, _) = AnyCausalLm::init(&config, device)?.load(sd, Strictness::Strict)?;
+        let (dtype, quantize) = (opts.holding.dtype.resolve(&config), opts.holding.quantize);
+        let (model, _) = AnyCausalLm::init(&config, device)?.load_as(sd, Strictness::Strict, dtype, quantize)?;
         let dropout = opts.summary_dropout_prob.or_else(|| config.get_f64("summary_dropout_prob")).unwrap_or(0.1);
         let head = ValueHead::new(head_hidden_size(&config)?, dropout, opts.init, device);
         let (v_head, source) = if head_sd.is_empty() {

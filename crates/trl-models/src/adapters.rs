@@ -12,7 +12,7 @@ use burn::prelude::*;
 
 use trl_core::module_io::{module_state_dict_where, set_require_grad_where};
 use trl_core::peft::{self, AdapterKey, LoraConfig, TargetModules};
-use trl_core::{load_module, HfConfig, StateDict, Strictness};
+use trl_core::{load_module, HfConfig, Holding, StateDict, Strictness};
 
 use crate::any::{dispatch, dispatch_arms, AnyCausalLm};
 use crate::backbone::Backbone;
@@ -24,12 +24,23 @@ impl<B: Backend> AnyCausalLm<B> {
     /// (`adapter_config.json`) gives its base model with the adapter attached
     /// ([`from_adapter`](Self::from_adapter)), as transformers' PEFT integration does.
     pub fn from_pretrained(dir: &Path, device: &B::Device) -> Result<(Self, HfConfig)> {
+        Self::from_pretrained_as(dir, Holding::F32, device)
+    }
+
+    /// [`Self::from_pretrained`] with the weights held as `holding` says (dtype, int8;
+    /// [`trl_core::dtype`]).
+    pub fn from_pretrained_as(dir: &Path, holding: Holding, device: &B::Device) -> Result<(Self, HfConfig)> {
         if peft::is_adapter_dir(dir) {
-            return Self::from_adapter(dir, None, device);
+            return Self::from_adapter_as(dir, None, holding, device);
         }
         let config = HfConfig::load(dir)?;
-        let sd = trl_core::checkpoint::load_dir(dir)?;
-        let (model, _) = Self::init(&config, device)?.load(sd, Strictness::Strict)?;
+        let sd = trl_core::checkpoint::load_dir_lazily(dir)?;
+        let (model, _) = Self::init(&config, device)?.load_as(
+            sd,
+            Strictness::Strict,
+            holding.dtype.resolve(&config),
+            holding.quantize,
+        )?;
         Ok((model, config))
     }
 }
@@ -227,7 +238,17 @@ impl<B: Backend> AnyCausalLm<B> {
     /// `base_model_name_or_path` (relative to `dir`, or a hub id). Adapters carrying whole tensors
     /// (`modules_to_save`, e.g. a reward model's `score`) belong to the heads' loaders instead.
     pub fn from_adapter(dir: &Path, base: Option<&Path>, device: &B::Device) -> Result<(Self, HfConfig)> {
-        let (mut model, hf) = Self::from_pretrained(&peft::base_of(dir, base)?, device)?;
+        Self::from_adapter_as(dir, base, Holding::F32, device)
+    }
+
+    /// [`Self::from_adapter`] with the base's weights held as `holding` says.
+    pub fn from_adapter_as(
+        dir: &Path,
+        base: Option<&Path>,
+        holding: Holding,
+        device: &B::Device,
+    ) -> Result<(Self, HfConfig)> {
+        let (mut model, hf) = Self::from_pretrained_as(&peft::base_of(dir, base)?, holding, device)?;
         let loaded = model.load_adapter(dir, "default")?;
         if !loaded.modules_to_save.is_empty() {
             let keys: Vec<&str> = loaded.modules_to_save.keys().collect();

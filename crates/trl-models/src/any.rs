@@ -11,7 +11,7 @@
 use burn::module::Module;
 use burn::prelude::*;
 
-use trl_core::{load_module_owned, HfConfig, LoadReport, StateDict, Strictness};
+use trl_core::{load_module_owned, HfConfig, LoadReport, Quantize, StateDict, Strictness, WeightDtype};
 
 use crate::backbone::{decode, ArchInfo, Backbone};
 use crate::batch::{Context, TokenBatch};
@@ -113,12 +113,41 @@ impl<B: Backend> AnyCausalLm<B> {
     ///
     /// `sd` may carry keys of other parts (a value head, a score head): remove them first, or
     /// use `Strictness::Partial` and read the report.
-    pub fn load(self, mut sd: StateDict, strict: Strictness) -> Result<(Self, LoadReport)> {
+    pub fn load(self, sd: StateDict, strict: Strictness) -> Result<(Self, LoadReport)> {
+        self.load_as(sd, strict, WeightDtype::F32, Quantize::None)
+    }
+
+    /// [`Self::load`] with the weight matrices (projections, embeddings, lm_head) held in
+    /// `dtype`, and the projections (not the embeddings or lm_head) quantized as `quantize`
+    /// says; each layer widens its weight to the activations' dtype as it runs
+    /// ([`trl_core::dtype`]). A dtype the backend cannot hold is an error.
+    pub fn load_as(
+        self,
+        mut sd: StateDict,
+        strict: Strictness,
+        dtype: WeightDtype,
+        quantize: Quantize,
+    ) -> Result<(Self, LoadReport)> {
+        let lm_head = self.lm_head_key();
         if dispatch!(&self, m => m.lm_head_tied()) {
             // Tied checkpoints may or may not store the shared matrix again.
-            sd.remove(&self.lm_head_key());
+            sd.remove(&lm_head);
         }
-        Ok(load_module_owned(self, sd, strict)?)
+        let int8 = |key: &str| quantize == Quantize::Int8 && key != lm_head;
+        Ok(load_module_owned(self, sd, strict, dtype, &int8)?)
+    }
+
+    /// The dtype the weight matrices are held in (the embedding's: projections may be
+    /// quantized, see [`Self::quantized`]).
+    pub fn weight_dtype(&self) -> burn::tensor::DType {
+        dispatch!(self, m => m.embedding().dtype())
+    }
+
+    /// How many projection weights are held quantized.
+    pub fn quantized(&self) -> usize {
+        let mut count = QuantizedCount(0);
+        self.visit(&mut count);
+        count.0
     }
 
     /// The checkpoint key of the output head's weight (`lm_head.weight`, `embed_out.weight`).
@@ -273,5 +302,16 @@ impl<B: Backend> AnyCausalLm<B> {
     /// The device the weights live on.
     pub fn device(&self) -> B::Device {
         dispatch!(self, m => m.embedding().device())
+    }
+}
+
+/// Counts the quantized float parameters of a module.
+struct QuantizedCount(usize);
+
+impl<B: Backend> burn::module::ModuleVisitor<B> for QuantizedCount {
+    fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D>>) {
+        if matches!(param.val().dtype(), burn::tensor::DType::QFloat(_)) {
+            self.0 += 1;
+        }
     }
 }

@@ -10,7 +10,7 @@ use trl_core::HfConfig;
 use crate::batch::Context;
 use crate::error::Result;
 use crate::layers::KvCache;
-use crate::lora::{Adapters, LoraLayer};
+use crate::lora::{in_dtype, Adapters, LoraLayer};
 
 /// One layer's slot of a [`KvCache`]: its keys and values so far.
 pub type CacheSlot<B> = Option<(Tensor<B, 4>, Tensor<B, 4>)>;
@@ -77,9 +77,14 @@ pub trait Backbone<B: Backend>: Module<B> + Sized {
     /// `[batch, seq, hidden]` → `[batch, seq, vocab]`, soft-capped when the architecture
     /// caps its logits ([`Self::final_logit_softcap`]).
     fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        let dtype = hidden.dtype();
         let logits = match self.lm_head() {
-            Some(head) => head.forward(hidden),
-            None => hidden.matmul(self.embedding().transpose().unsqueeze()),
+            Some(head) => burn::tensor::module::linear(
+                hidden,
+                in_dtype(head.weight.val(), dtype),
+                head.bias.as_ref().map(|b| b.val()),
+            ),
+            None => hidden.matmul(in_dtype(self.embedding(), dtype).transpose().unsqueeze()),
         };
         match self.final_logit_softcap() {
             Some(cap) => (logits / cap).tanh() * cap,

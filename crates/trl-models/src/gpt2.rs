@@ -11,7 +11,7 @@ use trl_core::HfConfig;
 use crate::backbone::{ArchInfo, Backbone, CacheSlot};
 use crate::batch::Context;
 use crate::error::{ModelError, Result};
-use crate::layers::{attend, Activation, Conv1D, LayerNorm};
+use crate::layers::{attend, embed, Activation, Conv1D, LayerNorm};
 use crate::limits;
 use crate::lora::{Adapters, LoraLayer};
 
@@ -208,7 +208,7 @@ impl<B: Backend> Backbone<B> for Gpt2LMHeadModel<B> {
             Tensor::<B, 2, Int>::from_data(TensorData::new(ctx.positions.clone(), [ctx.batch, ctx.q_len]), &device);
         let tr = &self.transformer;
         let [b, t] = ids.dims();
-        let x = tr.wte.forward(ids) + tr.wpe.forward(pos);
+        let x = embed(&tr.wte, ids) + embed(&tr.wpe, pos);
         let d = x.dims()[2];
         x.reshape([b * t, d])
     }

@@ -14,6 +14,7 @@ use burn::tensor::TensorPrimitive;
 
 use crate::batch::Context;
 use crate::error::{ModelError, Result};
+use crate::lora::in_dtype;
 pub use crate::lora::Conv1D;
 
 /// `torch.nn.LayerNorm` (weight and bias), through burn's fused kernel.
@@ -95,11 +96,18 @@ impl Activation {
 }
 
 /// Token embeddings of `ids` `[batch, q_len]`, flat `[batch * q_len, hidden]`.
+/// Rows of half-precision embeddings come out in the backend's float dtype.
 pub fn embed_flat<B: Backend>(embedding: &burn::nn::Embedding<B>, ids: Tensor<B, 2, Int>) -> Tensor<B, 2> {
     let [b, t] = ids.dims();
-    let x = embedding.forward(ids);
+    let x = embed(embedding, ids);
     let hidden = x.dims()[2];
     x.reshape([b * t, hidden])
+}
+
+/// `embedding.forward(ids)`, in the backend's float dtype when the table is held in half
+/// precision ([`trl_core::dtype`]).
+pub fn embed<B: Backend>(embedding: &burn::nn::Embedding<B>, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+    in_dtype(embedding.forward(ids), <B::FloatElem as burn::tensor::Element>::dtype())
 }
 
 /// A plain burn `Linear` for heads that never carry adapters (`lm_head`), weight ~ N(0, std).

@@ -91,7 +91,10 @@ impl<B: Backend> Linear<B> {
 
     /// `[..., d_in]` → `[..., d_out]`
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let base = |x| burn::tensor::module::linear(x, self.weight.val(), self.bias.as_ref().map(Param::val));
+        let base = |x: Tensor<B, D>| {
+            let dtype = x.dtype();
+            burn::tensor::module::linear(x, in_dtype(self.weight.val(), dtype), self.bias.as_ref().map(Param::val))
+        };
         match self.lora.running() {
             None => base(x),
             Some(i) => add_lora(x.clone(), base(x), i, &self.lora_A, &self.lora_B, &self.lora),
@@ -112,11 +115,27 @@ impl<B: Backend> Conv1D<B> {
 
     /// `[..., d_in]` → `[..., d_out]`
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let base = |x| burn::tensor::module::linear(x, self.weight.val(), Some(self.bias.val()));
+        let base = |x: Tensor<B, D>| {
+            let dtype = x.dtype();
+            burn::tensor::module::linear(x, in_dtype(self.weight.val(), dtype), Some(self.bias.val()))
+        };
         match self.lora.running() {
             None => base(x),
             Some(i) => add_lora(x.clone(), base(x), i, &self.lora_A, &self.lora_B, &self.lora),
         }
+    }
+}
+
+/// `w` in `dtype`, unchanged when it already is: a weight matrix held in half precision or
+/// int8 is widened (dequantized) to the activations' dtype as a layer runs
+/// ([`trl_core::dtype`]), and an adapter's delta is narrowed to the weight's dtype when merged
+/// (as PEFT does).
+pub fn in_dtype<B: Backend, const D: usize>(w: Tensor<B, D>, dtype: burn::tensor::DType) -> Tensor<B, D> {
+    let w = if matches!(w.dtype(), burn::tensor::DType::QFloat(_)) { w.dequantize() } else { w };
+    if w.dtype() == dtype {
+        w
+    } else {
+        w.cast(dtype)
     }
 }
 
@@ -221,7 +240,14 @@ impl<B: Backend> LoraParts<'_, B> {
             let w = self.weight.clone();
             *self.weight = w.map(|w| {
                 let grad = w.is_require_grad();
-                (w.detach() + delta * sign).set_require_grad(grad)
+                let held = w.dtype();
+                let sum = in_dtype(w.detach(), delta.dtype()) + delta * sign;
+                // held as before: int8 is quantized again (as PEFT merges into bitsandbytes)
+                let sum = match held {
+                    burn::tensor::DType::QFloat(_) => trl_core::dtype::quantize_int8(sum),
+                    _ => in_dtype(sum, held),
+                };
+                sum.set_require_grad(grad)
             });
         }
     }

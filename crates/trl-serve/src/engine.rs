@@ -7,7 +7,6 @@
 //! batches; each request gets its answer when its last row is done.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::Instant;
 
@@ -16,7 +15,7 @@ use tokio::sync::oneshot;
 
 use crate::error::ServeError;
 use crate::metrics::Metrics;
-use crate::model::{ModelInfo, Net};
+use crate::model::{Load, ModelInfo, Net};
 
 /// Rows of one request, to run on the base model (`adapter` None) or an adapter.
 pub struct Task {
@@ -25,15 +24,6 @@ pub struct Task {
     /// Per-token outputs instead of one reward per row.
     pub per_token: bool,
     pub reply: oneshot::Sender<Result<Vec<Vec<f32>>, String>>,
-}
-
-/// What to load on the engine's thread.
-pub struct Load {
-    pub dir: PathBuf,
-    pub value_head: bool,
-    pub adapters: Vec<(String, PathBuf)>,
-    pub normalize: bool,
-    pub pad_id: i64,
 }
 
 /// The handle requests use; dropping it (every clone) stops the thread after its last batch.
@@ -55,8 +45,7 @@ impl Engine {
         let (ready_tx, ready_rx) = mpsc::channel();
         let m = metrics.clone();
         let thread = std::thread::Builder::new().name("trl-serve-model".into()).spawn(move || {
-            let loaded =
-                Net::<B>::load(&load.dir, load.value_head, &load.adapters, load.normalize, load.pad_id, &device);
+            let loaded = Net::<B>::load(&load, &device);
             match loaded {
                 Ok((net, info)) => {
                     let _ = ready_tx.send(Ok(info));

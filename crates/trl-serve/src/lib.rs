@@ -46,6 +46,8 @@ pub struct ServeOptions {
     pub limits: Limits,
     pub normalize_reward: bool,
     pub pad_id: i64,
+    /// `--dtype` and `--quantize`: how the backbone's weights are held.
+    pub holding: trl_core::Holding,
 }
 
 /// Loads the model, listens on `options.addr`, calls `ready` with the bound address, and
@@ -59,12 +61,13 @@ pub fn serve<B: Backend>(
     let ServeOptions { model, value_head, served_model_name, adapters, addr, max_input_length, mut limits, .. } =
         options.clone();
     let metrics = metrics::Metrics::new();
-    let load = engine::Load {
+    let load = model::Load {
         dir: model.clone(),
         value_head,
         adapters,
         normalize: options.normalize_reward,
         pad_id: options.pad_id,
+        holding: options.holding,
     };
     let (engine, info, thread) = engine::Engine::start::<B>(load, device, limits.max_batch_tokens, metrics.clone())?;
     limits.max_input_length = match max_input_length {

@@ -40,6 +40,17 @@ pub struct ModelInfo {
     pub normalization: Option<(f64, f64)>,
 }
 
+/// What to load on the engine's thread.
+pub struct Load {
+    pub dir: PathBuf,
+    pub value_head: bool,
+    pub adapters: Vec<(String, PathBuf)>,
+    pub normalize: bool,
+    pub pad_id: i64,
+    /// How the backbone's weights are held (`--dtype`, `--quantize`).
+    pub holding: trl_core::Holding,
+}
+
 /// The loaded network. Lives on the engine's thread only.
 pub(crate) enum Net<B: Backend> {
     Reward {
@@ -64,17 +75,12 @@ fn normalization(cfg: &HfConfig, dir: &Path) -> Result<(f64, f64), ServeError> {
 impl<B: Backend> Net<B> {
     /// Loads `dir` (a reward model, or a value-head model when `value_head`) and each adapter
     /// `(name, dir)` over it.
-    pub(crate) fn load(
-        dir: &Path,
-        value_head: bool,
-        adapters: &[(String, PathBuf)],
-        normalize: bool,
-        pad_id: i64,
-        device: &B::Device,
-    ) -> Result<(Self, ModelInfo), ServeError> {
+    pub(crate) fn load(load: &Load, device: &B::Device) -> Result<(Self, ModelInfo), ServeError> {
+        let Load { dir, value_head, adapters, normalize, pad_id, holding } = load;
+        let (dir, value_head, normalize, pad_id) = (dir.as_path(), *value_head, *normalize, *pad_id);
         let cfg = HfConfig::load(dir)?;
         let model_type = cfg.model_type().unwrap_or("unknown").to_string();
-        let dtype = cfg.dtype().unwrap_or("float32").to_string();
+        let dtype = holding.dtype.resolve(&cfg).torch_name().to_string();
         if value_head {
             if !adapters.is_empty() || normalize {
                 return Err(ServeError::Config(
@@ -83,7 +89,11 @@ impl<B: Backend> Net<B> {
                         .into(),
                 ));
             }
-            let (model, _, _) = CausalLmWithValueHead::<B>::from_pretrained(dir, &ValueHeadOptions::default(), device)?;
+            let (model, _, _) = CausalLmWithValueHead::<B>::from_pretrained(
+                dir,
+                &ValueHeadOptions { holding: *holding, ..Default::default() },
+                device,
+            )?;
             let max_positions = model.pretrained_model.max_positions();
             let info = ModelInfo {
                 kind: ModelKind::ValueHead,
@@ -97,7 +107,7 @@ impl<B: Backend> Net<B> {
             };
             return Ok((Net::Value(Box::new(model)), info));
         }
-        let (mut model, _, restored) = ForSequenceClassification::<B>::from_pretrained(dir, None, device)?;
+        let (mut model, _, restored) = ForSequenceClassification::<B>::from_pretrained_as(dir, None, *holding, device)?;
         let base = model.score.clone();
         let mut heads = vec![base.clone()];
         let mut names = Vec::new();

@@ -4,7 +4,8 @@
 //!
 //! Each figure comes from a separate process, so peak RSS is that of the job alone: the wall
 //! time from process start to the first reward (1 pair), and a 64-pair scoring run (batches
-//! of 32 pairs) whose extra time over the 1-pair run gives pairs/s; then LoRA reward training
+//! of 32 pairs) whose extra time over the 1-pair run gives pairs/s, with the weights held as
+//! stored (bf16), in f32 and in int8; then LoRA reward training
 //! (r 16, 4 pairs a step) for 1 and for 4 steps against PEFT + TRL, whose difference gives the
 //! step time.
 
@@ -30,6 +31,9 @@ const TRAIN_PAIRS: usize = 4;
 const SHORT: u64 = 1;
 const LONG: u64 = 4;
 
+/// Environment variable naming a directory where the model is built once and kept.
+const KEEP_ENV: &str = "TRL_BENCH_REAL_DIR";
+
 /// Environment variable that makes `score` report its load time and peak RSS on stderr.
 pub const REPORT_ENV: &str = "TRL_BENCH_REPORT";
 
@@ -44,8 +48,9 @@ fn config() -> Result<HfConfig, Error> {
     }))?)
 }
 
-/// Writes the model (random init, bf16), the built-in tokenizer and the two input files.
-fn build(dir: &Path) -> Result<usize, Error> {
+/// Writes the model (random init, bf16), the built-in tokenizer and the input files when
+/// `write`; returns the parameter count.
+fn build_model(dir: &Path, write: bool) -> Result<usize, Error> {
     let cfg = config()?;
     let device = backend::device();
     let backbone = AnyCausalLm::<B>::init(&cfg, &device)?.without_lm_head();
@@ -57,6 +62,9 @@ fn build(dir: &Path) -> Result<usize, Error> {
         sd.insert(k, t.convert_dtype(DType::BF16));
     }
     drop(model);
+    if !write {
+        return Ok(params);
+    }
     cfg.save(dir)?;
     checkpoint::save_weights(&sd, dir, checkpoint::DEFAULT_MAX_SHARD_SIZE)?;
     synthetic::tokenizer().save(dir)?;
@@ -95,6 +103,7 @@ fn figures(one: (f64, Vec<(String, f64)>), many: (f64, Vec<(String, f64)>)) -> V
     json!({
         "first_reward_s": one.0,
         "load_s": get(&one.1, "load_s"),
+        "peak_rss_gb_load": get(&one.1, "peak_rss_kb_load").map(|k| k / 1e6),
         "peak_rss_gb_first": get(&one.1, "peak_rss_kb").map(|k| k / 1e6),
         "peak_rss_gb_scoring": get(&many.1, "peak_rss_kb").map(|k| k / 1e6),
         "score_pairs_per_sec": rate / (many.0 - one.0).max(1e-3),
@@ -110,22 +119,35 @@ fn lora_figures(short: (f64, Vec<(String, f64)>), long: (f64, Vec<(String, f64)>
 }
 
 pub fn run(python: &str) -> Result<Value, Error> {
-    let dir = std::env::temp_dir().join(format!("trl-bench-real-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    eprintln!("real: writing a Qwen2-0.5B-shaped bf16 reward model to {}…", dir.display());
-    let params = build(&dir)?;
+    // KEEP_ENV names a directory to build the model in once and keep (for profiling runs)
+    let kept = std::env::var_os(KEEP_ENV).map(PathBuf::from);
+    let dir =
+        kept.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("trl-bench-real-{}", std::process::id())));
+    let params = if kept.is_some() && dir.join("many.jsonl").is_file() {
+        eprintln!("real: reusing the model in {}", dir.display());
+        build_model(&dir, false)?
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        eprintln!("real: writing a Qwen2-0.5B-shaped bf16 reward model to {}…", dir.display());
+        build_model(&dir, true)?
+    };
     let exe = std::env::current_exe()?;
-    let ours = |input: &str| {
+    let ours = |input: &str, holding: &[&str]| {
         let mut c = Command::new(&exe);
-        c.args(["score", "--model"]).arg(&dir).arg("--input").arg(dir.join(input));
+        c.args(["score", "--model"]).arg(&dir).arg("--input").arg(dir.join(input)).args(holding);
         c.args(["--batch-size", &(2 * BATCH_PAIRS).to_string()]).env(REPORT_ENV, "1");
         timed(c)
     };
-    eprintln!("real: ours…");
-    let (one, many) = (ours("one.jsonl")?, ours("many.jsonl")?);
-    let ours = figures(one, many);
-    eprintln!("real: ours {ours}");
+    let runs = |holding: &[&str]| -> Result<Value, Error> {
+        eprintln!("real: ours, {}…", holding.join(" "));
+        let f = figures(ours("one.jsonl", holding)?, ours("many.jsonl", holding)?);
+        eprintln!("real: ours {} {f}", holding.join(" "));
+        Ok(f)
+    };
+    // the default (`--dtype auto`) holds the checkpoint's bf16
+    let (ours, ours_f32, ours_int8) =
+        (runs(&["--dtype", "auto"])?, runs(&["--dtype", "f32"])?, runs(&["--quantize", "int8"])?);
     eprintln!("real: LoRA training, ours…");
     let train = |steps: u64| {
         let mut c = Command::new(&exe);
@@ -163,7 +185,9 @@ pub fn run(python: &str) -> Result<Value, Error> {
             eprintln!("transformers baseline skipped: {e}");
             None
         });
-    let _ = std::fs::remove_dir_all(&dir);
+    if kept.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     let ratio = |part: &str, key: &str| {
         let mine = if part == "lora" { &ours_lora } else { &ours };
         theirs.as_ref().and_then(|t| Some(mine.get(key)?.as_f64()? / t.get(part)?.get(key)?.as_f64()?))
@@ -171,7 +195,7 @@ pub fn run(python: &str) -> Result<Value, Error> {
     Ok(json!({
         "name": "real", "model": "Qwen2ForSequenceClassification, Qwen2-0.5B shape, bf16 safetensors",
         "parameters": params, "pairs": PAIRS, "batch_pairs": BATCH_PAIRS, "lora_batch_pairs": TRAIN_PAIRS,
-        "ours": {"scoring": ours, "lora": ours_lora}, "transformers": theirs,
+        "ours": {"scoring": ours, "scoring_f32": ours_f32, "scoring_int8": ours_int8, "lora": ours_lora}, "transformers": theirs,
         "first_reward_ratio": ratio("scoring", "first_reward_s"),
         "peak_rss_ratio": ratio("scoring", "peak_rss_gb_scoring"),
         "score_speedup": ratio("scoring", "score_pairs_per_sec"),
@@ -184,18 +208,26 @@ pub fn report_peak_rss() {
     if std::env::var_os(REPORT_ENV).is_none() {
         return;
     }
-    let peak = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(String::from))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()));
-    if let Some(kb) = peak {
+    if let Some(kb) = peak_rss_kb() {
         eprintln!("bench: peak_rss_kb {kb}");
     }
 }
 
-/// What `score` prints when [`REPORT_ENV`] is set: seconds spent loading the model.
+/// The process's peak resident memory so far (Linux), in kB.
+fn peak_rss_kb() -> Option<u64> {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(String::from))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+}
+
+/// What `score` prints when [`REPORT_ENV`] is set: seconds spent loading the model, and the
+/// peak resident memory by then.
 pub fn report_load(seconds: f64) {
     if std::env::var_os(REPORT_ENV).is_some() {
         eprintln!("bench: load_s {seconds}");
+        if let Some(kb) = peak_rss_kb() {
+            eprintln!("bench: peak_rss_kb_load {kb}");
+        }
     }
 }
