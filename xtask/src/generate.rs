@@ -79,9 +79,15 @@ pub struct GenerateArgs {
     /// prompt's output row gets `"truncated": true`.
     #[arg(long, value_enum, default_value = "error")]
     pub truncation: Truncation,
-    /// How the weights are held in memory (`--dtype`, `--quantize`; docs/checkpoints.md).
-    #[command(flatten)]
-    pub holding: crate::common::HoldingArgs,
+    /// Dtype of the weight matrices in memory: `f32` (default), `auto` (the checkpoint's),
+    /// `bf16` or `f16`. Each generated token widens every half-precision weight to f32 again,
+    /// which on a CPU costs several times the token itself (docs/performance.md): hold half
+    /// precision only when f32 does not fit.
+    #[arg(long, default_value = "f32")]
+    pub dtype: trl_core::DtypeArg,
+    /// `int8`: weight-only int8 projections (as `score --quantize`), dequantized on every token.
+    #[arg(long, default_value = "none")]
+    pub quantize: trl_core::Quantize,
 }
 
 /// Runs `cargo xtask generate`.
@@ -98,13 +104,17 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let cfg = sampling_config(&args, &dir, &tokenizer)?;
     cfg.validate()?;
     let prompts = read_prompts(&args.prompts)?;
-    let mut policy = load_lm(&dir, args.holding.get(), &device)?;
+    let mut policy = load_lm(&dir, trl_core::Holding { dtype: args.dtype, quantize: args.quantize }, &device)?;
     if let Some(a) = &args.adapter {
         // A value-head adapter's `v_head` (modules_to_save) plays no part in generation.
         policy.load_adapter(a, "default")?;
     }
     let reference = match (&args.ref_model, args.mixture_coef) {
-        (Some(r), _) => Some(load_lm(&trl_core::source::resolve(r)?, args.holding.get(), &device)?),
+        (Some(r), _) => Some(load_lm(
+            &trl_core::source::resolve(r)?,
+            trl_core::Holding { dtype: args.dtype, quantize: args.quantize },
+            &device,
+        )?),
         (None, Some(_)) => Some(policy.without_adapters()?),
         (None, None) => None,
     };

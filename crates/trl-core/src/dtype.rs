@@ -33,6 +33,19 @@ impl Holding {
     pub const F32: Self = Self { dtype: DtypeArg::Fixed(WeightDtype::F32), quantize: Quantize::None };
 }
 
+/// `data` (bf16, f16 or f32) as f32, converted on the host on every core: what a CPU backend
+/// widens a half-precision weight with (burn's flex casts through f64 on one thread, 4–5
+/// times slower, and that is every weight on every generated token).
+pub fn widen_on_host(data: &burn::tensor::TensorData) -> Option<burn::tensor::TensorData> {
+    crate::convert::to_dtype(data, false, DType::F32).map(|(d, _)| d)
+}
+
+/// True when `B` keeps its tensors in host memory (flex, ndarray), where reading one back is a
+/// copy, not a transfer.
+pub fn on_host<B: Backend>(device: &B::Device) -> bool {
+    matches!(B::name(device).as_str(), "flex" | "ndarray")
+}
+
 /// `--quantize`: weight-only quantization of the projections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Quantize {

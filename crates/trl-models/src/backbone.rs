@@ -84,7 +84,14 @@ pub trait Backbone<B: Backend>: Module<B> + Sized {
                 in_dtype(head.weight.val(), dtype),
                 head.bias.as_ref().map(|b| b.val()),
             ),
-            None => hidden.matmul(in_dtype(self.embedding(), dtype).transpose().unsqueeze()),
+            None => {
+                // 2-D against the transposed view: a 3-D view of it would be copied (and the
+                // embedding is the largest matrix of a small model) on every generated token
+                let [b, t, h] = hidden.dims();
+                let weight = in_dtype(self.embedding(), dtype);
+                let vocab = weight.dims()[0];
+                hidden.reshape([b * t, h]).matmul(weight.transpose()).reshape([b, t, vocab])
+            }
         };
         match self.final_logit_softcap() {
             Some(cap) => (logits / cap).tanh() * cap,

@@ -131,12 +131,18 @@ impl<B: Backend> Conv1D<B> {
 /// ([`trl_core::dtype`]), and an adapter's delta is narrowed to the weight's dtype when merged
 /// (as PEFT does).
 pub fn in_dtype<B: Backend, const D: usize>(w: Tensor<B, D>, dtype: burn::tensor::DType) -> Tensor<B, D> {
-    let w = if matches!(w.dtype(), burn::tensor::DType::QFloat(_)) { w.dequantize() } else { w };
+    use burn::tensor::DType;
+    let w = if matches!(w.dtype(), DType::QFloat(_)) { w.dequantize() } else { w };
     if w.dtype() == dtype {
-        w
-    } else {
-        w.cast(dtype)
+        return w;
     }
+    let device = w.device();
+    if dtype == DType::F32 && trl_core::dtype::on_host::<B>(&device) {
+        if let Some(wide) = trl_core::dtype::widen_on_host(&w.to_data()) {
+            return Tensor::from_data(wide, &device);
+        }
+    }
+    w.cast(dtype)
 }
 
 impl LoraSlots {
