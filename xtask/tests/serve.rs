@@ -485,6 +485,23 @@ fn normalized_rewards_equal_score_normalize() {
     assert_eq!(info["normalize_reward"], json!({ "mean": -0.5, "std": 0.25 }));
 }
 
+/// `--dtype` and `--quantize` reach the served model: its rewards are `score`'s with the same
+/// flags, `/info` names the dtype held, and int8 rewards differ from f32 ones.
+#[test]
+fn dtype_and_quantize_are_served_as_score_computes_them() {
+    let bf16 = fixture("llama-rm-bf16");
+    let server = Server::start(&["--model", &bf16]);
+    let got = floats(&server.ok("/get_reward", json!({ "query": TEXTS }))["rewards"]);
+    assert_close("/get_reward bf16", &got, &score_cli(&bf16, &text_rows(), &["--no-eos"]));
+    assert_eq!(server.call("GET", "/info", "").1["model_dtype"], "bfloat16");
+    let f32_rm = fixture("llama-rm");
+    let server = Server::start(&["--model", &f32_rm, "--quantize", "int8"]);
+    let got = floats(&server.ok("/get_reward", json!({ "query": TEXTS }))["rewards"]);
+    assert_close("/get_reward int8", &got, &score_cli(&f32_rm, &text_rows(), &["--no-eos", "--quantize", "int8"]));
+    let plain = score_cli(&f32_rm, &text_rows(), &["--no-eos"]);
+    assert!(got.iter().zip(&plain).any(|(a, b)| (a - b).abs() > 1e-4), "int8 changed nothing: {got:?}");
+}
+
 #[test]
 fn bad_flags_fail_at_start_naming_the_fix() {
     let rm = fixture("gpt2-rm");
