@@ -1,6 +1,6 @@
-"""PEFT + TRL side of `cargo xtask bench --cases real`: LoRA reward training on the 0.5B model.
+"""PEFT + TRL side of `cargo xtask bench --cases real`: LoRA (or full) reward training on the 0.5B model.
 
-Usage: python3 xtask/bench/real_lora_baseline.py MODEL_DIR TRAIN.jsonl OUT_DIR MAX_STEPS BATCH_PAIRS
+Usage: python3 xtask/bench/real_lora_baseline.py MODEL_DIR TRAIN.jsonl OUT_DIR MAX_STEPS BATCH_PAIRS [lora|full]
 TRL 0.28's RewardTrainer with a PEFT LoraConfig (r 16, alpha 32, dropout 0.05, SEQ_CLS, PEFT's
 default targets q_proj/v_proj), as `cargo xtask train --lora-r 16` trains it: float32 weights
 (`bf16=False`) and no gradient checkpointing (trl-rs has none yet; TRL's default turns it on).
@@ -17,7 +17,7 @@ from transformers import AutoModelForSequenceClassification, PreTrainedTokenizer
 from trl import RewardConfig, RewardTrainer
 
 
-def main(model_dir, train_file, out_dir, max_steps, batch_pairs):
+def main(model_dir, train_file, out_dir, max_steps, batch_pairs, mode="lora"):
     tok = PreTrainedTokenizerFast.from_pretrained(model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32)
     args = RewardConfig(
@@ -25,11 +25,12 @@ def main(model_dir, train_file, out_dir, max_steps, batch_pairs):
         logging_steps=1, save_strategy="no", eval_strategy="no", max_length=64, bf16=False,
         gradient_checkpointing=False, use_cpu=True, report_to=[], disable_tqdm=True, dataloader_num_workers=0,
     )
-    peft_config = LoraConfig(task_type="SEQ_CLS", r=16, lora_alpha=32, lora_dropout=0.05)
+    # "full": every weight trained with AdamW in f32, as `cargo xtask train` without --lora-*
+    peft_config = LoraConfig(task_type="SEQ_CLS", r=16, lora_alpha=32, lora_dropout=0.05) if mode == "lora" else None
     data = load_dataset("json", data_files={"train": train_file})["train"]
     RewardTrainer(model=model, args=args, processing_class=tok, train_dataset=data, peft_config=peft_config).train()
     print(f"bench: peak_rss_kb {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}", file=sys.stderr)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
+    main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), *sys.argv[6:7])

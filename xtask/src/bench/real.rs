@@ -7,7 +7,7 @@
 //! of 32 pairs) whose extra time over the 1-pair run gives pairs/s, with the weights held as
 //! stored (bf16), in f32 and in int8; then LoRA reward training
 //! (r 16, 4 pairs a step) for 1 and for 4 steps against PEFT + TRL, whose difference gives the
-//! step time.
+//! step time, and full fine-tuning (f32 weights, AdamW) the same way against TRL.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -48,23 +48,17 @@ fn config() -> Result<HfConfig, Error> {
     }))?)
 }
 
-/// Writes the model (random init, bf16), the built-in tokenizer and the input files when
-/// `write`; returns the parameter count.
-fn build_model(dir: &Path, write: bool) -> Result<usize, Error> {
+/// Writes the model (random init, bf16), the built-in tokenizer and the input files.
+fn build_model(dir: &Path) -> Result<(), Error> {
     let cfg = config()?;
     let device = backend::device();
     let backbone = AnyCausalLm::<B>::init(&cfg, &device)?.without_lm_head();
     let model = ForSequenceClassification::with_fresh_score(backbone, &cfg, 1, &device)?;
     let mut sd = StateDict::new();
-    let mut params = 0;
     for (k, t) in model.state_dict().tensors {
-        params += t.num_elements();
         sd.insert(k, t.convert_dtype(DType::BF16));
     }
     drop(model);
-    if !write {
-        return Ok(params);
-    }
     cfg.save(dir)?;
     checkpoint::save_weights(&sd, dir, checkpoint::DEFAULT_MAX_SHARD_SIZE)?;
     synthetic::tokenizer().save(dir)?;
@@ -72,7 +66,7 @@ fn build_model(dir: &Path, write: bool) -> Result<usize, Error> {
     for (file, n) in [("one.jsonl", 1), ("many.jsonl", PAIRS), ("train.jsonl", PAIRS)] {
         super::write_pairs_jsonl(&dir.join(file), &rows[..n])?;
     }
-    Ok(params)
+    Ok(())
 }
 
 /// Wall seconds of `cmd`, and the `key value` lines it printed on stderr.
@@ -123,15 +117,22 @@ pub fn run(python: &str) -> Result<Value, Error> {
     let kept = std::env::var_os(KEEP_ENV).map(PathBuf::from);
     let dir =
         kept.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("trl-bench-real-{}", std::process::id())));
-    let params = if kept.is_some() && dir.join("many.jsonl").is_file() {
+    if kept.is_some() && dir.join("many.jsonl").is_file() {
         eprintln!("real: reusing the model in {}", dir.display());
-        build_model(&dir, false)?
     } else {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
         eprintln!("real: writing a Qwen2-0.5B-shaped bf16 reward model to {}…", dir.display());
-        build_model(&dir, true)?
-    };
+        build_model(&dir)?;
+    }
+    // parameters from the header; the weights read once so that every process (ours and
+    // transformers') starts from a warm page cache
+    let weights = checkpoint::load_dir_lazily(&dir)?;
+    let params: usize = weights.tensors.values().map(|t| t.num_elements()).sum();
+    drop(weights);
+    for f in checkpoint::weight_files(&dir)? {
+        std::io::copy(&mut std::fs::File::open(&f)?, &mut std::io::sink())?;
+    }
     let exe = std::env::current_exe()?;
     let ours = |input: &str, holding: &[&str]| {
         let mut c = Command::new(&exe);
@@ -149,16 +150,22 @@ pub fn run(python: &str) -> Result<Value, Error> {
     let (ours, ours_f32, ours_int8) =
         (runs(&["--dtype", "auto"])?, runs(&["--dtype", "f32"])?, runs(&["--quantize", "int8"])?);
     eprintln!("real: LoRA training, ours…");
-    let train = |steps: u64| {
+    let train = |steps: u64, lora: bool| {
         let mut c = Command::new(&exe);
         c.args(["train", "--model"]).arg(&dir).arg("--train-file").arg(dir.join("train.jsonl"));
-        c.arg("--output-dir").arg(dir.join(format!("ours-{steps}")));
-        c.args(["--lora-r", "16", "--batch-size", &TRAIN_PAIRS.to_string(), "--max-steps", &steps.to_string()]);
+        c.arg("--output-dir").arg(dir.join(format!("ours-{steps}-{lora}")));
+        if lora {
+            c.args(["--lora-r", "16"]);
+        }
+        c.args(["--batch-size", &TRAIN_PAIRS.to_string(), "--max-steps", &steps.to_string()]);
         c.args(["--max-length", "64", "--save-steps", "1000000", "--logging-steps", "1"]).env(REPORT_ENV, "1");
         timed(c)
     };
-    let ours_lora = lora_figures(train(SHORT)?, train(LONG)?);
+    let ours_lora = lora_figures(train(SHORT, true)?, train(LONG, true)?);
     eprintln!("real: ours LoRA {ours_lora}");
+    eprintln!("real: full fine-tuning, ours…");
+    let ours_full = lora_figures(train(SHORT, false)?, train(LONG, false)?);
+    eprintln!("real: ours full {ours_full}");
     let theirs = (python != "none")
         .then(|| -> Result<Value, Error> {
             let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench/real_baseline.py");
@@ -170,15 +177,17 @@ pub fn run(python: &str) -> Result<Value, Error> {
             eprintln!("real: transformers…");
             let scoring = figures(run("one.jsonl")?, run("many.jsonl")?);
             let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench/real_lora_baseline.py");
-            let train = |steps: u64| {
+            let train = |steps: u64, lora: bool| {
                 let mut c = Command::new(python);
-                c.arg(&script).arg(&dir).arg(dir.join("train.jsonl")).arg(dir.join(format!("trl-{steps}")));
-                c.arg(steps.to_string()).arg(TRAIN_PAIRS.to_string());
+                c.arg(&script).arg(&dir).arg(dir.join("train.jsonl")).arg(dir.join(format!("trl-{steps}-{lora}")));
+                c.arg(steps.to_string()).arg(TRAIN_PAIRS.to_string()).arg(if lora { "lora" } else { "full" });
                 timed(c)
             };
             eprintln!("real: LoRA training, PEFT + TRL…");
-            let lora = lora_figures(train(SHORT)?, train(LONG)?);
-            Ok(json!({"scoring": scoring, "lora": lora}))
+            let lora = lora_figures(train(SHORT, true)?, train(LONG, true)?);
+            eprintln!("real: full fine-tuning, TRL…");
+            let full = lora_figures(train(SHORT, false)?, train(LONG, false)?);
+            Ok(json!({"scoring": scoring, "lora": lora, "full": full}))
         })
         .transpose()
         .unwrap_or_else(|e| {
@@ -189,17 +198,22 @@ pub fn run(python: &str) -> Result<Value, Error> {
         let _ = std::fs::remove_dir_all(&dir);
     }
     let ratio = |part: &str, key: &str| {
-        let mine = if part == "lora" { &ours_lora } else { &ours };
+        let mine = match part {
+            "lora" => &ours_lora,
+            "full" => &ours_full,
+            _ => &ours,
+        };
         theirs.as_ref().and_then(|t| Some(mine.get(key)?.as_f64()? / t.get(part)?.get(key)?.as_f64()?))
     };
     Ok(json!({
         "name": "real", "model": "Qwen2ForSequenceClassification, Qwen2-0.5B shape, bf16 safetensors",
         "parameters": params, "pairs": PAIRS, "batch_pairs": BATCH_PAIRS, "lora_batch_pairs": TRAIN_PAIRS,
-        "ours": {"scoring": ours, "scoring_f32": ours_f32, "scoring_int8": ours_int8, "lora": ours_lora}, "transformers": theirs,
+        "ours": {"scoring": ours, "scoring_f32": ours_f32, "scoring_int8": ours_int8, "lora": ours_lora, "full": ours_full}, "transformers": theirs,
         "first_reward_ratio": ratio("scoring", "first_reward_s"),
         "peak_rss_ratio": ratio("scoring", "peak_rss_gb_scoring"),
         "score_speedup": ratio("scoring", "score_pairs_per_sec"),
         "lora_step_speedup": ratio("lora", "steps_per_sec"), "lora_peak_rss_ratio": ratio("lora", "peak_rss_gb"),
+        "full_step_speedup": ratio("full", "steps_per_sec"), "full_peak_rss_ratio": ratio("full", "peak_rss_gb"),
     }))
 }
 
