@@ -10,7 +10,7 @@ use trl_core::HfConfig;
 use crate::batch::Context;
 use crate::error::Result;
 use crate::layers::KvCache;
-use crate::lora::{in_dtype, Adapters, LoraLayer};
+use crate::lora::{held_linear, in_dtype, Adapters, LoraLayer};
 
 /// One layer's slot of a [`KvCache`]: its keys and values so far.
 pub type CacheSlot<B> = Option<(Tensor<B, 4>, Tensor<B, 4>)>;
@@ -77,18 +77,13 @@ pub trait Backbone<B: Backend>: Module<B> + Sized {
     /// `[batch, seq, hidden]` → `[batch, seq, vocab]`, soft-capped when the architecture
     /// caps its logits ([`Self::final_logit_softcap`]).
     fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        let dtype = hidden.dtype();
         let logits = match self.lm_head() {
-            Some(head) => burn::tensor::module::linear(
-                hidden,
-                in_dtype(head.weight.val(), dtype),
-                head.bias.as_ref().map(|b| b.val()),
-            ),
+            Some(head) => held_linear(hidden, head.weight.val(), head.bias.as_ref().map(|b| b.val())),
             None => {
                 // 2-D against the transposed view: a 3-D view of it would be copied (and the
                 // embedding is the largest matrix of a small model) on every generated token
                 let [b, t, h] = hidden.dims();
-                let weight = in_dtype(self.embedding(), dtype);
+                let weight = in_dtype(self.embedding(), hidden.dtype());
                 let vocab = weight.dims()[0];
                 hidden.reshape([b * t, h]).matmul(weight.transpose()).reshape([b, t, vocab])
             }

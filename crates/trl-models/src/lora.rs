@@ -91,10 +91,7 @@ impl<B: Backend> Linear<B> {
 
     /// `[..., d_in]` → `[..., d_out]`
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let base = |x: Tensor<B, D>| {
-            let dtype = x.dtype();
-            burn::tensor::module::linear(x, in_dtype(self.weight.val(), dtype), self.bias.as_ref().map(Param::val))
-        };
+        let base = |x| held_linear(x, self.weight.val(), self.bias.as_ref().map(Param::val));
         match self.lora.running() {
             None => base(x),
             Some(i) => add_lora(x.clone(), base(x), i, &self.lora_A, &self.lora_B, &self.lora),
@@ -115,15 +112,23 @@ impl<B: Backend> Conv1D<B> {
 
     /// `[..., d_in]` → `[..., d_out]`
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let base = |x: Tensor<B, D>| {
-            let dtype = x.dtype();
-            burn::tensor::module::linear(x, in_dtype(self.weight.val(), dtype), Some(self.bias.val()))
-        };
+        let base = |x| held_linear(x, self.weight.val(), Some(self.bias.val()));
         match self.lora.running() {
             None => base(x),
             Some(i) => add_lora(x.clone(), base(x), i, &self.lora_A, &self.lora_B, &self.lora),
         }
     }
+}
+
+/// `x · weight + bias` (`weight` `[in, out]`) with the weight as it is held, widened to the
+/// activations' dtype first ([`in_dtype`]): every projection and the untied lm_head run this.
+pub fn held_linear<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    weight: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+) -> Tensor<B, D> {
+    let dtype = x.dtype();
+    burn::tensor::module::linear(x, in_dtype(weight, dtype), bias)
 }
 
 /// `w` in `dtype`, unchanged when it already is: a weight matrix held in half precision or
