@@ -76,6 +76,39 @@ fn half_precision_reward_models_match_transformers() {
     }
 }
 
+/// Mixed precision (`bf16` / `fp16` training, [`trl_models::autocast`]): the projections
+/// multiply in the half dtype. The half checkpoint's weights held in f32 and held as stored give
+/// the same rewards under autocast, bit for bit (rounding a weight for the product is exact when
+/// it is already a half value, so the backward pass can keep the held weight); autocast changes
+/// the f32 result, and stays within [`half_tol`] of transformers running in half precision,
+/// from the half checkpoint and from the f32 one it was rounded from.
+#[test]
+fn autocast_multiplies_the_projections_in_half_precision() {
+    use trl_models::autocast;
+    for (name, f32_name, dtype, u) in
+        [("llama-rm-bf16", "llama-rm", DType::BF16, BF16_U), ("qwen2-rm-f16", "qwen2-rm", DType::F16, F16_U)]
+    {
+        let held = reward_model(name, DtypeArg::Auto);
+        assert_eq!(held.backbone.weight_dtype(), dtype);
+        let wide = reward_model(name, DtypeArg::Fixed(WeightDtype::F32));
+        let unrounded = reward_model(f32_name, DtypeArg::Fixed(WeightDtype::F32));
+        let exp = expected(name);
+        for case in ["right", "left"] {
+            let b = batch(&exp, case);
+            let rewards = |m: &ForSequenceClassification<B>| to_vec(m.forward(&b, true).unwrap().rewards);
+            let plain = rewards(&wide);
+            let mixed = autocast::scope(Some(dtype), || rewards(&wide));
+            assert_eq!(mixed, autocast::scope(Some(dtype), || rewards(&held)), "{name} {case}");
+            assert_ne!(mixed, plain, "{name} {case}: autocast changed nothing");
+            assert_eq!(rewards(&wide), plain, "{name} {case}: the scope must end with the closure");
+            let (native, _) = floats(&exp, &format!("{case}.half.rewards"));
+            assert_close(&format!("{name} {case} autocast vs half compute"), &mixed, &native, half_tol(name, u));
+            let from_f32 = autocast::scope(Some(dtype), || rewards(&unrounded));
+            assert_close(&format!("{f32_name} {case} autocast vs half compute"), &from_f32, &native, half_tol(name, u));
+        }
+    }
+}
+
 /// An f32 checkpoint held in bf16 has its weight matrices rounded as PyTorch's
 /// `.to(torch.bfloat16)` rounds them (to nearest, ties to even: `llama-rm-bf16` is `llama-rm`
 /// so converted), and keeps its norms and score head in f32.

@@ -9,7 +9,9 @@ use std::ops::ControlFlow;
 use std::path::Path;
 use std::time::Instant;
 
+use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
 use burn::backend::Autodiff;
+use burn::tensor::backend::AutodiffBackend;
 use serde_json::Value;
 
 use trl_core::Tokenizer;
@@ -47,16 +49,18 @@ fn f64s(v: &Value) -> Vec<f64> {
     v.as_array().expect("array").iter().map(|x| x.as_f64().expect("number")).collect()
 }
 
-/// Loads a fixture reward model on the autodiff backend; returns it with its config and pad id.
-fn load_model(dir: &str) -> (ForSequenceClassification<TB>, trl_core::HfConfig, i64) {
+/// Loads a fixture reward model on an autodiff backend; returns it with its config and pad id.
+fn load_model<T: AutodiffBackend<Device = burn::tensor::Device<B>>>(
+    dir: &str,
+) -> (ForSequenceClassification<T>, trl_core::HfConfig, i64) {
     let (model, hf, restored) =
-        ForSequenceClassification::<TB>::from_pretrained(&fixture(dir), None, &device()).expect("load reward model");
+        ForSequenceClassification::<T>::from_pretrained(&fixture(dir), None, &device()).expect("load reward model");
     assert!(restored, "{dir} has a score head");
     let pad = model.pad_token_id.expect("pad_token_id");
     (model, hf, pad)
 }
 
-fn score_weight(model: &ForSequenceClassification<TB>) -> Vec<f64> {
+fn score_weight<T: AutodiffBackend>(model: &ForSequenceClassification<T>) -> Vec<f64> {
     let sd = model.state_dict();
     sd.get("score.weight")
         .expect("score.weight")
@@ -69,8 +73,38 @@ fn score_weight(model: &ForSequenceClassification<TB>) -> Vec<f64> {
         .collect()
 }
 
-/// Trains like `expected-<run>.json` says and compares the curve step by step.
-fn parity(run: &str) {
+/// The RewardConfig of a fixture run (`expected-<run>.json`'s `config`), writing to `out`.
+fn fixture_config(c: &Value, out: &Path) -> RewardConfig {
+    RewardConfig {
+        output_dir: out.to_path_buf(),
+        learning_rate: c["learning_rate"].as_f64().unwrap(),
+        max_steps: Some(c["max_steps"].as_u64().unwrap()),
+        per_device_train_batch_size: c["per_device_train_batch_size"].as_u64().unwrap() as usize,
+        gradient_accumulation_steps: c["gradient_accumulation_steps"].as_u64().unwrap() as usize,
+        center_rewards_coefficient: c["center_rewards_coefficient"].as_f64(),
+        warmup_steps: c["warmup_steps"].as_u64().unwrap(),
+        max_grad_norm: c["max_grad_norm"].as_f64(),
+        weight_decay: c["weight_decay"].as_f64().unwrap(),
+        adam_beta1: c["adam_beta1"].as_f64().unwrap(),
+        adam_beta2: c["adam_beta2"].as_f64().unwrap(),
+        adam_epsilon: c["adam_epsilon"].as_f64().unwrap(),
+        logging_steps: c["logging_steps"].as_u64().unwrap(),
+        seed: c["seed"].as_u64().unwrap(),
+        shuffle: false,
+        save_steps: 1_000,
+        num_print_samples: 0,
+        ..RewardConfig::default()
+    }
+}
+
+/// Trains like `expected-<run>.json` says and compares the curve step by step; returns the
+/// per-step losses.
+fn parity(run: &str) -> Vec<f64> {
+    parity_on::<TB>(run)
+}
+
+/// [`parity`] on the autodiff backend `T` (a checkpointing strategy).
+fn parity_on<T: AutodiffBackend<Device = burn::tensor::Device<B>>>(run: &str) -> Vec<f64> {
     let expected = read_json(&fixture("trainer").join(format!("expected-{run}.json")));
     let c = &expected["config"];
     let pairs = fixture_pairs(expected["data_file"].as_str().unwrap());
@@ -95,7 +129,7 @@ fn parity(run: &str) {
         "rejected token ids differ from TRL's"
     );
 
-    let (model, hf, pad) = load_model(expected["model_dir"].as_str().unwrap());
+    let (model, hf, pad) = load_model::<T>(expected["model_dir"].as_str().unwrap());
     assert_eq!(pad, expected["pad_token_id"].as_i64().unwrap());
     let init = score_weight(&model);
     // compared as f32: serde_json's default float parser may be 1 ulp (of f64) off
@@ -109,28 +143,8 @@ fn parity(run: &str) {
 
     let initial = model.state_dict();
     let out = tempfile::tempdir().unwrap();
-    let steps = c["max_steps"].as_u64().unwrap();
-    let cfg = RewardConfig {
-        output_dir: out.path().to_path_buf(),
-        learning_rate: c["learning_rate"].as_f64().unwrap(),
-        max_steps: Some(steps),
-        per_device_train_batch_size: c["per_device_train_batch_size"].as_u64().unwrap() as usize,
-        gradient_accumulation_steps: c["gradient_accumulation_steps"].as_u64().unwrap() as usize,
-        center_rewards_coefficient: c["center_rewards_coefficient"].as_f64(),
-        warmup_steps: c["warmup_steps"].as_u64().unwrap(),
-        max_grad_norm: c["max_grad_norm"].as_f64(),
-        weight_decay: c["weight_decay"].as_f64().unwrap(),
-        adam_beta1: c["adam_beta1"].as_f64().unwrap(),
-        adam_beta2: c["adam_beta2"].as_f64().unwrap(),
-        adam_epsilon: c["adam_epsilon"].as_f64().unwrap(),
-        logging_steps: c["logging_steps"].as_u64().unwrap(),
-        seed: c["seed"].as_u64().unwrap(),
-        shuffle: false,
-        save_steps: 1_000,
-        num_print_samples: 0,
-        ..RewardConfig::default()
-    };
-    let mut trainer = RewardTrainer::<TB>::new(cfg, model, hf, None, pad).unwrap();
+    let cfg = fixture_config(c, out.path());
+    let mut trainer = RewardTrainer::<T>::new(cfg, model, hf, None, pad).unwrap();
     let mut losses = Vec::new();
     trainer
         .train(&pairs, &[], 0, &mut |ev| {
@@ -226,6 +240,7 @@ fn parity(run: &str) {
             .sqrt();
         assert!((got - want).abs() <= 1e-4 * want + 1e-7, "{run}: {k} moved {got:.6e} (L2), TRL {want:.6e}");
     }
+    losses
 }
 
 #[test]
@@ -251,6 +266,63 @@ fn parity_llama_margin_center() {
 #[test]
 fn parity_llama_margin_grad_accum() {
     parity("llama-margin-ga2");
+}
+
+/// `gradient_checkpointing = true` (burn's balanced checkpointing: element-wise results are
+/// recomputed in the backward pass) keeps TRL parity and changes no number: recomputing an
+/// element-wise op repeats the same arithmetic.
+#[test]
+fn gradient_checkpointing_changes_no_number() {
+    let run = "gpt2-ga2-center";
+    let recomputed = parity_on::<Autodiff<B, BalancedCheckpointing>>(run);
+    assert_eq!(recomputed, parity(run), "{run}: checkpointed and plain training differ");
+}
+
+/// `bf16 = true`: the projections multiply in bfloat16 (`trl_models::autocast`), as
+/// transformers' mixed precision does under `torch.autocast` (`expected-llama-margin-bf16.json`,
+/// TRL with `bf16=True` on CPU). The two round differently (TRL also multiplies the attention
+/// scores in bf16; we keep attention in f32), so the curves are compared with a bound, not f32's:
+/// a bf16 rounding (`u = 2⁻⁹`) at each of the ~`20·layers + 3` steps of a forward pass
+/// (`dtype.rs`' `half_tol`), on rewards up to `R` and a loss that moves at most as the reward
+/// gap does, gives `|Δloss| ≤ 2·(20·layers + 3)·u·R` per step. The steps must also differ
+/// from an f32 run's, or mixed precision never reached the forward pass.
+#[test]
+fn bf16_mixed_precision_follows_trl() {
+    let expected = read_json(&fixture("trainer").join("expected-llama-margin-bf16.json"));
+    let c = &expected["config"];
+    assert_eq!(c["bf16"], Value::Bool(true));
+    let pairs = fixture_pairs(expected["data_file"].as_str().unwrap());
+    let train = |bf16: bool| {
+        let (model, hf, pad) = load_model::<TB>(expected["model_dir"].as_str().unwrap());
+        let out = tempfile::tempdir().unwrap();
+        let cfg = RewardConfig { bf16: Some(bf16), ..fixture_config(c, out.path()) };
+        let mut trainer = RewardTrainer::<TB>::new(cfg, model, hf, None, pad).unwrap();
+        trainer.train(&pairs, &[], 0, &mut |_| ControlFlow::Continue(())).unwrap();
+        trainer.state.log_history.iter().filter(|e| e.split == "train").cloned().collect::<Vec<LogEntry>>()
+    };
+    let (mixed, plain) = (train(true), train(false));
+    let want: Vec<&Value> = expected["steps"].as_array().unwrap().iter().collect();
+    assert_eq!(mixed.len(), want.len());
+    let model_dir = fixture(expected["model_dir"].as_str().unwrap());
+    let layers = read_json(&model_dir.join("config.json"))["num_hidden_layers"].as_f64().unwrap();
+    let u = 1.0 / 512.0;
+    let mut table = String::from("step | TRL bf16 loss | ours bf16 | ours f32\n");
+    for (i, ((w, m), p)) in want.iter().zip(&mixed).zip(&plain).enumerate() {
+        let trl = w["loss"].as_f64().unwrap();
+        let reward_scale =
+            w["max_reward"].as_f64().unwrap().abs().max(w["min_reward"].as_f64().unwrap().abs()).max(1.0);
+        let bound = 2.0 * (20.0 * layers + 3.0) * u * reward_scale;
+        table += &format!("{:>4} | {trl:.5} | {:.5} | {:.5}\n", i + 1, m.loss, p.loss);
+        assert!(
+            (m.loss - trl).abs() <= bound,
+            "step {}: bf16 loss {} vs TRL {trl} (bound {bound:.3})\n{table}",
+            i + 1,
+            m.loss
+        );
+        assert_eq!(m.learning_rate, p.learning_rate);
+    }
+    eprintln!("{table}");
+    assert!(mixed.iter().zip(&plain).all(|(m, p)| m.loss != p.loss), "bf16 changed no step's loss\n{table}");
 }
 
 #[test]

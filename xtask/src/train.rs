@@ -7,10 +7,9 @@ use std::io::IsTerminal;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 
+use burn::tensor::backend::AutodiffBackend;
 use trl_core::backend;
 use trl_reward::{synthetic, Event, Job, LoraSettings, RewardConfig};
-
-type TB = backend::Train;
 
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
@@ -93,6 +92,17 @@ pub struct TrainArgs {
     pub lr_scheduler_kwargs: Option<String>,
     #[arg(long)]
     pub warmup_ratio: Option<f64>,
+    /// Mixed precision: the projections multiply in bfloat16 (a LoRA run also holds its frozen
+    /// base in bf16), weights and optimizer stay f32; transformers' `--bf16`.
+    #[arg(long, conflicts_with = "fp16")]
+    pub bf16: bool,
+    /// The same in float16.
+    #[arg(long)]
+    pub fp16: bool,
+    /// Recompute element-wise results in the backward pass instead of keeping them (default:
+    /// true, as TRL; `false` keeps everything and saves the recomputation).
+    #[arg(long, value_name = "BOOL")]
+    pub gradient_checkpointing: Option<bool>,
 }
 
 impl TrainArgs {
@@ -125,6 +135,15 @@ impl TrainArgs {
             cfg.eval_steps = self.eval_steps;
         }
         cfg.skip_bad_rows |= self.skip_bad_rows;
+        if self.bf16 {
+            (cfg.bf16, cfg.fp16) = (Some(true), false);
+        }
+        if self.fp16 {
+            (cfg.bf16, cfg.fp16) = (Some(false), true);
+        }
+        if let Some(g) = self.gradient_checkpointing {
+            cfg.gradient_checkpointing = g;
+        }
         let lora_flags = self.lora_r.is_some()
             || self.lora_alpha.is_some()
             || self.lora_dropout.is_some()
@@ -161,21 +180,43 @@ pub fn run(args: TrainArgs) -> Result<(), Error> {
     };
     args.apply(&mut cfg)?;
     cfg.validate()?;
-    let device = backend::device();
     if cfg.lora.is_some() && args.model.is_none() {
         return Err("LoRA trains an adapter on pretrained base weights: give the base with --model \
                     (random-init and built-in models have no base on disk for the adapter to point at)"
             .into());
     }
+    // burn's checkpointing is a property of the autodiff backend's type
+    if cfg.gradient_checkpointing {
+        train_on::<backend::TrainCheckpointed>(args, cfg, builtin)
+    } else {
+        train_on::<backend::Train>(args, cfg, builtin)
+    }
+}
+
+fn train_on<B: AutodiffBackend>(args: TrainArgs, cfg: RewardConfig, builtin: bool) -> Result<(), Error>
+where
+    B::Device: Default,
+{
+    let device = B::Device::default();
+    let precision = match cfg.half_dtype() {
+        Some(half) => {
+            format!(
+                "; projections in {} (mixed precision)",
+                if half == burn::tensor::DType::F16 { "fp16" } else { "bf16" }
+            )
+        }
+        None => String::new(),
+    };
+    let checkpointing = if cfg.gradient_checkpointing { ", gradient checkpointing" } else { "" };
     let Job { mut trainer, train, eval, dropped } =
-        if builtin { synthetic::job::<TB>(cfg, &device)? } else { setup::user_job(&args, cfg, &device)? };
+        if builtin { synthetic::job::<B>(cfg, &device)? } else { setup::user_job::<B>(&args, cfg, &device)? };
     let what = match trainer.adapter() {
         Some(name) => format!("LoRA adapter `{name}` + score"),
         None => "the whole model".into(),
     };
     let limit = trainer.config.max_length.map_or("no length limit".to_string(), |m| format!("max_length {m}"));
     eprintln!(
-        "training {what} on {} pairs, evaluating on {} ({} dropped as longer than {limit}); backend {}; output {}",
+        "training {what} on {} pairs, evaluating on {} ({} dropped as longer than {limit}); backend {}{checkpointing}{precision}; output {}",
         train.len(),
         eval.len(),
         dropped,

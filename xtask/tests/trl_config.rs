@@ -81,6 +81,8 @@ fn unknown_and_unsupported_settings_are_errors() {
         assert!(!o.status.success());
         String::from_utf8_lossy(&o.stderr).into_owned()
     };
+    let e = run(r#"{"bf16": true, "fp16": true}"#);
+    assert!(e.contains("bf16 and fp16 are both true"), "{e}");
     let e = run(r#"{"learning_rat": 0.001}"#);
     assert!(e.contains("unknown setting `learning_rat`") && e.contains("learning_rate"), "{e}");
     let e = run(r#"{"optim": "adafactor"}"#);
@@ -91,6 +93,49 @@ fn unknown_and_unsupported_settings_are_errors() {
     assert!(e.contains("save_steps a multiple of eval_steps"), "{e}");
     let e = run(r#"{"load_best_model_at_end": true, "eval_steps": 2, "save_steps": 4, "metric_for_best_model": "f1"}"#);
     assert!(e.contains("metric_for_best_model `f1`"), "{e}");
+}
+
+/// `bf16` / `fp16` and `gradient_checkpointing` are honoured, not listed as without effect:
+/// the projections multiply in the half dtype (the loss differs from f32's), and the run says
+/// which precision and autodiff strategy it uses.
+#[test]
+fn mixed_precision_and_gradient_checkpointing_are_honoured() {
+    let tmp = tempfile::tempdir().unwrap();
+    let train = |name: &str, settings: Value| {
+        let out = tmp.path().join(name);
+        let mut body = serde_json::json!({"output_dir": out, "max_steps": 2, "logging_steps": 1, "eval_steps": 100});
+        body.as_object_mut().unwrap().extend(settings.as_object().unwrap().clone());
+        let cfg = tmp.path().join(format!("{name}.json"));
+        std::fs::write(&cfg, body.to_string()).unwrap();
+        let run = Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .args(["train", "--config", cfg.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+        assert!(run.status.success(), "{stderr}");
+        assert!(!stderr.contains("no effect in trl-rs"), "{stderr}");
+        let first = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().next().unwrap().to_string();
+        (stderr, serde_json::from_str::<Value>(&first).unwrap()["loss"].as_f64().unwrap())
+    };
+    let (f32_log, f32_loss) = train("f32", serde_json::json!({"bf16": false, "gradient_checkpointing": false}));
+    assert!(!f32_log.contains("gradient checkpointing") && !f32_log.contains("mixed precision"), "{f32_log}");
+    let (bf16_log, bf16_loss) = train("bf16", serde_json::json!({"bf16": true, "gradient_checkpointing": true}));
+    assert!(
+        bf16_log.contains("gradient checkpointing") && bf16_log.contains("projections in bf16 (mixed precision)"),
+        "{bf16_log}"
+    );
+    let (fp16_log, fp16_loss) = train("fp16", serde_json::json!({"fp16": true}));
+    assert!(fp16_log.contains("projections in fp16 (mixed precision)"), "{fp16_log}");
+    assert!(
+        bf16_loss != f32_loss && fp16_loss != f32_loss && bf16_loss != fp16_loss,
+        "{f32_loss} {bf16_loss} {fp16_loss}"
+    );
+    // the same first loss within half precision: (20·layers + 3) roundings of unit roundoff u
+    // on each reward (the built-in model has 2 layers; fresh rewards are below 1), and the loss
+    // moves at most as the reward gap does (tests/tests/trainer.rs, bf16_mixed_precision_follows_trl)
+    for (what, loss, u) in [("bf16", bf16_loss, 1.0 / 512.0), ("fp16", fp16_loss, 1.0 / 2048.0)] {
+        assert!((loss - f32_loss).abs() <= 2.0 * 43.0 * u, "{what}: {loss} vs f32 {f32_loss}");
+    }
 }
 
 /// `load_best_model_at_end`: the final model is the checkpoint of the best evaluation, which

@@ -15,6 +15,11 @@ pub type Default = burn::backend::Flex;
 /// The default backend with automatic differentiation, for training.
 pub type Train = burn::backend::Autodiff<Default>;
 
+/// [`Train`] with burn's balanced checkpointing: element-wise results are recomputed in the
+/// backward pass instead of kept (`gradient_checkpointing = true`).
+pub type TrainCheckpointed =
+    burn::backend::Autodiff<Default, burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing>;
+
 /// The default device of the default backend.
 pub fn device() -> burn::tensor::Device<Default> {
     std::default::Default::default()

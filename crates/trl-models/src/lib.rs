@@ -37,6 +37,7 @@ architectures!(declare_modules);
 
 mod adapters;
 mod any;
+pub mod autocast;
 mod backbone;
 mod batch;
 mod error;

@@ -32,6 +32,7 @@ use burn::prelude::*;
 use trl_core::peft::{LoraConfig, LoraInit};
 use trl_core::StateDict;
 
+use crate::autocast;
 use crate::error::{ModelError, Result};
 
 /// One adapter's settings at one projection.
@@ -122,13 +123,23 @@ impl<B: Backend> Conv1D<B> {
 
 /// `x · weight + bias` (`weight` `[in, out]`) with the weight as it is held, widened to the
 /// activations' dtype first ([`in_dtype`]): every projection and the untied lm_head run this.
+/// Inside an [`autocast::scope`] the product runs in its half dtype instead.
 pub fn held_linear<B: Backend, const D: usize>(
     x: Tensor<B, D>,
     weight: Tensor<B, 2>,
     bias: Option<Tensor<B, 1>>,
 ) -> Tensor<B, D> {
     let dtype = x.dtype();
-    burn::tensor::module::linear(x, in_dtype(weight, dtype), bias)
+    match autocast::dtype() {
+        Some(half) if half != dtype => {
+            let y = burn::tensor::module::linear(x.cast(half), in_dtype(weight, half), None).cast(dtype);
+            match bias {
+                Some(b) => y + in_dtype(b, dtype).unsqueeze(),
+                None => y,
+            }
+        }
+        _ => burn::tensor::module::linear(x, in_dtype(weight, dtype), bias),
+    }
 }
 
 /// `w` in `dtype`, unchanged when it already is: a weight matrix held in half precision or

@@ -95,6 +95,18 @@ pub struct RewardConfig {
     /// `config.json` as `mean` and `std`, with `normalize_reward: true`, as OpenRLHF does;
     /// `score --normalize` applies them.
     pub normalize_reward: bool,
+    /// Mixed precision as transformers' `bf16` runs it: the projections multiply in bfloat16
+    /// ([`trl_models::autocast`]), in training and evaluation; a LoRA run holds its frozen base
+    /// in bfloat16. Unset or `false`: f32 throughout. (TRL turns `bf16` on unless `fp16` is;
+    /// trl-rs leaves it to the config, as f32 is what a CPU runs fastest and exactly.)
+    pub bf16: Option<bool>,
+    /// The same in float16.
+    pub fp16: bool,
+    /// Recompute cheap activations in the backward pass instead of keeping them (burn's
+    /// `BalancedCheckpointing` autodiff strategy: element-wise results are recomputed, matrix
+    /// products kept), as TRL's default `true` asks. `cargo xtask train` picks the autodiff
+    /// backend from it.
+    pub gradient_checkpointing: bool,
 }
 
 /// transformers' `IntervalStrategy`: when to evaluate or save.
@@ -256,6 +268,9 @@ impl Default for RewardConfig {
             eval_split: 0.0,
             lora: None,
             normalize_reward: false,
+            bf16: None,
+            fp16: false,
+            gradient_checkpointing: true,
         }
     }
 }
@@ -271,6 +286,16 @@ fn range_of(name: &str) -> &'static str {
 }
 
 impl RewardConfig {
+    /// The half dtype the projections multiply in (`bf16` / `fp16`), if any.
+    pub fn half_dtype(&self) -> Option<burn::tensor::DType> {
+        use burn::tensor::DType;
+        if self.fp16 {
+            Some(DType::F16)
+        } else {
+            (self.bf16 == Some(true)).then_some(DType::BF16)
+        }
+    }
+
     /// Rejects settings that cannot train.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: &str| Err(RewardError::Config(m.into()));
@@ -279,6 +304,9 @@ impl RewardConfig {
         }
         if self.gradient_accumulation_steps == 0 {
             return bad("gradient_accumulation_steps must be at least 1");
+        }
+        if self.fp16 && self.bf16 == Some(true) {
+            return bad("bf16 and fp16 are both true: at most one mixed precision can be on");
         }
         // AdamW moves every weight by about `learning_rate` a step: above 1 nothing can train.
         if !(self.learning_rate > 0.0 && self.learning_rate <= 1.0) {

@@ -378,8 +378,13 @@ mod tests {
         assert_eq!(ours.get("learning_rate"), Some(&json!(1e-5)));
         assert!(!ours.contains_key("max_steps") && !ours.contains_key("eval_steps"));
         assert_eq!(ours.get("save_total_limit"), Some(&json!(2)));
-        assert_eq!(ignored.len(), 3, "{ignored:?}");
-        assert!(ignored.iter().any(|i| i == "bf16") && ignored.iter().any(|i| i.starts_with("report_to=wandb")));
+        assert_eq!(ignored.len(), 2, "{ignored:?}");
+        assert!(
+            ignored.iter().any(|i| i == "torch_compile") && ignored.iter().any(|i| i.starts_with("report_to=wandb"))
+        );
+        // mixed precision and checkpointing are honoured
+        assert_eq!(ours.get("bf16"), Some(&json!(true)));
+        assert_eq!(ours.get("gradient_checkpointing"), Some(&json!(true)));
         assert_eq!(ours.get("report_to"), Some(&json!(["tensorboard"])));
         let err = parse(json!({"learning_rat": 1e-5})).unwrap_err();
         let (_, ignored) = parse(json!({"model_name_or_path": "Qwen/Qwen2-0.5B", "use_peft": true})).unwrap();

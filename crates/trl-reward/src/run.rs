@@ -81,7 +81,7 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
                 let idx = &order[lo..(lo + bs).min(train.len())];
                 let pairs: Vec<&TokenizedPair> = idx.iter().map(|&i| &train[i]).collect();
                 let Scored { chosen: rc, rejected: rr, margin, tokens } =
-                    score(&self.model, &pairs, self.pad_id, cfg.pad_to_multiple_of)?;
+                    score(&self.model, &pairs, self.pad_id, &cfg)?;
                 let loss = bradley_terry(rc.clone(), rr.clone(), margin, cfg.center_rewards_coefficient) / micro as f64;
                 let host = Tensor::cat(vec![rc.inner(), rr.inner(), loss.clone().inner()], 0)
                     .into_data()

@@ -93,16 +93,18 @@ pub(crate) struct Scored<B: Backend> {
     pub(crate) tokens: u64,
 }
 
-/// Scores `pairs` (chosen ++ rejected, right padded) with `model`.
+/// Scores `pairs` (chosen ++ rejected, right padded) with `model`, with the projections in
+/// `config`'s mixed precision.
 pub(crate) fn score<B: Backend>(
     model: &ForSequenceClassification<B>,
     pairs: &[&TokenizedPair],
     pad_id: i64,
-    multiple: Option<usize>,
+    config: &RewardConfig,
 ) -> Result<Scored<B>> {
-    let (batch, margins) = collate(pairs, pad_id, multiple)?;
+    let (batch, margins) = collate(pairs, pad_id, config.pad_to_multiple_of)?;
     let n = pairs.len();
-    let r = model.forward(&batch, false)?.rewards.slice([0..2 * n, 0..1]).reshape([2 * n]);
+    let out = trl_models::autocast::scope(config.half_dtype(), || model.forward(&batch, false))?;
+    let r = out.rewards.slice([0..2 * n, 0..1]).reshape([2 * n]);
     let device = r.device();
     let margin = margins.map(|m| Tensor::from_data(TensorData::new(m, [n]), &device));
     Ok(Scored {
@@ -223,7 +225,7 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
         for chunk in eval.chunks(self.config.per_device_eval_batch_size) {
             let pairs: Vec<&TokenizedPair> = chunk.iter().collect();
             let Scored { chosen: rc, rejected: rr, margin, tokens: t } =
-                score(&model, &pairs, self.pad_id, self.config.pad_to_multiple_of)?;
+                score(&model, &pairs, self.pad_id, &self.config)?;
             let loss = bradley_terry(rc.clone(), rr.clone(), margin, self.config.center_rewards_coefficient);
             let host =
                 Tensor::cat(vec![rc, rr, loss], 0).into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default();
@@ -253,7 +255,7 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
         let mut all = Vec::with_capacity(2 * pairs.len());
         for chunk in pairs.chunks(self.config.per_device_eval_batch_size) {
             let refs: Vec<&TokenizedPair> = chunk.iter().collect();
-            let s = score(&model, &refs, self.pad_id, self.config.pad_to_multiple_of)?;
+            let s = score(&model, &refs, self.pad_id, &self.config)?;
             let host = Tensor::cat(vec![s.chosen, s.rejected], 0).into_data().convert::<f32>().to_vec::<f32>();
             all.extend(host.unwrap_or_default().into_iter().map(f64::from));
         }
@@ -270,7 +272,7 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
         if take.is_empty() {
             return Ok(Vec::new());
         }
-        let Scored { chosen: rc, rejected: rr, .. } = score(&model, &take, self.pad_id, None)?;
+        let Scored { chosen: rc, rejected: rr, .. } = score(&model, &take, self.pad_id, &self.config)?;
         let rc = rc.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default();
         let rr = rr.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default();
         Ok(take

@@ -150,19 +150,28 @@ pub fn run(python: &str) -> Result<Value, Error> {
     let (ours, ours_f32, ours_int8) =
         (runs(&["--dtype", "auto"])?, runs(&["--dtype", "f32"])?, runs(&["--quantize", "int8"])?);
     eprintln!("real: LoRA training, ours…");
-    let train = |steps: u64, lora: bool| {
+    // as the baseline runs: no gradient checkpointing; `bf16` adds mixed precision (and a
+    // frozen base held in bf16)
+    let train_as = |steps: u64, lora: bool, bf16: bool| {
         let mut c = Command::new(&exe);
         c.args(["train", "--model"]).arg(&dir).arg("--train-file").arg(dir.join("train.jsonl"));
-        c.arg("--output-dir").arg(dir.join(format!("ours-{steps}-{lora}")));
+        c.arg("--output-dir").arg(dir.join(format!("ours-{steps}-{lora}-{bf16}")));
+        c.args(["--gradient-checkpointing", "false"]);
         if lora {
             c.args(["--lora-r", "16"]);
+        }
+        if bf16 {
+            c.arg("--bf16");
         }
         c.args(["--batch-size", &TRAIN_PAIRS.to_string(), "--max-steps", &steps.to_string()]);
         c.args(["--max-length", "64", "--save-steps", "1000000", "--logging-steps", "1"]).env(REPORT_ENV, "1");
         timed(c)
     };
+    let train = |steps, lora| train_as(steps, lora, false);
     let ours_lora = lora_figures(train(SHORT, true)?, train(LONG, true)?);
     eprintln!("real: ours LoRA {ours_lora}");
+    let ours_lora_bf16 = lora_figures(train_as(SHORT, true, true)?, train_as(LONG, true, true)?);
+    eprintln!("real: ours LoRA bf16 {ours_lora_bf16}");
     eprintln!("real: full fine-tuning, ours…");
     let ours_full = lora_figures(train(SHORT, false)?, train(LONG, false)?);
     eprintln!("real: ours full {ours_full}");
@@ -197,22 +206,26 @@ pub fn run(python: &str) -> Result<Value, Error> {
     if kept.is_none() {
         let _ = std::fs::remove_dir_all(&dir);
     }
+    // our bf16 LoRA run is compared with PEFT + TRL's f32 one, as the targets are
     let ratio = |part: &str, key: &str| {
-        let mine = match part {
-            "lora" => &ours_lora,
-            "full" => &ours_full,
-            _ => &ours,
+        let (mine, their_part) = match part {
+            "lora" => (&ours_lora, part),
+            "lora_bf16" => (&ours_lora_bf16, "lora"),
+            "full" => (&ours_full, part),
+            _ => (&ours, part),
         };
-        theirs.as_ref().and_then(|t| Some(mine.get(key)?.as_f64()? / t.get(part)?.get(key)?.as_f64()?))
+        theirs.as_ref().and_then(|t| Some(mine.get(key)?.as_f64()? / t.get(their_part)?.get(key)?.as_f64()?))
     };
     Ok(json!({
         "name": "real", "model": "Qwen2ForSequenceClassification, Qwen2-0.5B shape, bf16 safetensors",
         "parameters": params, "pairs": PAIRS, "batch_pairs": BATCH_PAIRS, "lora_batch_pairs": TRAIN_PAIRS,
-        "ours": {"scoring": ours, "scoring_f32": ours_f32, "scoring_int8": ours_int8, "lora": ours_lora, "full": ours_full}, "transformers": theirs,
+        "ours": {"scoring": ours, "scoring_f32": ours_f32, "scoring_int8": ours_int8, "lora": ours_lora, "lora_bf16": ours_lora_bf16, "full": ours_full}, "transformers": theirs,
         "first_reward_ratio": ratio("scoring", "first_reward_s"),
         "peak_rss_ratio": ratio("scoring", "peak_rss_gb_scoring"),
         "score_speedup": ratio("scoring", "score_pairs_per_sec"),
         "lora_step_speedup": ratio("lora", "steps_per_sec"), "lora_peak_rss_ratio": ratio("lora", "peak_rss_gb"),
+        "lora_bf16_step_speedup": ratio("lora_bf16", "steps_per_sec"),
+        "lora_bf16_peak_rss_ratio": ratio("lora_bf16", "peak_rss_gb"),
         "full_step_speedup": ratio("full", "steps_per_sec"), "full_peak_rss_ratio": ratio("full", "peak_rss_gb"),
     }))
 }

@@ -5,26 +5,34 @@
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
 
+use trl_core::dtype::{DtypeArg, Holding, Quantize, WeightDtype};
 use trl_core::{source, HfConfig, Tokenizer};
 use trl_heads::ForSequenceClassification;
 use trl_reward::data::{read_rows, tokenize};
 use trl_reward::{Job, RewardConfig, RewardTrainer};
 
-use super::{Error, TrainArgs, TB};
+use super::{Error, TrainArgs};
 
 /// A reward model ready to train, with its config and tokenizer.
-struct Model {
-    model: ForSequenceClassification<TB>,
+struct Model<B: Backend> {
+    model: ForSequenceClassification<B>,
     config: HfConfig,
     tokenizer: Tokenizer,
 }
 
-/// `--model`: a checkpoint (a causal LM gets a fresh score head) or an adapter directory.
-fn pretrained(id: &str, tokenizer: Option<&Path>, device: &Device<TB>) -> Result<Model, Error> {
+/// `--model`: a checkpoint (a causal LM gets a fresh score head) or an adapter directory, its
+/// matrices held as `holding` says.
+fn pretrained<B: Backend>(
+    id: &str,
+    tokenizer: Option<&Path>,
+    holding: Holding,
+    device: &Device<B>,
+) -> Result<Model<B>, Error> {
     let dir = source::resolve(id)?;
     let tokenizer = Tokenizer::from_dir(tokenizer.unwrap_or(&dir))?;
-    let (model, config, restored) = ForSequenceClassification::<TB>::from_pretrained(&dir, None, device)?;
+    let (model, config, restored) = ForSequenceClassification::<B>::from_pretrained_as(&dir, None, holding, device)?;
     if !restored {
         eprintln!("note: {} has no `score` head; starting a fresh one (num_labels = 1)", dir.display());
     }
@@ -33,7 +41,7 @@ fn pretrained(id: &str, tokenizer: Option<&Path>, device: &Device<TB>) -> Result
 
 /// `--init-config`: random weights for the architecture of a `config.json` (or a directory
 /// holding one); the tokenizer comes from `--tokenizer` or the config's directory.
-fn random_init(path: &Path, tokenizer: Option<&Path>, device: &Device<TB>) -> Result<Model, Error> {
+fn random_init<B: Backend>(path: &Path, tokenizer: Option<&Path>, device: &Device<B>) -> Result<Model<B>, Error> {
     let (file, dir) = if path.is_dir() {
         (path.join("config.json"), path.to_path_buf())
     } else {
@@ -60,7 +68,7 @@ fn random_init(path: &Path, tokenizer: Option<&Path>, device: &Device<TB>) -> Re
         )
         .into());
     }
-    let (model, config) = ForSequenceClassification::<TB>::from_config(&config, None, device)?;
+    let (model, config) = ForSequenceClassification::<B>::from_config(&config, None, device)?;
     eprintln!("random init from {} (seeded by `seed`), tokenizer {}", file.display(), tok_dir.display());
     Ok(Model { model, config, tokenizer })
 }
@@ -79,11 +87,27 @@ fn base_name(id: &str) -> (String, Option<String>) {
     }
 }
 
-pub(super) fn user_job(args: &TrainArgs, mut cfg: RewardConfig, device: &Device<TB>) -> Result<Job<TB>, Error> {
-    TB::seed(device, cfg.seed);
+/// The frozen base of a LoRA run with `bf16` / `fp16` is held in that dtype (the projections
+/// multiply in it anyway, [`trl_models::autocast`]); everything else trains from f32.
+fn holding(cfg: &RewardConfig) -> Holding {
+    let half = match cfg.half_dtype() {
+        Some(burn::tensor::DType::BF16) => WeightDtype::Bf16,
+        Some(burn::tensor::DType::F16) => WeightDtype::F16,
+        _ => WeightDtype::F32,
+    };
+    let dtype = if cfg.lora.is_some() { half } else { WeightDtype::F32 };
+    Holding { dtype: DtypeArg::Fixed(dtype), quantize: Quantize::None }
+}
+
+pub(super) fn user_job<B: AutodiffBackend>(
+    args: &TrainArgs,
+    mut cfg: RewardConfig,
+    device: &Device<B>,
+) -> Result<Job<B>, Error> {
+    B::seed(device, cfg.seed);
     let tok = args.tokenizer.as_deref();
     let Model { mut model, config: hf_config, tokenizer } = match (&args.model, &args.init_config) {
-        (Some(id), _) => pretrained(id, tok, device)?,
+        (Some(id), _) => pretrained(id, tok, holding(&cfg), device)?,
         (None, Some(path)) => random_init(path, tok, device)?,
         (None, None) => return Err("--train-file needs a model: --model or --init-config".into()),
     };
