@@ -3,7 +3,8 @@
 Usage: python3 xtask/bench/real_lora_baseline.py MODEL_DIR TRAIN.jsonl OUT_DIR MAX_STEPS BATCH_PAIRS [lora|full]
 TRL 0.28's RewardTrainer with a PEFT LoraConfig (r 16, alpha 32, dropout 0.05, SEQ_CLS, PEFT's
 default targets q_proj/v_proj), as `cargo xtask train --lora-r 16` trains it: float32 weights
-(`bf16=False`) and no gradient checkpointing (trl-rs has none yet; TRL's default turns it on).
+(`bf16=False`) and no gradient checkpointing (TRL's default turns it on; the bench runs trl-rs with
+`--gradient-checkpointing false` to match, and its `--bf16` row against this f32 one).
 Prints `bench: peak_rss_kb Y` on stderr; the bench times the process.
 Pinned: torch 2.15.0, transformers 5.24.0, trl 0.28.0, peft 0.21.2.
 """
