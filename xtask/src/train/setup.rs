@@ -87,16 +87,17 @@ fn base_name(id: &str) -> (String, Option<String>) {
     }
 }
 
-/// The frozen base of a LoRA run with `bf16` / `fp16` is held in that dtype (the projections
-/// multiply in it anyway, [`trl_models::autocast`]); everything else trains from f32.
-fn holding(cfg: &RewardConfig) -> Holding {
-    let half = match cfg.half_dtype() {
-        Some(burn::tensor::DType::BF16) => WeightDtype::Bf16,
-        Some(burn::tensor::DType::F16) => WeightDtype::F16,
+/// The frozen base of a LoRA run (a new adapter, or `--model` an adapter directory to keep
+/// training) with `bf16` / `fp16` is held in that dtype (the projections multiply in it anyway,
+/// [`trl_models::autocast`]); everything else trains from f32.
+fn holding(cfg: &RewardConfig, id: &str) -> Result<Holding, Error> {
+    let adapter = cfg.lora.is_some() || trl_core::peft::is_adapter_dir(&source::resolve(id)?);
+    let dtype = match cfg.half_dtype() {
+        Some(burn::tensor::DType::BF16) if adapter => WeightDtype::Bf16,
+        Some(burn::tensor::DType::F16) if adapter => WeightDtype::F16,
         _ => WeightDtype::F32,
     };
-    let dtype = if cfg.lora.is_some() { half } else { WeightDtype::F32 };
-    Holding { dtype: DtypeArg::Fixed(dtype), quantize: Quantize::None }
+    Ok(Holding { dtype: DtypeArg::Fixed(dtype), quantize: Quantize::None })
 }
 
 pub(super) fn user_job<B: AutodiffBackend>(
@@ -107,7 +108,7 @@ pub(super) fn user_job<B: AutodiffBackend>(
     B::seed(device, cfg.seed);
     let tok = args.tokenizer.as_deref();
     let Model { mut model, config: hf_config, tokenizer } = match (&args.model, &args.init_config) {
-        (Some(id), _) => pretrained(id, tok, holding(&cfg), device)?,
+        (Some(id), _) => pretrained(id, tok, holding(&cfg, id)?, device)?,
         (None, Some(path)) => random_init(path, tok, device)?,
         (None, None) => return Err("--train-file needs a model: --model or --init-config".into()),
     };
