@@ -202,7 +202,7 @@ where
         Some(half) => {
             format!(
                 "; projections in {} (mixed precision)",
-                if half == burn::tensor::DType::F16 { "fp16" } else { "bf16" }
+                if half == trl_core::WeightDtype::F16 { "fp16" } else { "bf16" }
             )
         }
         None => String::new(),

@@ -287,12 +287,12 @@ fn range_of(name: &str) -> &'static str {
 
 impl RewardConfig {
     /// The half dtype the projections multiply in (`bf16` / `fp16`), if any.
-    pub fn half_dtype(&self) -> Option<burn::tensor::DType> {
-        use burn::tensor::DType;
+    pub fn half_dtype(&self) -> Option<trl_core::WeightDtype> {
+        use trl_core::WeightDtype;
         if self.fp16 {
-            Some(DType::F16)
+            Some(WeightDtype::F16)
         } else {
-            (self.bf16 == Some(true)).then_some(DType::BF16)
+            (self.bf16 == Some(true)).then_some(WeightDtype::Bf16)
         }
     }
 

@@ -103,7 +103,7 @@ pub(crate) fn score<B: Backend>(
 ) -> Result<Scored<B>> {
     let (batch, margins) = collate(pairs, pad_id, config.pad_to_multiple_of)?;
     let n = pairs.len();
-    let out = trl_models::autocast::scope(config.half_dtype(), || model.forward(&batch, false))?;
+    let out = trl_models::autocast::scope(config.half_dtype().map(|d| d.dtype()), || model.forward(&batch, false))?;
     let r = out.rewards.slice([0..2 * n, 0..1]).reshape([2 * n]);
     let device = r.device();
     let margin = margins.map(|m| Tensor::from_data(TensorData::new(m, [n]), &device));

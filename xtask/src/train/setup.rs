@@ -22,15 +22,21 @@ struct Model<B: Backend> {
     tokenizer: Tokenizer,
 }
 
-/// `--model`: a checkpoint (a causal LM gets a fresh score head) or an adapter directory, its
-/// matrices held as `holding` says.
+/// `--model`: a checkpoint (a causal LM gets a fresh score head) or an adapter directory.
+/// The frozen base of a LoRA run (`lora`: a new adapter; or an adapter directory to keep
+/// training) with `bf16` / `fp16` (`half`) is held in that dtype (the projections multiply in it
+/// anyway, [`trl_models::autocast`]); everything else trains from f32.
 fn pretrained<B: Backend>(
     id: &str,
     tokenizer: Option<&Path>,
-    holding: Holding,
+    half: Option<WeightDtype>,
+    lora: bool,
     device: &Device<B>,
 ) -> Result<Model<B>, Error> {
     let dir = source::resolve(id)?;
+    let frozen_base = lora || trl_core::peft::is_adapter_dir(&dir);
+    let dtype = half.filter(|_| frozen_base).unwrap_or(WeightDtype::F32);
+    let holding = Holding { dtype: DtypeArg::Fixed(dtype), quantize: Quantize::None };
     let tokenizer = Tokenizer::from_dir(tokenizer.unwrap_or(&dir))?;
     let (model, config, restored) = ForSequenceClassification::<B>::from_pretrained_as(&dir, None, holding, device)?;
     if !restored {
@@ -87,19 +93,6 @@ fn base_name(id: &str) -> (String, Option<String>) {
     }
 }
 
-/// The frozen base of a LoRA run (a new adapter, or `--model` an adapter directory to keep
-/// training) with `bf16` / `fp16` is held in that dtype (the projections multiply in it anyway,
-/// [`trl_models::autocast`]); everything else trains from f32.
-fn holding(cfg: &RewardConfig, id: &str) -> Result<Holding, Error> {
-    let adapter = cfg.lora.is_some() || trl_core::peft::is_adapter_dir(&source::resolve(id)?);
-    let dtype = match cfg.half_dtype() {
-        Some(burn::tensor::DType::BF16) if adapter => WeightDtype::Bf16,
-        Some(burn::tensor::DType::F16) if adapter => WeightDtype::F16,
-        _ => WeightDtype::F32,
-    };
-    Ok(Holding { dtype: DtypeArg::Fixed(dtype), quantize: Quantize::None })
-}
-
 pub(super) fn user_job<B: AutodiffBackend>(
     args: &TrainArgs,
     mut cfg: RewardConfig,
@@ -108,7 +101,7 @@ pub(super) fn user_job<B: AutodiffBackend>(
     B::seed(device, cfg.seed);
     let tok = args.tokenizer.as_deref();
     let Model { mut model, config: hf_config, tokenizer } = match (&args.model, &args.init_config) {
-        (Some(id), _) => pretrained(id, tok, holding(&cfg, id)?, device)?,
+        (Some(id), _) => pretrained(id, tok, cfg.half_dtype(), cfg.lora.is_some(), device)?,
         (None, Some(path)) => random_init(path, tok, device)?,
         (None, None) => return Err("--train-file needs a model: --model or --init-config".into()),
     };
