@@ -118,6 +118,20 @@ impl Tol {
         Self::chain(layers * per_layer + 2 * hidden)
     }
 
+    /// Two f32 forward passes of a DeBERTa fixture up to its logits: [`Self::forward`]'s chain
+    /// per layer plus what disentangled attention adds (the c2p and p2c products, head_dim each,
+    /// and the relative table's projection, hidden), the ConvLayer (kernel · hidden),
+    /// `embed_proj` (embedding_size), the pooler and the classifier (hidden each).
+    pub fn deberta(name: &str) -> Self {
+        let c = model_config(name);
+        let get = |k: &str| c[k].as_u64().unwrap_or(0) as usize;
+        let (hidden, layers) = (get("hidden_size"), get("num_hidden_layers"));
+        let head_dim = hidden / get("num_attention_heads");
+        let extra =
+            layers * (2 * head_dim + hidden) + get("conv_kernel_size") * hidden + get("embedding_size") + 2 * hidden;
+        Self { rel: Self::forward(name).rel + Self::chain(extra).rel }
+    }
+
     /// Log-probabilities (or a cross-entropy) over `vocab` from logits within `logits`: the
     /// log-sum-exp is 1-Lipschitz in the logits, so each of the two terms of `z_y − lse(z)`
     /// contributes the logits' error, plus the `vocab`-term sum of the log-sum-exp itself and

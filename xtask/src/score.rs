@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde_json::{json, Value};
 
-use trl_heads::ForSequenceClassification;
+use trl_heads::{DebertaV2ForSequenceClassification, ForSequenceClassification};
 use trl_models::{Padding, TokenBatch};
 use trl_reward::data::{is_parquet, jsonl_lines, render, skipped_summary, Content, SkippedRow, SKIPPED_SHOWN};
 use trl_reward::loss::preference_probability;
@@ -68,28 +68,45 @@ struct Item {
     truncated: Vec<bool>,
 }
 
-/// The texts of one row, rendered as training renders them (EOS appended to plain text,
-/// conversations through the chat template), each with whether it is a rendered conversation
-/// (then tokenized without special tokens: the template writes them, as TRL tokenizes).
+/// One sequence to score: a rendered text (with whether it is a rendered conversation, then
+/// tokenized without special tokens: the template writes them, as TRL tokenizes), or, for an
+/// encoder reward model, a `(prompt, response)` text pair (`tokenizer(prompt, response)`).
+enum Seq {
+    Text(String, bool),
+    Pair(String, String),
+}
+
+/// The sequences of one row: for a causal reward model rendered as training renders them (EOS
+/// appended to plain text, conversations through the chat template); for an encoder
+/// (`encoder`) the prompt and each response as a text pair, as cross-encoders are scored.
 /// `Err` is why the row is malformed.
-fn texts(v: &Value, args: &ScoreArgs, m: &ModelDir) -> Result<(bool, Vec<(String, bool)>), String> {
+fn texts(v: &Value, args: &ScoreArgs, m: &ModelDir, encoder: bool) -> Result<(bool, Vec<Seq>), String> {
     if !v.is_object() {
         return Err("not a JSON object (expected `text`, `prompt`+`response`, or `prompt`+`chosen`+`rejected`)".into());
     }
     let eos = if args.no_eos { String::new() } else { m.tokenizer.eos_token.clone().unwrap_or_default() };
     // Null counts as absent (Parquet stores a column missing from a row as null).
     let field = |k: &str| {
-        v.get(k)
+        let c = v
+            .get(k)
             .filter(|x| !x.is_null())
             .map(|x| serde_json::from_value::<Content>(x.clone()))
             .transpose()
-            .map_err(|_| format!("`{k}` must be a string or a list of {{\"role\", \"content\"}} messages"))
+            .map_err(|_| format!("`{k}` must be a string or a list of {{\"role\", \"content\"}} messages"))?;
+        match c {
+            Some(c) if encoder && c.is_conversational() => {
+                Err(format!("`{k}` is a conversation; an encoder reward model scores plain text (and text pairs)"))
+            }
+            c => Ok(c),
+        }
     };
     let prompt = field("prompt")?;
-    let r = |c: &Content| {
-        render(prompt.as_ref(), c, &m.tokenizer, &eos, None)
-            .map(|t| (t, c.is_conversational()))
-            .map_err(|e| e.to_string())
+    let r = |c: &Content| match (encoder, prompt.as_ref(), c) {
+        (true, Some(Content::Text(p)), Content::Text(t)) => Ok(Seq::Pair(p.clone(), t.clone())),
+        (true, _, Content::Text(t)) => Ok(Seq::Text(t.clone(), false)),
+        _ => render(prompt.as_ref(), c, &m.tokenizer, &eos, None)
+            .map(|t| Seq::Text(t, c.is_conversational()))
+            .map_err(|e| e.to_string()),
     };
     Ok(match (field("text")?, field("response")?, field("chosen")?, field("rejected")?) {
         (Some(t), _, _, _) => (false, vec![r(&t)?]),
@@ -102,7 +119,7 @@ fn texts(v: &Value, args: &ScoreArgs, m: &ModelDir) -> Result<(bool, Vec<(String
 /// Reads, renders, tokenizes and fits every row before any batch is built: a malformed row
 /// is an error naming its line (or, with --skip-bad-rows, is skipped), an over-long one is
 /// cut or an error as --truncation says.
-fn read_items(args: &ScoreArgs, m: &ModelDir, limit: &Limit) -> Result<Vec<Item>, Error> {
+fn read_items(args: &ScoreArgs, m: &ModelDir, limit: &Limit, encoder: bool) -> Result<Vec<Item>, Error> {
     let path = &args.input;
     let parquet = if is_parquet(path) { Some(ParquetFile::open(path)?) } else { None };
     type Record = Result<(usize, Result<Value, String>), Error>;
@@ -122,11 +139,15 @@ fn read_items(args: &ScoreArgs, m: &ModelDir, limit: &Limit) -> Result<Vec<Item>
     for record in records {
         let (n, value) = record?;
         let tokenized = value.and_then(|v| {
-            let (pair, texts) = texts(&v, args, m)?;
+            let (pair, texts) = texts(&v, args, m, encoder)?;
             let ids = texts
                 .iter()
                 .zip(if pair { ["`chosen`", "`rejected`"].as_slice() } else { ["the text"].as_slice() })
-                .map(|((t, conversation), side)| match m.tokenizer.encode(t, !conversation) {
+                .map(|(seq, side)| match seq {
+                    Seq::Text(t, conversation) => (m.tokenizer.encode(t, !conversation), side),
+                    Seq::Pair(p, r) => (m.tokenizer.encode_pair(p, r, true), side),
+                })
+                .map(|(ids, side)| match ids {
                     Ok(ids) if ids.is_empty() => Err(format!("{side} has no tokens: nothing to score")),
                     Ok(ids) => Ok(ids),
                     Err(e) => Err(e.to_string()),
@@ -178,29 +199,76 @@ pub(crate) struct Scored {
     pub rewards: Vec<f32>,
 }
 
+/// A loaded reward model: a causal one (`*ForSequenceClassification` over any backbone, with
+/// an optional adapter) or an encoder (DeBERTa-v2 / v3).
+enum Scorer {
+    Causal(Box<ForSequenceClassification<B>>),
+    Encoder(Box<DebertaV2ForSequenceClassification<B>>),
+}
+
+impl Scorer {
+    fn load(args: &ScoreArgs, m: &ModelDir) -> Result<Self, Error> {
+        let device = trl_core::backend::device();
+        let holding = args.holding.get();
+        if m.config.model_type() == Some(trl_models::deberta_v2::MODEL_TYPE) {
+            if args.adapter.is_some() {
+                return Err(
+                    "--adapter: LoRA adapters are supported on causal reward models only, not on DeBERTa".into()
+                );
+            }
+            let (model, _, trained) =
+                DebertaV2ForSequenceClassification::<B>::from_pretrained_as(&m.dir, holding, &device)?;
+            if !trained {
+                return Err(format!(
+                    "{} has no trained pooler and classifier (a bare encoder checkpoint): rewards would be random",
+                    m.dir.display()
+                )
+                .into());
+            }
+            return Ok(Self::Encoder(Box::new(model)));
+        }
+        let (mut model, _, has_score) = match &args.adapter {
+            Some(a) => ForSequenceClassification::<B>::from_adapter_as(a, Some(&m.dir), holding, &device)?,
+            None if m.kind == Kind::Reward => {
+                ForSequenceClassification::<B>::from_pretrained_as(&m.dir, None, holding, &device)?
+            }
+            None => {
+                let why = "is not a reward model (config.json names no *ForSequenceClassification); pass --adapter";
+                return Err(format!("{} {why}", m.dir.display()).into());
+            }
+        };
+        if !has_score {
+            return Err("neither the model nor the adapter has a trained `score` head: rewards would be random".into());
+        }
+        model.pad_token_id = model.pad_token_id.or(Some(m.pad_id()?));
+        Ok(Self::Causal(Box::new(model)))
+    }
+
+    fn max_positions(&self) -> usize {
+        match self {
+            Self::Causal(m) => m.backbone.max_positions(),
+            Self::Encoder(m) => m.max_positions(),
+        }
+    }
+
+    /// `[batch, num_labels]` rewards of a right-padded batch.
+    fn rewards(&self, batch: &TokenBatch) -> Result<burn::tensor::Tensor<B, 2>, Error> {
+        Ok(match self {
+            Self::Causal(m) => m.forward(batch, false)?.rewards,
+            Self::Encoder(m) => m.forward(batch)?,
+        })
+    }
+}
+
 /// Loads the model and scores every row of `args.input`, in input order.
 pub(crate) fn score_file(args: &ScoreArgs) -> Result<Vec<Scored>, Error> {
     let m = ModelDir::open(&args.model)?;
-    let device = trl_core::backend::device();
     let loading = std::time::Instant::now();
-    let (mut model, _, has_score) = match &args.adapter {
-        Some(a) => ForSequenceClassification::<B>::from_adapter_as(a, Some(&m.dir), args.holding.get(), &device)?,
-        None if m.kind == Kind::Reward => {
-            ForSequenceClassification::<B>::from_pretrained_as(&m.dir, None, args.holding.get(), &device)?
-        }
-        None => {
-            let why = "is not a reward model (config.json names no *ForSequenceClassification); pass --adapter";
-            return Err(format!("{} {why}", m.dir.display()).into());
-        }
-    };
+    let model = Scorer::load(args, &m)?;
     crate::bench::real::report_load(loading.elapsed().as_secs_f64());
-    if !has_score {
-        return Err("neither the model nor the adapter has a trained `score` head: rewards would be random".into());
-    }
     let pad = m.pad_id()?;
-    model.pad_token_id = model.pad_token_id.or(Some(pad));
-    let limit = Limit::new(args.max_length, model.backbone.max_positions(), args.truncation)?;
-    let items = read_items(args, &m, &limit)?;
+    let limit = Limit::new(args.max_length, model.max_positions(), args.truncation)?;
+    let items = read_items(args, &m, &limit, matches!(model, Scorer::Encoder(_)))?;
     let mut rewards = score_sorted(&model, &items, pad, (args.batch_size / 2).max(1))?;
     if args.normalize {
         let cfg = trl_core::HfConfig::load(&m.dir)?;
@@ -267,12 +335,7 @@ pub fn run(args: ScoreArgs) -> Result<(), Error> {
 /// The rewards of every item (per sequence, `num_labels` each), in the items' order, scored
 /// `per_batch` items at a time from the longest to the shortest, so each batch pads little
 /// (and the padding-free forward pass skips what padding is left outside attention).
-fn score_sorted(
-    model: &ForSequenceClassification<B>,
-    items: &[Item],
-    pad: i64,
-    per_batch: usize,
-) -> Result<Vec<Vec<f32>>, Error> {
+fn score_sorted(model: &Scorer, items: &[Item], pad: i64, per_batch: usize) -> Result<Vec<Vec<f32>>, Error> {
     let tty = std::io::stderr().is_terminal();
     let mut order: Vec<usize> = (0..items.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(items[i].ids.iter().map(Vec::len).max().unwrap_or(0)));
@@ -282,8 +345,7 @@ fn score_sorted(
         let ids: Vec<Vec<i64>> = chunk.iter().flat_map(|&i| items[i].ids.iter().cloned()).collect();
         let batch = TokenBatch::pad(&ids, pad, Padding::Right, None)?;
         let flat = model
-            .forward(&batch, false)?
-            .rewards
+            .rewards(&batch)?
             .into_data()
             .convert::<f32>()
             .to_vec::<f32>()

@@ -77,6 +77,11 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
             .into())
         }
     };
+    if args.append_eos && m.config.model_type() == Some(trl_models::deberta_v2::MODEL_TYPE) {
+        return Err(
+            "--append-eos is for causal reward models: an encoder's tokenizer adds its own [CLS] and [SEP]".into()
+        );
+    }
     let mut names: Vec<&str> = args.adapters.iter().map(|(n, _)| n.as_str()).collect();
     names.sort_unstable();
     if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {

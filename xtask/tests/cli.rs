@@ -114,6 +114,57 @@ fn score_agrees_with_forward() {
     assert!((r as f32 - want).abs() > 1e-3);
 }
 
+/// An encoder reward model (DeBERTa) scores `{"prompt", "response"}` rows as text pairs and
+/// `{"text"}` rows alone, as `tokenizer(prompt, response)` and transformers do; an adapter or
+/// a conversation is refused by name.
+#[test]
+fn score_runs_deberta_as_transformers() {
+    let tmp = tempfile::tempdir().unwrap();
+    for name in ["deberta_v2-rm", "deberta_v2-conv-rm"] {
+        let model = fixtures().join(name);
+        let inputs: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(model.join("inputs.json")).unwrap()).unwrap();
+        let pairs = inputs["pairs"].as_array().unwrap();
+        let input = tmp.path().join(format!("{name}.jsonl"));
+        let mut rows: Vec<String> =
+            pairs.iter().map(|p| json!({"prompt": p[0], "response": p[1]}).to_string()).collect();
+        rows.push(json!({"prompt": pairs[0][0], "response": pairs[1][1]}).to_string());
+        rows.push(json!({"prompt": pairs[0][0], "chosen": pairs[0][1], "rejected": pairs[1][1]}).to_string());
+        std::fs::write(&input, rows.join("\n")).unwrap();
+        let (ok, out, err) = xtask(&["score", "--model", model.to_str().unwrap(), "--input", input.to_str().unwrap()]);
+        assert!(ok, "{name}: score failed: {err}");
+        let exp = load_safetensors(&model.join("expected.safetensors")).unwrap();
+        let want = floats(&exp, "pair.logits");
+        let labels = want.len() / pairs.len();
+        let got: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let first = |i: usize, k: &str| got[i][k].as_f64().unwrap() as f32;
+        let rewards: Vec<f32> = (0..pairs.len()).map(|i| first(i, "reward")).collect();
+        let wanted: Vec<f32> = want.chunks(labels).map(|c| c[0]).collect();
+        assert_close(&format!("{name} pair rewards"), &rewards, &wanted, Tol::deberta(name));
+        // a pair row scores (prompt, chosen) and (prompt, rejected) as the rows before it do
+        let chosen_rejected = [first(4, "chosen_reward"), first(4, "rejected_reward")];
+        let alone = [rewards[0], first(3, "reward")];
+        assert_close(&format!("{name} chosen/rejected"), &chosen_rejected, &alone, Tol::deberta(name));
+        assert!((rewards[0] - first(3, "reward")).abs() > 1e-3, "{name}: the two responses score differently");
+    }
+    let model = fixtures().join("deberta_v2-rm");
+    let input = tmp.path().join("chat.jsonl");
+    std::fs::write(&input, json!({"text": [{"role": "user", "content": "Hi"}]}).to_string()).unwrap();
+    let (ok, _, err) = xtask(&["score", "--model", model.to_str().unwrap(), "--input", input.to_str().unwrap()]);
+    assert!(!ok && err.contains(":1: `text` is a conversation") && err.contains("plain text"), "{err}");
+    let adapter = fixtures().join("lora-llama-rm");
+    let (ok, _, err) = xtask(&[
+        "score",
+        "--model",
+        model.to_str().unwrap(),
+        "--adapter",
+        adapter.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("--adapter") && err.contains("DeBERTa"), "{err}");
+}
+
 /// `--dtype` and `--quantize` reach the model: a bf16 checkpoint's logits are transformers'
 /// f32 computation of its weights under `auto` and `bf16` alike; `--quantize int8` rewards are
 /// those of the q8 round trip; a dtype the checkpoint cannot hold is refused by name.

@@ -223,6 +223,38 @@ fn every_endpoint_equals_score() {
     assert!(metrics.contains("trl_serve_request_duration_seconds_bucket{route=\"/classify\""), "{metrics}");
 }
 
+/// A DeBERTa cross-encoder: pairs are tokenized as pairs (`[CLS] q [SEP] d [SEP]`) on every
+/// pair route, as `score` does; both labels come back by name; per-token output and
+/// `--append-eos` are refused, naming what to use instead.
+#[test]
+fn an_encoder_reward_model_scores_text_pairs() {
+    let model = fixture("deberta_v2-conv-rm");
+    let (q, docs) = ("Which answer is better, A or B?", ["A, because it checks the result.", "I do not know."]);
+    let pair_rows: Vec<Value> = docs.iter().map(|d| json!({ "prompt": q, "response": d })).collect();
+    let want = score_cli(&model, &pair_rows, &[]);
+    let server = Server::start(&["--model", &model]);
+    let r = server.ok("/score", json!({ "text_1": q, "text_2": docs }));
+    let got: Vec<f32> = r["data"].as_array().unwrap().iter().map(|d| d["score"].as_f64().unwrap() as f32).collect();
+    assert_close("/score pairs", &got, &want);
+    let r = server.ok("/predict", json!({ "inputs": [[q, docs[0]], [q, docs[1]]], "raw_scores": true }));
+    // each input's labels, best first; `score` reports the first label, "bad"
+    let bad = |l: &Value| l.as_array().unwrap().iter().find(|s| s["label"] == "bad").unwrap()["score"].clone();
+    let got: Vec<f32> = r.as_array().unwrap().iter().map(|l| bad(l).as_f64().unwrap() as f32).collect();
+    assert_close("/predict pairs", &got, &want);
+    let r = server.ok("/classify", json!({ "input": [q] }));
+    assert_eq!(r["data"][0]["num_classes"], 2);
+    let (status, body) = server.post("/pooling", json!({ "input": [q] }));
+    assert_eq!(status, 422, "{body}");
+    assert!(body.to_string().contains("no per-token scores"), "{body}");
+    drop(server);
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["serve", "--port", "0", "--model", &model, "--append-eos"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--append-eos is for causal reward models"), "{err}");
+}
+
 #[test]
 fn append_eos_matches_score_and_conversations_use_the_template() {
     let dir = tempfile::tempdir().unwrap();

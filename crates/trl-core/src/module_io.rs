@@ -44,11 +44,13 @@ struct Loader<'a> {
 }
 
 /// The checkpoint key of a parameter path. Enum variants (burn reports them as path
-/// components) are skipped, so a model held in an enum of architectures keeps its HF keys.
+/// components) are skipped, so a model held in an enum of architectures keeps its HF keys. A
+/// field named after a Rust keyword carries a trailing `_` (DeBERTa's `attention.self` is the
+/// field `self_`), dropped here.
 fn key_of(path: &[(String, String)]) -> String {
     path.iter()
         .filter(|(_, holder)| !holder.starts_with("Enum:"))
-        .map(|(n, _)| n.as_str())
+        .map(|(n, _)| n.strip_suffix('_').unwrap_or(n))
         .collect::<Vec<_>>()
         .join(".")
 }

@@ -85,6 +85,17 @@ impl Tokenizer {
         Ok(enc.get_ids().iter().map(|&i| i as i64).collect())
     }
 
+    /// Token ids of the pair `(first, second)` as `tokenizer(first, second)` encodes it: the
+    /// post-processor's pair template (`[CLS] first [SEP] second [SEP]` for BERT-style
+    /// tokenizers) when `add_special_tokens`, else the two texts' tokens in order.
+    pub fn encode_pair(&self, first: &str, second: &str, add_special_tokens: bool) -> Result<Vec<i64>> {
+        let enc = self
+            .inner
+            .encode((first, second), add_special_tokens)
+            .map_err(|e| Error::Tokenizer { path: self.path.clone(), reason: e.to_string() })?;
+        Ok(enc.get_ids().iter().map(|&i| i as i64).collect())
+    }
+
     pub fn decode(&self, ids: &[i64], skip_special_tokens: bool) -> Result<String> {
         let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
         self.inner

@@ -23,12 +23,14 @@
 //! gather) depends on `error` only; `seq_cls` on `shared`; `reward_adapter` on `seq_cls` and
 //! `shared`; `value_head` on all three. No module depends on one above it.
 
+mod deberta;
 mod error;
 mod reward_adapter;
 pub mod seq_cls;
 mod shared;
 mod value_head;
 
+pub use deberta::{ContextPooler, DebertaV2ForSequenceClassification};
 pub use error::{HeadError, Result};
 pub use reward_adapter::RewardAdapter;
 pub use seq_cls::{ForSequenceClassification, RewardOutput};

@@ -37,11 +37,16 @@ macro_rules! define_enum {
                         return Ok(Self::$v(<crate::$m::$t<B> as Backbone<B>>::init(config, device)?));
                     }
                 )*
+                let mut supported = supported().join(", ");
+                if model_type == Some(crate::deberta_v2::MODEL_TYPE) {
+                    supported += " (deberta-v2 is an encoder: `score`, `eval` and `serve` take it; training, \
+                                   `forward` and `generate` need one of these causal LMs)";
+                }
                 Err(ModelError::Unsupported {
                     found: model_type
                         .map(String::from)
                         .unwrap_or_else(|| format!("[{}] (no model_type)", config.architectures().join(", "))),
-                    supported: supported().join(", "),
+                    supported,
                 })
             }
         }

@@ -68,6 +68,7 @@ pub enum Activation {
     Gelu,
     Relu,
     Silu,
+    Tanh,
 }
 
 impl Activation {
@@ -77,9 +78,10 @@ impl Activation {
             "gelu" => Self::Gelu,
             "relu" => Self::Relu,
             "silu" | "swish" => Self::Silu,
+            "tanh" => Self::Tanh,
             other => {
                 return Err(ModelError::Config(format!(
-                    "activation `{other}` is not supported (gelu_new, gelu_pytorch_tanh, gelu, relu, silu)"
+                    "activation `{other}` is not supported (gelu_new, gelu_pytorch_tanh, gelu, relu, silu, tanh)"
                 )))
             }
         })
@@ -91,6 +93,7 @@ impl Activation {
             Self::Gelu => activation::gelu(x),
             Self::Relu => activation::relu(x),
             Self::Silu => activation::silu(x),
+            Self::Tanh => x.tanh(),
         }
     }
 }

@@ -9,8 +9,9 @@
 //! right padding both give transformers' numbers. Each architecture implements [`Backbone`];
 //! one decoder loop ([`decode`]) runs them all, and [`AnyCausalLm`] picks the architecture from
 //! `config.json` (the one list of architectures is in `any.rs`). PEFT LoRA adapters (`lora.rs`,
-//! `adapters.rs`) attach to the projections: load, train, merge, switch and save them. Generic
-//! over burn's `Backend`.
+//! `adapters.rs`) attach to the projections: load, train, merge, switch and save them. Beside the
+//! decoders, [`deberta_v2`] is the DeBERTa-v2 / v3 encoder (bidirectional, disentangled attention)
+//! that encoder reward models run on. Generic over burn's `Backend`.
 
 /// THE list of architectures, `Variant => module::Type`: one line per architecture file. It
 /// declares the modules and calls `$then!` with the list, so everything generated from it
@@ -40,6 +41,7 @@ mod any;
 pub mod autocast;
 mod backbone;
 mod batch;
+pub mod deberta_v2;
 mod error;
 mod layers;
 mod limits;
@@ -50,6 +52,7 @@ mod rope;
 pub use any::{arch_info, supported, AnyCausalLm, LmOutput, ARCHITECTURES};
 pub use backbone::{decode, ArchInfo, Backbone, CacheSlot};
 pub use batch::{Context, Padding, TokenBatch};
+pub use deberta_v2::DebertaV2Model;
 pub use error::{ModelError, Result};
-pub use layers::KvCache;
-pub use lora::{Adapters, LoadedAdapter, LoraLayer};
+pub use layers::{Activation, KvCache};
+pub use lora::{held_linear, Adapters, LoadedAdapter, LoraLayer};

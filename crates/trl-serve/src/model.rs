@@ -8,7 +8,9 @@ use burn::prelude::*;
 use serde_json::Value;
 
 use trl_core::HfConfig;
-use trl_heads::{seq_cls, CausalLmWithValueHead, ForSequenceClassification, ValueHeadOptions};
+use trl_heads::{
+    seq_cls, CausalLmWithValueHead, DebertaV2ForSequenceClassification, ForSequenceClassification, ValueHeadOptions,
+};
 use trl_models::{Padding, TokenBatch};
 
 use crate::error::ServeError;
@@ -38,6 +40,9 @@ pub struct ModelInfo {
     pub base_scores: bool,
     /// `(mean, std)` from config.json when rewards are normalised.
     pub normalization: Option<(f64, f64)>,
+    /// An encoder (cross-encoder) reward model: a pair of texts is tokenized as a pair
+    /// (`[CLS] first [SEP] second [SEP]`), not concatenated.
+    pub encoder: bool,
 }
 
 /// What to load on the engine's thread.
@@ -59,6 +64,25 @@ pub(crate) enum Net<B: Backend> {
         heads: Vec<Linear<B>>,
     },
     Value(Box<CausalLmWithValueHead<B>>),
+    Encoder(Box<DebertaV2ForSequenceClassification<B>>),
+}
+
+/// The label names of a reward model with `n` labels: its `id2label` in label order, or
+/// `LABEL_0` … when it has none (or not `n` of them).
+fn label_names(cfg: &HfConfig, n: usize) -> Vec<String> {
+    let mut named: Vec<(usize, String)> = cfg
+        .get("id2label")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter().map(|(k, v)| (k.parse().unwrap_or(usize::MAX), v.as_str().unwrap_or(k).to_string())).collect()
+        })
+        .unwrap_or_default();
+    named.sort();
+    if named.len() == n {
+        named.into_iter().map(|(_, v)| v).collect()
+    } else {
+        (0..n).map(|i| format!("LABEL_{i}")).collect()
+    }
 }
 
 /// `(mean, std)` of `config.json`, or an error naming the file and the fix.
@@ -81,6 +105,34 @@ impl<B: Backend> Net<B> {
         let cfg = HfConfig::load(dir)?;
         let model_type = cfg.model_type().unwrap_or("unknown").to_string();
         let dtype = holding.dtype.resolve(&cfg).torch_name().to_string();
+        let normalization = if normalize { Some(normalization(&cfg, dir)?) } else { None };
+        if model_type == trl_models::deberta_v2::MODEL_TYPE && !value_head {
+            if !adapters.is_empty() {
+                return Err(ServeError::Config(
+                    "--adapter: LoRA adapters are supported on causal reward models only, not on DeBERTa".into(),
+                ));
+            }
+            let (model, _, trained) =
+                DebertaV2ForSequenceClassification::<B>::from_pretrained_as(dir, *holding, device)?;
+            if !trained {
+                return Err(ServeError::Config(format!(
+                    "{} has no trained pooler and classifier (a bare encoder checkpoint): its rewards would be random",
+                    dir.display()
+                )));
+            }
+            let info = ModelInfo {
+                kind: ModelKind::Reward { labels: label_names(&cfg, model.num_labels()) },
+                model_type,
+                dtype,
+                max_positions: model.max_positions(),
+                pad_id,
+                adapters: Vec::new(),
+                base_scores: true,
+                normalization,
+                encoder: true,
+            };
+            return Ok((Net::Encoder(Box::new(model)), info));
+        }
         if value_head {
             if !adapters.is_empty() || normalize {
                 return Err(ServeError::Config(
@@ -104,6 +156,7 @@ impl<B: Backend> Net<B> {
                 adapters: Vec::new(),
                 base_scores: true,
                 normalization: None,
+                encoder: false,
             };
             return Ok((Net::Value(Box::new(model)), info));
         }
@@ -130,22 +183,7 @@ impl<B: Backend> Net<B> {
             )));
         }
         model.pad_token_id = model.pad_token_id.or(Some(pad_id));
-        let labels: Vec<String> = match cfg.get("id2label").and_then(Value::as_object) {
-            Some(m) => {
-                let mut l: Vec<(usize, String)> = m
-                    .iter()
-                    .map(|(k, v)| (k.parse().unwrap_or(usize::MAX), v.as_str().unwrap_or(k).to_string()))
-                    .collect();
-                l.sort();
-                l.into_iter().map(|(_, v)| v).collect()
-            }
-            None => (0..seq_cls::num_labels(&cfg).max(1)).map(|i| format!("LABEL_{i}")).collect(),
-        };
-        let labels = if labels.len() == model.score.weight.dims()[1] {
-            labels
-        } else {
-            (0..model.score.weight.dims()[1]).map(|i| format!("LABEL_{i}")).collect()
-        };
+        let labels = label_names(&cfg, model.score.weight.dims()[1]);
         let info = ModelInfo {
             kind: ModelKind::Reward { labels },
             model_type,
@@ -154,7 +192,8 @@ impl<B: Backend> Net<B> {
             pad_id,
             adapters: names,
             base_scores: restored,
-            normalization: if normalize { Some(normalization(&cfg, dir)?) } else { None },
+            normalization,
+            encoder: false,
         };
         Ok((Net::Reward { model: Box::new(model), heads }, info))
     }
@@ -198,6 +237,13 @@ impl<B: Backend> Net<B> {
                     let all = floats(out.rewards)?;
                     Ok(all.chunks(labels).map(<[f32]>::to_vec).collect())
                 }
+            }
+            Net::Encoder(model) => {
+                if per_token {
+                    return Err("an encoder reward model has no per-token scores".into());
+                }
+                let all = floats(model.forward(&batch).map_err(|e| e.to_string())?)?;
+                Ok(all.chunks(model.num_labels()).map(<[f32]>::to_vec).collect())
             }
             Net::Value(model) => {
                 let out = model.pretrained_model.forward(&batch, false).map_err(|e| e.to_string())?;

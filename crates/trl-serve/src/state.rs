@@ -153,6 +153,9 @@ impl AppState {
         };
         let mut ids = match input {
             Input::Text(t) => text_ids(t)?,
+            Input::Pair(a, b) if self.info.encoder => {
+                self.tokenizer.encode_pair(a, b, special).map_err(|e| ApiError::invalid(format!("input {at}: {e}")))?
+            }
             Input::Pair(a, b) => text_ids(&format!("{a}{b}"))?,
             Input::Messages(m) => {
                 let text = render(None, &Content::Messages(m.clone()), &self.tokenizer, "", None)
@@ -195,6 +198,12 @@ impl AppState {
         rows: Vec<Vec<i64>>,
         per_token: bool,
     ) -> Result<Vec<Vec<f32>>, ApiError> {
+        if per_token && self.info.encoder {
+            return Err(ApiError::invalid(
+                "this is an encoder reward model: it has one score per text (POST /classify, /score, /predict or \
+                 /rerank), no per-token scores",
+            ));
+        }
         if !per_token && self.info.kind == ModelKind::ValueHead {
             return Err(ApiError::invalid(
                 "this is a value-head model: it has per-token values (POST /pooling), not rewards",
