@@ -132,6 +132,24 @@ impl Tol {
         Self { rel: Self::forward(name).rel + Self::chain(extra).rel }
     }
 
+    /// Two f32 forward passes of a T5 fixture up to its logits / values: per encoder layer the
+    /// norm, q/k/v (d_model), the scores (d_kv), softmax sum and weighted values (up to
+    /// `n_positions` keys each), the output projection (heads · d_kv), the second norm and the
+    /// feed-forward (d_model, d_ff); per decoder layer the same plus the cross-attention (norm,
+    /// q and the encoder's k/v, scores, softmax, values, output: the encoder's chain feeds it);
+    /// then both final norms and the head (d_model).
+    pub fn t5(name: &str) -> Self {
+        let c = model_config(name);
+        let get = |k: &str| c[k].as_u64().unwrap_or(0) as usize;
+        let (d, kv, ff, keys) = (get("d_model"), get("d_kv"), get("d_ff"), get("n_positions").max(1));
+        let inner = get("num_heads") * kv;
+        let attention = d + d + kv + 2 * keys + inner;
+        let enc = get("num_layers") * (attention + d + d + ff);
+        let dec =
+            c["num_decoder_layers"].as_u64().map_or(get("num_layers"), |v| v as usize) * (2 * attention + d + d + ff);
+        Self::chain(enc + dec + 3 * d)
+    }
+
     /// Log-probabilities (or a cross-entropy) over `vocab` from logits within `logits`: the
     /// log-sum-exp is 1-Lipschitz in the logits, so each of the two terms of `z_y − lse(z)`
     /// contributes the logits' error, plus the `vocab`-term sum of the log-sum-exp itself and

@@ -7,7 +7,9 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 
 use trl_core::StateDict;
-use trl_heads::{CausalLmWithValueHead, ForSequenceClassification, VHeadSource, ValueHeadOptions};
+use trl_heads::{
+    CausalLmWithValueHead, ForSequenceClassification, Seq2SeqLmWithValueHead, VHeadSource, ValueHeadOptions,
+};
 use trl_models::{AnyCausalLm, Padding, TokenBatch};
 
 use crate::common::{read_texts, Error, Kind, Limit, ModelDir, Truncation, B};
@@ -40,6 +42,12 @@ pub struct ForwardArgs {
     /// which it may not exceed].
     #[arg(long)]
     pub max_length: Option<usize>,
+    /// Encoder–decoder models (T5): the decoder's texts, one per --input text (same format).
+    /// Each becomes the decoder start token + its ids less the last (transformers'
+    /// `shift_right` of the labels `tokenizer(text)`); without it the decoder gets only the
+    /// start token. The output adds `decoder_input_ids` and `decoder_attention_mask`.
+    #[arg(long)]
+    pub decoder_input: Option<PathBuf>,
     /// A text longer than --max-length: `error` fails naming it (1-based), its token count
     /// and the limit; `left` keeps its last tokens; `right` keeps its first. Cut texts are 1 in
     /// the `truncated` tensor.
@@ -73,6 +81,12 @@ impl Model {
 pub fn run(args: ForwardArgs) -> Result<(), Error> {
     let m = ModelDir::open(&args.model)?;
     let texts = read_texts(&args.input)?;
+    if m.config.model_type() == Some(trl_models::t5::MODEL_TYPE) {
+        return seq2seq(&args, &m, &texts);
+    }
+    if args.decoder_input.is_some() {
+        return Err(format!("--decoder-input: {} is not an encoder-decoder model", m.dir.display()).into());
+    }
     let device = trl_core::backend::device();
     let base = Some(m.dir.as_path());
     let mut kind = m.kind;
@@ -170,5 +184,81 @@ pub fn run(args: ForwardArgs) -> Result<(), Error> {
     trl_core::checkpoint::save_safetensors(&out, &args.out)?;
     let note = if cut > 0 { format!(" ({cut} truncated)") } else { String::new() };
     eprintln!("{} model, {} texts{note}, {} tokens → {}", kind.name(), batch.batch, batch.seq, args.out.display());
+    Ok(())
+}
+
+/// `forward` of an encoder–decoder (T5, with TRL's value head when the checkpoint has one):
+/// `logits` `[batch, decoder_seq, vocab]` and, for a value-head checkpoint, `values`.
+fn seq2seq(args: &ForwardArgs, m: &ModelDir, texts: &[String]) -> Result<(), Error> {
+    if args.adapter.is_some() {
+        return Err("--adapter is not supported with an encoder-decoder model".into());
+    }
+    let opts = ValueHeadOptions { holding: args.holding.get(), ..Default::default() };
+    let (model, _, source) = Seq2SeqLmWithValueHead::<B>::from_pretrained(&m.dir, &opts, &trl_core::backend::device())?;
+    let t5 = &model.pretrained_model;
+    let limit = Limit::new(args.max_length, t5.max_positions(), args.truncation)?;
+    let side = match args.padding {
+        Side::Right => Padding::Right,
+        Side::Left => Padding::Left,
+    };
+    let (mut sources, mut truncated) = (Vec::with_capacity(texts.len()), Vec::with_capacity(texts.len()));
+    for (i, t) in texts.iter().enumerate() {
+        let at = format!("{}: text {}", args.input.display(), i + 1);
+        let mut ids = m.tokenizer.encode(t, true)?;
+        if ids.is_empty() {
+            return Err(format!("{at} has no tokens: nothing to run").into());
+        }
+        truncated.push(i64::from(limit.fit(&mut ids, &at)?));
+        sources.push(ids);
+    }
+    let start = t5.decoder_start_token_id();
+    let decoder_rows: Vec<Vec<i64>> = match &args.decoder_input {
+        None => vec![vec![start]; texts.len()],
+        Some(path) => {
+            let targets = read_texts(path)?;
+            if targets.len() != texts.len() {
+                let (n, k) = (targets.len(), texts.len());
+                return Err(
+                    format!("{}: {n} decoder texts for {k} --input texts; give one each", path.display()).into()
+                );
+            }
+            let mut rows = Vec::with_capacity(targets.len());
+            for (i, t) in targets.iter().enumerate() {
+                let at = format!("{}: text {}", path.display(), i + 1);
+                let mut ids = m.tokenizer.encode(t, true)?;
+                ids.pop();
+                ids.insert(0, start);
+                if ids.len() > limit.budget() {
+                    return Err(
+                        format!("{at}: {} decoder tokens exceed the limit of {}", ids.len(), limit.budget()).into()
+                    );
+                }
+                rows.push(ids);
+            }
+            rows
+        }
+    };
+    let batch = TokenBatch::pad(&sources, m.pad_id()?, side, None)?;
+    let decoder = TokenBatch::pad(&decoder_rows, m.pad_id()?, side, None)?;
+    let out_model = model.forward(&batch, &decoder)?;
+    let mut out = StateDict::new();
+    for (name, b) in [("", &batch), ("decoder_", &decoder)] {
+        let shape = [b.batch, b.seq];
+        out.insert(format!("{name}input_ids"), TensorData::new(b.input_ids.clone(), shape));
+        out.insert(format!("{name}attention_mask"), TensorData::new(b.attention_mask.clone(), shape));
+    }
+    out.insert("truncated", TensorData::new(truncated, [batch.batch]));
+    out.insert("logits", out_model.logits.into_data().convert::<f32>());
+    if source == VHeadSource::Restored {
+        out.insert("values", out_model.values.into_data().convert::<f32>());
+    }
+    trl_core::checkpoint::save_safetensors(&out, &args.out)?;
+    eprintln!(
+        "encoder-decoder model, {} texts, {} source / {} decoder tokens → {}",
+        batch.batch,
+        batch.seq,
+        decoder.seq,
+        args.out.display()
+    );
     Ok(())
 }

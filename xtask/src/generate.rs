@@ -5,7 +5,8 @@
 //! lines: `{"prompt", "completion", "token_ids", "logprobs", "sampling_logprobs",
 //! "finish_reason"}` (plus `"truncated": true` where `--truncation` cut the prompt), one per
 //! prompt in input order; `logprobs` are under the model's (or the mixture's) unprocessed
-//! distribution, `sampling_logprobs` under the processed one the token was drawn from. Batch `k` (0-based) samples with seed `seed + k`.
+//! distribution, `sampling_logprobs` under the processed one the token was drawn from. With an
+//! encoder–decoder (T5) each prompt is the source the decoder's completion is generated from. Batch `k` (0-based) samples with seed `seed + k`.
 
 use std::error::Error;
 use std::io::Write;
@@ -15,6 +16,7 @@ use serde_json::{json, Value};
 use trl_core::backend::{self, Default as Backend};
 use trl_core::{checkpoint, HfConfig, Strictness, Tokenizer};
 use trl_gen::{generate, FinishReason, GeometricMixture, NextTokenLogits, SamplingConfig, DEFAULT_MIXTURE_COEF};
+use trl_heads::{Seq2SeqLmWithValueHead, ValueHeadOptions};
 use trl_models::AnyCausalLm;
 use trl_reward::data::jsonl_lines;
 
@@ -104,6 +106,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let cfg = sampling_config(&args, &dir, &tokenizer)?;
     cfg.validate()?;
     let prompts = read_prompts(&args.prompts)?;
+    if HfConfig::load(&dir)?.model_type() == Some(trl_models::t5::MODEL_TYPE) {
+        return seq2seq(&args, &dir, &tokenizer, &cfg, prompts);
+    }
     let mut policy = load_lm(&dir, trl_core::Holding { dtype: args.dtype, quantize: args.quantize }, &device)?;
     if let Some(a) = &args.adapter {
         // A value-head adapter's `v_head` (modules_to_save) plays no part in generation.
@@ -142,6 +147,57 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         None => job.emit(&policy, sink),
     };
     write_output(args.out.as_deref(), write)
+}
+
+/// Generation with an encoder–decoder (T5): each prompt is a source text, encoded once; the
+/// completion is the decoder's output. --max-length bounds the source, and --max-new-tokens
+/// (plus the decoder start token) must fit the model's position limit.
+fn seq2seq(
+    args: &GenerateArgs,
+    dir: &Path,
+    tokenizer: &Tokenizer,
+    cfg: &SamplingConfig,
+    prompts: Vec<(usize, String)>,
+) -> Result<()> {
+    let refuse = |flag: &str| format!("{flag} is not supported with an encoder-decoder model ({})", dir.display());
+    if args.adapter.is_some() {
+        return Err(refuse("--adapter").into());
+    }
+    if args.ref_model.is_some() || args.mixture_coef.is_some() {
+        return Err(refuse("a geometric mixture (--ref-model, --mixture-coef)").into());
+    }
+    if args.repetition_penalty != 1.0 {
+        // transformers counts only the decoder's tokens; generate() would count the source's too
+        return Err(refuse("--repetition-penalty").into());
+    }
+    let opts = ValueHeadOptions {
+        holding: trl_core::Holding { dtype: args.dtype, quantize: args.quantize },
+        ..Default::default()
+    };
+    let (model, _, _) = Seq2SeqLmWithValueHead::<Backend>::from_pretrained(dir, &opts, &backend::device())?;
+    let max = model.pretrained_model.max_positions();
+    if args.max_new_tokens + 1 > max {
+        return Err(format!(
+            "--max-new-tokens {} plus the decoder start token exceed the model's {max} positions",
+            args.max_new_tokens
+        )
+        .into());
+    }
+    let limit = Limit::new(args.max_length, max, args.truncation)?;
+    let prompts = prompts
+        .into_iter()
+        .map(|(line, text)| {
+            let at = format!("{}:{line}", args.prompts.display());
+            let mut ids = tokenizer.encode(&text, true)?;
+            if ids.is_empty() {
+                return Err(format!("{at}: the source has no tokens").into());
+            }
+            let truncated = limit.fit(&mut ids, &at)?;
+            Ok(Prompt { text, ids, truncated })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let job = Job { tokenizer, prompts: &prompts, cfg, batch_size: args.batch_size };
+    write_output(args.out.as_deref(), |sink| job.emit(&model, sink))
 }
 
 /// The flags as a [`SamplingConfig`], with EOS and pad ids from the model directory.

@@ -5,7 +5,10 @@ use std::path::PathBuf;
 
 use serde_json::{json, Value};
 
-use trl_heads::{DebertaV2ForSequenceClassification, ForSequenceClassification};
+use trl_heads::{
+    DebertaV2ForSequenceClassification, ForSequenceClassification, Seq2SeqLmWithValueHead, VHeadSource,
+    ValueHeadOptions,
+};
 use trl_models::{Padding, TokenBatch};
 use trl_reward::data::{is_parquet, jsonl_lines, render, skipped_summary, Content, SkippedRow, SKIPPED_SHOWN};
 use trl_reward::loss::preference_probability;
@@ -66,11 +69,26 @@ struct Item {
     pair: bool,
     ids: Vec<Vec<i64>>,
     truncated: Vec<bool>,
+    /// An encoder–decoder's source (the prompt's ids) for each of `ids`, which are then
+    /// decoder inputs; empty otherwise.
+    sources: Vec<Vec<i64>>,
+}
+
+/// How a row's prompt and response become token rows.
+#[derive(Clone, Copy, PartialEq)]
+enum Layout {
+    /// One rendered text (causal reward models).
+    Causal,
+    /// A tokenizer text pair (encoder reward models).
+    CrossEncoder,
+    /// The prompt to the encoder, the response to the decoder after this start token.
+    Seq2Seq(i64),
 }
 
 /// One sequence to score: a rendered text (with whether it is a rendered conversation, then
 /// tokenized without special tokens: the template writes them, as TRL tokenizes), or, for an
-/// encoder reward model, a `(prompt, response)` text pair (`tokenizer(prompt, response)`).
+/// encoder reward model, a `(prompt, response)` text pair (`tokenizer(prompt, response)`; an
+/// encoder–decoder encodes the prompt and decodes the response).
 enum Seq {
     Text(String, bool),
     Pair(String, String),
@@ -119,7 +137,8 @@ fn texts(v: &Value, args: &ScoreArgs, m: &ModelDir, encoder: bool) -> Result<(bo
 /// Reads, renders, tokenizes and fits every row before any batch is built: a malformed row
 /// is an error naming its line (or, with --skip-bad-rows, is skipped), an over-long one is
 /// cut or an error as --truncation says.
-fn read_items(args: &ScoreArgs, m: &ModelDir, limit: &Limit, encoder: bool) -> Result<Vec<Item>, Error> {
+fn read_items(args: &ScoreArgs, m: &ModelDir, limit: &Limit, layout: Layout) -> Result<Vec<Item>, Error> {
+    let encoder = layout != Layout::Causal;
     let path = &args.input;
     let parquet = if is_parquet(path) { Some(ParquetFile::open(path)?) } else { None };
     type Record = Result<(usize, Result<Value, String>), Error>;
@@ -140,22 +159,36 @@ fn read_items(args: &ScoreArgs, m: &ModelDir, limit: &Limit, encoder: bool) -> R
         let (n, value) = record?;
         let tokenized = value.and_then(|v| {
             let (pair, texts) = texts(&v, args, m, encoder)?;
+            let mut sources = Vec::new();
             let ids = texts
                 .iter()
                 .zip(if pair { ["`chosen`", "`rejected`"].as_slice() } else { ["the text"].as_slice() })
-                .map(|(seq, side)| match seq {
-                    Seq::Text(t, conversation) => (m.tokenizer.encode(t, !conversation), side),
-                    Seq::Pair(p, r) => (m.tokenizer.encode_pair(p, r, true), side),
+                .map(|(seq, side)| match (seq, layout) {
+                    (Seq::Text(..), Layout::Seq2Seq(_)) => {
+                        Err("an encoder-decoder scores `prompt` → response pairs: give the row a `prompt`".to_string())
+                    }
+                    (Seq::Pair(p, r), Layout::Seq2Seq(start)) => {
+                        let source = m.tokenizer.encode(p, true).map_err(|e| e.to_string())?;
+                        if source.is_empty() {
+                            return Err(format!("the prompt of {side} has no tokens"));
+                        }
+                        sources.push(source);
+                        Ok((m.tokenizer.encode(r, true).map(|ids| [vec![start], ids].concat()), side))
+                    }
+                    (Seq::Text(t, conversation), _) => Ok((m.tokenizer.encode(t, !conversation), side)),
+                    (Seq::Pair(p, r), _) => Ok((m.tokenizer.encode_pair(p, r, true), side)),
                 })
+                .collect::<Result<Vec<_>, String>>()?
+                .into_iter()
                 .map(|(ids, side)| match ids {
                     Ok(ids) if ids.is_empty() => Err(format!("{side} has no tokens: nothing to score")),
                     Ok(ids) => Ok(ids),
                     Err(e) => Err(e.to_string()),
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            Ok((v, pair, ids))
+            Ok((v, pair, ids, sources))
         });
-        let (value, pair, mut ids) = match tokenized {
+        let (value, pair, mut ids, mut sources) = match tokenized {
             Ok(t) => t,
             Err(reason) if args.skip_bad_rows => {
                 skipped += 1;
@@ -178,7 +211,10 @@ fn read_items(args: &ScoreArgs, m: &ModelDir, limit: &Limit, encoder: bool) -> R
                 limit.fit(ids, &at)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        items.push(Item { value, pair, ids, truncated });
+        for (side, source) in sources.iter_mut().enumerate() {
+            limit.fit(source, &format!("{}: the prompt of side {}", label(path, n), side + 1))?;
+        }
+        items.push(Item { value, pair, ids, truncated, sources });
     }
     if skipped > 0 {
         eprintln!("{}", skipped_summary(path, skipped, &first_skipped));
@@ -200,16 +236,34 @@ pub(crate) struct Scored {
 }
 
 /// A loaded reward model: a causal one (`*ForSequenceClassification` over any backbone, with
-/// an optional adapter) or an encoder (DeBERTa-v2 / v3).
+/// an optional adapter), an encoder (DeBERTa-v2 / v3), or an encoder–decoder with TRL's value
+/// head (T5), whose reward is the value at the response's last token.
 enum Scorer {
     Causal(Box<ForSequenceClassification<B>>),
     Encoder(Box<DebertaV2ForSequenceClassification<B>>),
+    Seq2Seq(Box<Seq2SeqLmWithValueHead<B>>),
 }
 
 impl Scorer {
     fn load(args: &ScoreArgs, m: &ModelDir) -> Result<Self, Error> {
         let device = trl_core::backend::device();
         let holding = args.holding.get();
+        if m.config.model_type() == Some(trl_models::t5::MODEL_TYPE) {
+            if args.adapter.is_some() {
+                return Err("--adapter is not supported with an encoder-decoder model".into());
+            }
+            let opts = ValueHeadOptions { holding, ..Default::default() };
+            let (mut model, _, source) = Seq2SeqLmWithValueHead::<B>::from_pretrained(&m.dir, &opts, &device)?;
+            if source != VHeadSource::Restored {
+                return Err(format!(
+                    "{} has no trained value head (v_head.*): rewards would be random",
+                    m.dir.display()
+                )
+                .into());
+            }
+            model.v_head.dropout = None;
+            return Ok(Self::Seq2Seq(Box::new(model)));
+        }
         if m.config.model_type() == Some(trl_models::deberta_v2::MODEL_TYPE) {
             if args.adapter.is_some() {
                 return Err(
@@ -248,14 +302,35 @@ impl Scorer {
         match self {
             Self::Causal(m) => m.backbone.max_positions(),
             Self::Encoder(m) => m.max_positions(),
+            Self::Seq2Seq(m) => m.pretrained_model.max_positions(),
         }
     }
 
-    /// `[batch, num_labels]` rewards of a right-padded batch.
-    fn rewards(&self, batch: &TokenBatch) -> Result<burn::tensor::Tensor<B, 2>, Error> {
-        Ok(match self {
-            Self::Causal(m) => m.forward(batch, false)?.rewards,
-            Self::Encoder(m) => m.forward(batch)?,
+    fn layout(&self) -> Layout {
+        match self {
+            Self::Causal(_) => Layout::Causal,
+            Self::Encoder(_) => Layout::CrossEncoder,
+            Self::Seq2Seq(m) => Layout::Seq2Seq(m.pretrained_model.decoder_start_token_id()),
+        }
+    }
+
+    /// `[batch, num_labels]` rewards of a right-padded batch (an encoder–decoder's decoder
+    /// inputs, on `sources`).
+    fn rewards(&self, batch: &TokenBatch, sources: Option<&TokenBatch>) -> Result<burn::tensor::Tensor<B, 2>, Error> {
+        Ok(match (self, sources) {
+            (Self::Causal(m), _) => m.forward(batch, false)?.rewards,
+            (Self::Encoder(m), _) => m.forward(batch)?,
+            (Self::Seq2Seq(m), Some(sources)) => {
+                let values = m.forward(sources, batch)?.values;
+                let last: Vec<i64> = batch.last_token_index().into_iter().map(|i| i as i64).collect();
+                let n = last.len();
+                let idx = burn::tensor::Tensor::<B, 2, burn::tensor::Int>::from_data(
+                    burn::tensor::TensorData::new(last, [n, 1]),
+                    &values.device(),
+                );
+                values.gather(1, idx)
+            }
+            (Self::Seq2Seq(_), None) => return Err("an encoder-decoder needs the sources".into()),
         })
     }
 }
@@ -268,7 +343,7 @@ pub(crate) fn score_file(args: &ScoreArgs) -> Result<Vec<Scored>, Error> {
     crate::bench::real::report_load(loading.elapsed().as_secs_f64());
     let pad = m.pad_id()?;
     let limit = Limit::new(args.max_length, model.max_positions(), args.truncation)?;
-    let items = read_items(args, &m, &limit, matches!(model, Scorer::Encoder(_)))?;
+    let items = read_items(args, &m, &limit, model.layout())?;
     let mut rewards = score_sorted(&model, &items, pad, (args.batch_size / 2).max(1))?;
     if args.normalize {
         let cfg = trl_core::HfConfig::load(&m.dir)?;
@@ -344,8 +419,11 @@ fn score_sorted(model: &Scorer, items: &[Item], pad: i64, per_batch: usize) -> R
     for chunk in order.chunks(per_batch) {
         let ids: Vec<Vec<i64>> = chunk.iter().flat_map(|&i| items[i].ids.iter().cloned()).collect();
         let batch = TokenBatch::pad(&ids, pad, Padding::Right, None)?;
+        let sources: Vec<Vec<i64>> = chunk.iter().flat_map(|&i| items[i].sources.iter().cloned()).collect();
+        let sources =
+            if sources.is_empty() { None } else { Some(TokenBatch::pad(&sources, pad, Padding::Right, None)?) };
         let flat = model
-            .rewards(&batch)?
+            .rewards(&batch, sources.as_ref())?
             .into_data()
             .convert::<f32>()
             .to_vec::<f32>()

@@ -114,6 +114,85 @@ fn score_agrees_with_forward() {
     assert!((r as f32 - want).abs() > 1e-3);
 }
 
+/// T5 (issue 17) through the CLI: `score` reads TRL's value at the response's last token with
+/// the prompt encoded, `forward` takes `--decoder-input`, and `generate` decodes greedily, all
+/// as transformers / TRL computed them.
+#[test]
+fn t5_scores_forwards_and_generates_as_trl() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixtures().join("t5_v1_1");
+    let m = model.to_str().unwrap();
+    let tol = Tol::t5("t5_v1_1");
+    let inputs: serde_json::Value = serde_json::from_slice(&std::fs::read(model.join("inputs.json")).unwrap()).unwrap();
+    let exp = load_safetensors(&model.join("expected.safetensors")).unwrap();
+
+    let pairs = inputs["score_pairs"].as_array().unwrap();
+    let input = tmp.path().join("pairs.jsonl");
+    let mut rows: Vec<String> = pairs.iter().map(|p| json!({"prompt": p[0], "response": p[1]}).to_string()).collect();
+    rows.push(json!({"prompt": pairs[0][0], "chosen": pairs[0][1], "rejected": pairs[1][1]}).to_string());
+    std::fs::write(&input, rows.join("\n")).unwrap();
+    let (ok, out, err) = xtask(&["score", "--model", m, "--input", input.to_str().unwrap()]);
+    assert!(ok, "score failed: {err}");
+    let got: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let f = |i: usize, k: &str| got[i][k].as_f64().unwrap() as f32;
+    assert_close("t5 score rewards", &[f(0, "reward"), f(1, "reward")], &floats(&exp, "score.rewards"), tol);
+    // the chosen side is (prompt 0, response 0); the rejected one pairs prompt 0 with response 1
+    assert_close("t5 chosen", &[f(2, "chosen_reward")], &[f(0, "reward")], tol);
+    assert!((f(2, "rejected_reward") - f(2, "chosen_reward")).abs() > 1e-4);
+    std::fs::write(&input, json!({"text": "no prompt"}).to_string()).unwrap();
+    let (ok, _, err) = xtask(&["score", "--model", m, "--input", input.to_str().unwrap()]);
+    assert!(!ok && err.contains(":1: an encoder-decoder scores `prompt`"), "{err}");
+
+    let (src, tgt, out) = (tmp.path().join("src.json"), tmp.path().join("tgt.json"), tmp.path().join("out.st"));
+    std::fs::write(&src, inputs["sources"].to_string()).unwrap();
+    std::fs::write(&tgt, inputs["targets"].to_string()).unwrap();
+    for side in ["right", "left"] {
+        let args =
+            ["forward", "--model", m, "--input", src.to_str().unwrap(), "--decoder-input", tgt.to_str().unwrap()];
+        let (ok, _, err) = xtask(&[&args[..], &["--padding", side, "--out", out.to_str().unwrap()]].concat());
+        assert!(ok, "forward failed: {err}");
+        let got = load_safetensors(&out).unwrap();
+        for k in ["input_ids", "attention_mask", "decoder_input_ids", "decoder_attention_mask"] {
+            assert_eq!(ints(&got, k), ints(&exp, &format!("{side}.{k}")), "{side} {k}");
+        }
+        let mask = ints(&exp, &format!("{side}.decoder_attention_mask"));
+        let vocab = floats(&got, "logits").len() / mask.len();
+        let keep = |i: usize| mask[i / vocab] == 1;
+        assert_close_where(
+            &format!("{side} logits"),
+            &floats(&got, "logits"),
+            &floats(&exp, &format!("{side}.logits")),
+            tol,
+            keep,
+        );
+        let keep = |i: usize| mask[i] == 1;
+        assert_close_where(
+            &format!("{side} values"),
+            &floats(&got, "values"),
+            &floats(&exp, &format!("{side}.values")),
+            tol,
+            keep,
+        );
+    }
+
+    let prompts = tmp.path().join("prompts.jsonl");
+    let sources = inputs["sources"].as_array().unwrap();
+    std::fs::write(&prompts, sources.iter().map(|s| json!({"prompt": s}).to_string()).collect::<Vec<_>>().join("\n"))
+        .unwrap();
+    let (ok, out, err) =
+        xtask(&["generate", "--model", m, "--prompts", prompts.to_str().unwrap(), "--max-new-tokens", "8"]);
+    assert!(ok, "generate failed: {err}");
+    let greedy = ints(&exp, "right.greedy");
+    for (r, line) in out.lines().enumerate() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let ids: Vec<i64> = serde_json::from_value(v["token_ids"].clone()).unwrap();
+        assert_eq!(ids, greedy[r * 9 + 1..r * 9 + 1 + ids.len()], "row {r}");
+    }
+    let (ok, _, err) =
+        xtask(&["generate", "--model", m, "--prompts", prompts.to_str().unwrap(), "--repetition-penalty", "1.2"]);
+    assert!(!ok && err.contains("--repetition-penalty is not supported with an encoder-decoder"), "{err}");
+}
+
 /// An encoder reward model (DeBERTa) scores `{"prompt", "response"}` rows as text pairs and
 /// `{"text"}` rows alone, as `tokenizer(prompt, response)` and transformers do; an adapter or
 /// a conversation is refused by name.

@@ -15,6 +15,7 @@ pub mod mixture;
 pub mod next_token;
 pub mod rng;
 pub mod sampling;
+pub mod seq2seq;
 pub mod uncached;
 
 pub use bench::bench_mixture;
@@ -24,4 +25,5 @@ pub use mixture::{GeometricMixture, DEFAULT_MIXTURE_COEF};
 pub use next_token::NextTokenLogits;
 pub use rng::Rng;
 pub use sampling::SamplingConfig;
+pub use seq2seq::Seq2SeqState;
 pub use uncached::Uncached;

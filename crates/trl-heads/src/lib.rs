@@ -16,6 +16,8 @@
 //! - [`ForSequenceClassification`], [`RewardOutput`], and in [`seq_cls`] the config helpers
 //!   [`seq_cls::num_labels`] and [`seq_cls::is_seq_cls`];
 //! - [`RewardAdapter`];
+//! - [`Seq2SeqLmWithValueHead`] and [`Seq2SeqOutput`] (TRL's `AutoModelForSeq2SeqLMWithValueHead`
+//!   on T5), and [`DebertaV2ForSequenceClassification`] with its [`ContextPooler`];
 //! - [`HeadError`] and [`Result`].
 //!
 //! ## Modules
@@ -26,6 +28,7 @@
 mod deberta;
 mod error;
 mod reward_adapter;
+mod seq2seq;
 pub mod seq_cls;
 mod shared;
 mod value_head;
@@ -33,5 +36,6 @@ mod value_head;
 pub use deberta::{ContextPooler, DebertaV2ForSequenceClassification};
 pub use error::{HeadError, Result};
 pub use reward_adapter::RewardAdapter;
+pub use seq2seq::{Seq2SeqLmWithValueHead, Seq2SeqOutput};
 pub use seq_cls::{ForSequenceClassification, RewardOutput};
 pub use value_head::{CausalLmWithValueHead, VHeadInit, VHeadSource, ValueHead, ValueHeadOptions, ValueHeadOutput};

@@ -48,6 +48,7 @@ mod limits;
 mod lora;
 pub mod loss;
 mod rope;
+pub mod t5;
 
 pub use any::{arch_info, supported, AnyCausalLm, LmOutput, ARCHITECTURES};
 pub use backbone::{decode, ArchInfo, Backbone, CacheSlot};
