@@ -85,6 +85,31 @@ fn t5_states_logits_and_values_match_transformers_and_trl() {
     }
 }
 
+/// A PEFT LoRA adapter on the T5 base (TRL's PEFT layout: the adapter, and the value head alone
+/// in `pytorch_model.bin`), merged at load: logits and values as TRL computes them with PEFT.
+#[test]
+fn t5_peft_adapter_matches_trl() {
+    let name = "lora-t5_v1_1";
+    let model = load(name);
+    let exp = expected(name);
+    let tol = Tol::t5(name);
+    let plain = expected("t5_v1_1");
+    for side in SIDES {
+        let (src, dec) = (batch(&exp, side), decoder_batch(&exp, side));
+        let out = model.forward(&src, &dec).unwrap();
+        let v = model.pretrained_model.vocab_size();
+        let mask = dec.attention_mask.clone();
+        let (want, _) = floats(&exp, &format!("{side}.logits"));
+        assert_close_where(&format!("{name} {side} logits"), &to_vec(out.logits), &want, tol, |i| mask[i / v] == 1);
+        let (want, _) = floats(&exp, &format!("{side}.values"));
+        assert_close_where(&format!("{name} {side} values"), &to_vec(out.values), &want, tol, |i| mask[i] == 1);
+        // the adapter changes the model
+        let (base, _) = floats(&plain, &format!("{side}.logits"));
+        let (adapted, _) = floats(&exp, &format!("{side}.logits"));
+        assert!(base.iter().zip(&adapted).any(|(a, b)| (a - b).abs() > 1e-2));
+    }
+}
+
 /// Greedy decoding on the KV cache: every step's logits as transformers' `generate` computed
 /// them (fed the same tokens), and the same tokens from [`generate`], with `</s>` ending a row
 /// and `<pad>` filling it after.

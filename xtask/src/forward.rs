@@ -190,11 +190,15 @@ pub fn run(args: ForwardArgs) -> Result<(), Error> {
 /// `forward` of an encoder–decoder (T5, with TRL's value head when the checkpoint has one):
 /// `logits` `[batch, decoder_seq, vocab]` and, for a value-head checkpoint, `values`.
 fn seq2seq(args: &ForwardArgs, m: &ModelDir, texts: &[String]) -> Result<(), Error> {
-    if args.adapter.is_some() {
-        return Err("--adapter is not supported with an encoder-decoder model".into());
+    if args.merge {
+        return Err("--merge: an encoder-decoder's adapter is always merged at load".into());
     }
     let opts = ValueHeadOptions { holding: args.holding.get(), ..Default::default() };
-    let (model, _, source) = Seq2SeqLmWithValueHead::<B>::from_pretrained(&m.dir, &opts, &trl_core::backend::device())?;
+    let device = trl_core::backend::device();
+    let (model, _, source) = match &args.adapter {
+        Some(a) => Seq2SeqLmWithValueHead::<B>::from_adapter(a, Some(&m.dir), &opts, &device)?,
+        None => Seq2SeqLmWithValueHead::<B>::from_pretrained(&m.dir, &opts, &device)?,
+    };
     let t5 = &model.pretrained_model;
     let limit = Limit::new(args.max_length, t5.max_positions(), args.truncation)?;
     let side = match args.padding {

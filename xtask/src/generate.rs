@@ -160,9 +160,6 @@ fn seq2seq(
     prompts: Vec<(usize, String)>,
 ) -> Result<()> {
     let refuse = |flag: &str| format!("{flag} is not supported with an encoder-decoder model ({})", dir.display());
-    if args.adapter.is_some() {
-        return Err(refuse("--adapter").into());
-    }
     if args.ref_model.is_some() || args.mixture_coef.is_some() {
         return Err(refuse("a geometric mixture (--ref-model, --mixture-coef)").into());
     }
@@ -174,7 +171,11 @@ fn seq2seq(
         holding: trl_core::Holding { dtype: args.dtype, quantize: args.quantize },
         ..Default::default()
     };
-    let (model, _, _) = Seq2SeqLmWithValueHead::<Backend>::from_pretrained(dir, &opts, &backend::device())?;
+    let device = backend::device();
+    let (model, _, _) = match &args.adapter {
+        Some(a) => Seq2SeqLmWithValueHead::<Backend>::from_adapter(a, Some(dir), &opts, &device)?,
+        None => Seq2SeqLmWithValueHead::<Backend>::from_pretrained(dir, &opts, &device)?,
+    };
     let max = model.pretrained_model.max_positions();
     if args.max_new_tokens + 1 > max {
         return Err(format!(

@@ -249,11 +249,11 @@ impl Scorer {
         let device = trl_core::backend::device();
         let holding = args.holding.get();
         if m.config.model_type() == Some(trl_models::t5::MODEL_TYPE) {
-            if args.adapter.is_some() {
-                return Err("--adapter is not supported with an encoder-decoder model".into());
-            }
             let opts = ValueHeadOptions { holding, ..Default::default() };
-            let (mut model, _, source) = Seq2SeqLmWithValueHead::<B>::from_pretrained(&m.dir, &opts, &device)?;
+            let (mut model, _, source) = match &args.adapter {
+                Some(a) => Seq2SeqLmWithValueHead::<B>::from_adapter(a, Some(&m.dir), &opts, &device)?,
+                None => Seq2SeqLmWithValueHead::<B>::from_pretrained(&m.dir, &opts, &device)?,
+            };
             if source != VHeadSource::Restored {
                 return Err(format!(
                     "{} has no trained value head (v_head.*): rewards would be random",

@@ -175,6 +175,19 @@ fn t5_scores_forwards_and_generates_as_trl() {
         );
     }
 
+    // a PEFT adapter on the base, merged at load
+    let adapter = fixtures().join("lora-t5_v1_1");
+    let lexp = load_safetensors(&adapter.join("expected.safetensors")).unwrap();
+    let args = ["forward", "--model", m, "--adapter", adapter.to_str().unwrap(), "--input", src.to_str().unwrap()];
+    let (ok, _, err) =
+        xtask(&[&args[..], &["--decoder-input", tgt.to_str().unwrap(), "--out", out.to_str().unwrap()]].concat());
+    assert!(ok, "forward --adapter failed: {err}");
+    let got = load_safetensors(&out).unwrap();
+    let mask = ints(&lexp, "right.decoder_attention_mask");
+    assert_close_where("adapter values", &floats(&got, "values"), &floats(&lexp, "right.values"), tol, |i| {
+        mask[i] == 1
+    });
+
     let prompts = tmp.path().join("prompts.jsonl");
     let sources = inputs["sources"].as_array().unwrap();
     std::fs::write(&prompts, sources.iter().map(|s| json!({"prompt": s}).to_string()).collect::<Vec<_>>().join("\n"))

@@ -8,17 +8,24 @@ use std::path::Path;
 use burn::module::Module;
 use burn::prelude::*;
 
+use std::collections::BTreeMap;
+
+use burn::tensor::TensorData;
+use trl_core::peft::AdapterKey;
 use trl_core::{checkpoint, load_module, module_state_dict, peft, HfConfig, StateDict, Strictness};
 use trl_models::t5::{T5ForConditionalGeneration, MODEL_TYPE};
 use trl_models::TokenBatch;
 
 use crate::error::{HeadError, Result};
 use crate::shared::{head_hidden_size, prefix_error};
-use crate::value_head::{VHeadSource, ValueHead, ValueHeadOptions, V_HEAD_PREFIX};
+use crate::value_head::{VHeadSource, ValueHead, ValueHeadOptions, PEFT_V_HEAD_FILES, V_HEAD_PREFIX};
 
 /// Where TRL looks for the LM head (`lm_head_namings`); a checkpoint that stores it under
 /// another of these names loads as `lm_head`.
 const LM_HEAD_NAMES: [&str; 3] = ["lm_head", "embed_out", "output_projection"];
+
+/// A change made to a checkpoint's state dict before it is loaded (merging an adapter).
+type EditStateDict<'a> = &'a mut dyn FnMut(&mut StateDict) -> Result<()>;
 
 /// What [`Seq2SeqLmWithValueHead::forward`] returns (TRL's `(lm_logits, loss, value)`, no loss).
 #[derive(Debug, Clone)]
@@ -46,13 +53,73 @@ impl<B: Backend> Seq2SeqLmWithValueHead<B> {
         device: &B::Device,
     ) -> Result<(Self, HfConfig, VHeadSource)> {
         if peft::is_adapter_dir(dir) {
-            return Err(HeadError::Config {
-                path: dir.display().to_string(),
-                reason: "PEFT adapters on encoder-decoder models are not supported yet; merge the adapter into \
-                         the base (PEFT's merge_and_unload) and load the merged checkpoint"
-                    .into(),
-            });
+            return Self::from_adapter(dir, None, opts, device);
         }
+        Self::load(dir, None, opts, device)
+    }
+
+    /// TRL's PEFT seq2seq value-head model: the base (`base`, else the adapter's
+    /// `base_model_name_or_path`) with the LoRA adapter of `dir` merged into its weights
+    /// (`W + scaling · B·A`, what PEFT's `merge_and_unload` computes), and the value head from
+    /// `dir/model.safetensors` or `dir/pytorch_model.bin` (`v_head.*`, as TRL saves it), else a
+    /// fresh one. For inference: the adapter is not kept
+    /// apart, so it cannot be trained, switched off or saved again as an adapter.
+    pub fn from_adapter(
+        dir: &Path,
+        base: Option<&Path>,
+        opts: &ValueHeadOptions,
+        device: &B::Device,
+    ) -> Result<(Self, HfConfig, VHeadSource)> {
+        let base_dir = peft::base_of(dir, base)?;
+        let (lora, mut adapter) = peft::read_adapter(dir)?;
+        let bad = |reason: String| HeadError::Config { path: dir.display().to_string(), reason };
+        if lora.fan_in_fan_out {
+            return Err(bad("fan_in_fan_out is for Conv1D models; T5's projections are Linear".into()));
+        }
+        let mut head = StateDict::new();
+        if let Some(file) = PEFT_V_HEAD_FILES.iter().map(|f| dir.join(f)).find(|p| p.is_file()) {
+            head.extend(checkpoint::load_file(&file)?.filter(|k| k.starts_with(V_HEAD_PREFIX)));
+        }
+        let mut pairs: BTreeMap<String, [Option<TensorData>; 2]> = BTreeMap::new();
+        for (key, t) in std::mem::take(&mut adapter.tensors) {
+            match peft::parse_key(&key) {
+                Some(AdapterKey::Lora { module, a }) => pairs.entry(module).or_default()[usize::from(!a)] = Some(t),
+                _ => return Err(bad(format!("`{key}` is not a LoRA tensor a T5 value-head model has a place for"))),
+            }
+        }
+        let mut merge = |sd: &mut StateDict| -> Result<()> {
+            for (module, pair) in std::mem::take(&mut pairs) {
+                let [Some(a), Some(b)] = pair else {
+                    return Err(bad(format!("`{module}` has only one of lora_A and lora_B")));
+                };
+                let key = format!("{module}.weight");
+                let w = sd.remove(&key).ok_or_else(|| {
+                    bad(format!(
+                        "the adapter targets `{module}`, which the base has no weight for (check target_modules)"
+                    ))
+                })?;
+                sd.insert(key, merged(&module, w, a, b, lora.scaling(&module)).map_err(bad)?);
+            }
+            Ok(())
+        };
+        let (mut model, config, source) = Self::load(&base_dir, Some(&mut merge), opts, device)?;
+        if head.is_empty() {
+            return Ok((model, config, source));
+        }
+        let head = head.strip_prefix(V_HEAD_PREFIX);
+        let (h, _) =
+            load_module(model.v_head, &head, Strictness::Strict).map_err(|e| prefix_error(e, V_HEAD_PREFIX))?;
+        model.v_head = h;
+        Ok((model, config, VHeadSource::Restored))
+    }
+
+    /// Loads `dir`, changing its state dict with `edit` first.
+    fn load(
+        dir: &Path,
+        edit: Option<EditStateDict<'_>>,
+        opts: &ValueHeadOptions,
+        device: &B::Device,
+    ) -> Result<(Self, HfConfig, VHeadSource)> {
         let config = HfConfig::load(dir)?;
         if config.model_type() != Some(MODEL_TYPE) {
             return Err(HeadError::Config {
@@ -69,6 +136,9 @@ impl<B: Backend> Seq2SeqLmWithValueHead<B> {
             if let Some(w) = sd.remove(&format!("{name}.weight")) {
                 sd.insert("lm_head.weight", w);
             }
+        }
+        if let Some(edit) = edit {
+            edit(&mut sd)?;
         }
         let (dtype, quantize) = (opts.holding.dtype.resolve(&config), opts.holding.quantize);
         let (model, _) = T5ForConditionalGeneration::init(&config, device)?.load_as(sd, dtype, quantize)?;
@@ -115,4 +185,30 @@ impl<B: Backend> Seq2SeqLmWithValueHead<B> {
         checkpoint::save_weights(&self.state_dict(), dir, max_shard_size)?;
         Ok(())
     }
+}
+
+/// `w + scaling · b·a` in f32 for `w` `[out, in]`, `a` `[r, in]`, `b` `[out, r]`; `Err` names
+/// the shapes that do not fit.
+fn merged(module: &str, w: TensorData, a: TensorData, b: TensorData, scaling: f64) -> Result<TensorData, String> {
+    let (ws, as_, bs) = (w.shape.clone(), a.shape.clone(), b.shape.clone());
+    let fits = ws.len() == 2 && as_.len() == 2 && bs.len() == 2 && as_[1] == ws[1] && bs[0] == ws[0] && bs[1] == as_[0];
+    if !fits {
+        return Err(format!(
+            "`{module}`: lora_A {as_:?} and lora_B {bs:?} do not fit the base weight {ws:?} (check r / rank_pattern)"
+        ));
+    }
+    let (out, inp, r) = (ws[0], ws[1], as_[0]);
+    let floats = |t: TensorData| t.convert::<f32>().to_vec::<f32>().map_err(|e| format!("`{module}`: {e:?}"));
+    let (mut w, a, b) = (floats(w)?, floats(a)?, floats(b)?);
+    let s = scaling as f32;
+    for o in 0..out {
+        let row = &mut w[o * inp..(o + 1) * inp];
+        for k in 0..r {
+            let f = s * b[o * r + k];
+            for (x, &av) in row.iter_mut().zip(&a[k * inp..(k + 1) * inp]) {
+                *x += f * av;
+            }
+        }
+    }
+    Ok(TensorData::new(w, [out, inp]))
 }
