@@ -108,6 +108,27 @@ fn t5_peft_adapter_matches_trl() {
         let (adapted, _) = floats(&exp, &format!("{side}.logits"));
         assert!(base.iter().zip(&adapted).any(|(a, b)| (a - b).abs() > 1e-2));
     }
+    // saved again in TRL's PEFT layout, it loads back to the same model
+    let tmp = tempfile::tempdir().unwrap();
+    model.save_adapter(tmp.path()).unwrap();
+    for f in ["adapter_config.json", "adapter_model.safetensors", "model.safetensors"] {
+        assert!(tmp.path().join(f).is_file(), "{f}");
+    }
+    let (back, _, source) = Seq2SeqLmWithValueHead::<B>::from_adapter(
+        tmp.path(),
+        Some(&fixture("t5_v1_1")),
+        &ValueHeadOptions::default(),
+        &dev(),
+    )
+    .unwrap();
+    assert_eq!(source, VHeadSource::Restored);
+    assert_eq!(back.no_dropout().state_dict(), model.state_dict());
+    if let Ok(root) = std::env::var("TRL_RS_EXPORT") {
+        model.save_adapter(&std::path::Path::new(&root).join(name)).unwrap();
+    }
+    let plain = load("t5_v1_1");
+    let e = plain.save_adapter(tmp.path()).unwrap_err().to_string();
+    assert!(e.contains("save_pretrained"), "{e}");
 }
 
 /// Greedy decoding on the KV cache: every step's logits as transformers' `generate` computed

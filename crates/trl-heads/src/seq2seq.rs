@@ -11,7 +11,7 @@ use burn::prelude::*;
 use std::collections::BTreeMap;
 
 use burn::tensor::TensorData;
-use trl_core::peft::AdapterKey;
+use trl_core::peft::{AdapterKey, LoraConfig};
 use trl_core::{checkpoint, load_module, module_state_dict, peft, HfConfig, StateDict, Strictness};
 use trl_models::t5::{T5ForConditionalGeneration, MODEL_TYPE};
 use trl_models::TokenBatch;
@@ -41,6 +41,10 @@ pub struct Seq2SeqOutput<B: Backend> {
 pub struct Seq2SeqLmWithValueHead<B: Backend> {
     pub pretrained_model: T5ForConditionalGeneration<B>,
     pub v_head: ValueHead<B>,
+    /// The PEFT adapter merged into `pretrained_model` at load, as its file had it (config and
+    /// `base_model.model.*` tensors), for [`Self::save_adapter`].
+    #[module(skip)]
+    pub adapter: Option<(LoraConfig, StateDict)>,
 }
 
 impl<B: Backend> Seq2SeqLmWithValueHead<B> {
@@ -80,6 +84,7 @@ impl<B: Backend> Seq2SeqLmWithValueHead<B> {
         if let Some(file) = PEFT_V_HEAD_FILES.iter().map(|f| dir.join(f)).find(|p| p.is_file()) {
             head.extend(checkpoint::load_file(&file)?.filter(|k| k.starts_with(V_HEAD_PREFIX)));
         }
+        let kept = (lora.clone(), adapter.clone());
         let mut pairs: BTreeMap<String, [Option<TensorData>; 2]> = BTreeMap::new();
         for (key, t) in std::mem::take(&mut adapter.tensors) {
             match peft::parse_key(&key) {
@@ -103,6 +108,7 @@ impl<B: Backend> Seq2SeqLmWithValueHead<B> {
             Ok(())
         };
         let (mut model, config, source) = Self::load(&base_dir, Some(&mut merge), opts, device)?;
+        model.adapter = Some(kept);
         if head.is_empty() {
             return Ok((model, config, source));
         }
@@ -150,7 +156,7 @@ impl<B: Backend> Seq2SeqLmWithValueHead<B> {
             let (h, _) = load_module(head, &head_sd, Strictness::Strict).map_err(|e| prefix_error(e, V_HEAD_PREFIX))?;
             (h, VHeadSource::Restored)
         };
-        Ok((Self { pretrained_model: model, v_head }, config, source))
+        Ok((Self { pretrained_model: model, v_head, adapter: None }, config, source))
     }
 
     /// Logits and per-token values of decoder inputs `decoder` (starting with the decoder start
@@ -176,6 +182,20 @@ impl<B: Backend> Seq2SeqLmWithValueHead<B> {
         let mut sd = module_state_dict(&self.pretrained_model);
         sd.extend(module_state_dict(&self.v_head).add_prefix(V_HEAD_PREFIX));
         sd
+    }
+
+    /// TRL's PEFT save of a model loaded with [`Self::from_adapter`]: the adapter as it was loaded
+    /// (`adapter_config.json`, `adapter_model.safetensors`) and `model.safetensors` holding only
+    /// `v_head.summary.weight` / `.bias` (TRL reads it, or `pytorch_model.bin`). Each file is
+    /// written atomically.
+    pub fn save_adapter(&self, dir: &Path) -> Result<()> {
+        let (config, sd) = self.adapter.as_ref().ok_or_else(|| {
+            HeadError::Input("this model was not loaded with an adapter; save it whole with save_pretrained".into())
+        })?;
+        peft::write_adapter(dir, config, sd)?;
+        let head = module_state_dict(&self.v_head).add_prefix(V_HEAD_PREFIX);
+        checkpoint::save_safetensors(&head, &dir.join(checkpoint::SAFE_WEIGHTS))?;
+        Ok(())
     }
 
     /// Writes `config.json` and the merged weights (sharded above `max_shard_size` bytes),
