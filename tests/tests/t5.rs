@@ -85,6 +85,37 @@ fn t5_states_logits_and_values_match_transformers_and_trl() {
     }
 }
 
+/// `--dtype bf16`: the backbone's matrices held in bfloat16 (rounded to nearest even, as torch
+/// rounds) and widened as each layer runs; transformers ran the same rounded weights in f32, so
+/// the f32 bound holds. The value head stays f32.
+#[test]
+fn t5_bf16_weights_match_transformers_on_the_rounded_weights() {
+    use trl_core::{DtypeArg, Holding, Quantize, WeightDtype};
+    let holding = Holding { dtype: DtypeArg::Fixed(WeightDtype::Bf16), quantize: Quantize::None };
+    for name in MODELS {
+        let opts = ValueHeadOptions { holding, ..Default::default() };
+        let (model, _, _) = Seq2SeqLmWithValueHead::<B>::from_pretrained(&fixture(name), &opts, &dev()).unwrap();
+        let model = model.no_dropout();
+        assert_eq!(model.pretrained_model.weight_dtype(), burn::tensor::DType::BF16);
+        let exp = expected(name);
+        for side in SIDES {
+            let (src, dec) = (batch(&exp, side), decoder_batch(&exp, side));
+            let out = model.forward(&src, &dec).unwrap();
+            let v = model.pretrained_model.vocab_size();
+            let mask = dec.attention_mask.clone();
+            let (want, _) = floats(&exp, &format!("{side}.bf16.logits"));
+            let tol = Tol::t5(name);
+            assert_close_where(&format!("{name} {side} bf16 logits"), &to_vec(out.logits), &want, tol, |i| {
+                mask[i / v] == 1
+            });
+            let (want, _) = floats(&exp, &format!("{side}.bf16.values"));
+            assert_close_where(&format!("{name} {side} bf16 values"), &to_vec(out.values), &want, tol, |i| {
+                mask[i] == 1
+            });
+        }
+    }
+}
+
 /// A PEFT LoRA adapter on the T5 base (TRL's PEFT layout: the adapter, and the value head alone
 /// in `pytorch_model.bin`), merged at load: logits and values as TRL computes them with PEFT.
 #[test]

@@ -210,8 +210,9 @@ pub fn relative_bucket(relative: i64, bidirectional: bool, num_buckets: i64, max
         return base + distance;
     }
     let scale = ((max_distance as f64 / exact as f64).ln()) as f32;
-    let large = exact + ((distance as f32 / exact as f32).ln() / scale * (n - exact) as f32) as i64;
-    base + large.min(n - 1)
+    let offset = ((distance as f32 / exact as f32).ln() / scale * (n - exact) as f32) as i64;
+    // the clamp from below (and the saturation) only bite for configs `init` refuses
+    base + exact.saturating_add(offset).clamp(exact, (n - 1).max(exact))
 }
 
 impl T5Config {
@@ -253,6 +254,15 @@ impl T5Config {
             ("relative_attention_max_distance", self.relative_attention_max_distance),
         ] {
             limits::positive(field, v)?;
+        }
+        if self.relative_attention_num_buckets < 4
+            || self.relative_attention_max_distance <= self.relative_attention_num_buckets / 4
+        {
+            return Err(ModelError::Config(format!(
+                "relative_attention_num_buckets {} and relative_attention_max_distance {}: T5 needs at least 4 \
+                 buckets and a max distance beyond the exact range (num_buckets / 4); the released models use 32 and 128",
+                self.relative_attention_num_buckets, self.relative_attention_max_distance
+            )));
         }
         limits::finite_at_least("layer_norm_epsilon", self.layer_norm_epsilon, 0.0)?;
         limits::finite_at_least("initializer_factor", self.initializer_factor, 0.0)?;
@@ -635,5 +645,27 @@ mod tests {
         // torch: T5Attention._relative_position_bucket(torch.tensor([...]), bidirectional, 32, 128)
         assert_eq!(bi, vec![15, 10, 8, 7, 1, 0, 17, 23, 24, 26, 31]);
         assert_eq!(causal, vec![31, 17, 16, 15, 1, 0, 0]);
+    }
+
+    /// Configs that would index outside the bias table are refused, and the bucket function
+    /// stays inside the table even for them.
+    #[test]
+    fn degenerate_bucket_configs_are_refused() {
+        let base =
+            serde_json::json!({"vocab_size": 8, "d_model": 4, "d_kv": 2, "d_ff": 4, "num_layers": 1, "num_heads": 2});
+        for (buckets, max) in [(2, 128), (32, 8), (1, 1)] {
+            let mut c = base.clone();
+            c["relative_attention_num_buckets"] = buckets.into();
+            c["relative_attention_max_distance"] = max.into();
+            let cfg: T5Config = serde_json::from_value(c).unwrap();
+            let e = cfg.init::<trl_core::backend::Default>(&trl_core::backend::device()).unwrap_err().to_string();
+            assert!(e.contains("relative_attention_num_buckets"), "{e}");
+            for rel in [-1000, -9, -1, 0, 1, 9, 1000] {
+                for bi in [true, false] {
+                    let b = relative_bucket(rel, bi, buckets, max);
+                    assert!((0..buckets.max(1)).contains(&b), "bucket {b} of {rel} ({buckets}, {max})");
+                }
+            }
+        }
     }
 }
