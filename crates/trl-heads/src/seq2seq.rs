@@ -3,14 +3,13 @@
 //! Checkpoints are TRL's: the backbone's keys plus `v_head.summary.weight` / `.bias`, in one file
 //! or local shards.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::module::Module;
 use burn::prelude::*;
-
-use std::collections::BTreeMap;
-
 use burn::tensor::TensorData;
+
 use trl_core::peft::{AdapterKey, LoraConfig};
 use trl_core::{checkpoint, load_module, module_state_dict, peft, HfConfig, StateDict, Strictness};
 use trl_models::t5::{T5ForConditionalGeneration, MODEL_TYPE};
@@ -65,9 +64,9 @@ impl<B: Backend> Seq2SeqLmWithValueHead<B> {
     /// TRL's PEFT seq2seq value-head model: the base (`base`, else the adapter's
     /// `base_model_name_or_path`) with the LoRA adapter of `dir` merged into its weights
     /// (`W + scaling · B·A`, what PEFT's `merge_and_unload` computes), and the value head from
-    /// `dir/model.safetensors` or `dir/pytorch_model.bin` (`v_head.*`, as TRL saves it), else a
-    /// fresh one. For inference: the adapter is not kept
-    /// apart, so it cannot be trained, switched off or saved again as an adapter.
+    /// `dir/model.safetensors` or `dir/pytorch_model.bin` (`v_head.*`, as TRL saves it), else the
+    /// base's (or a fresh one). For inference: the adapter is not kept apart from the base, so it
+    /// cannot be trained or switched off; [`Self::save_adapter`] writes it back as it was loaded.
     pub fn from_adapter(
         dir: &Path,
         base: Option<&Path>,
