@@ -8,9 +8,11 @@ Usage: python3 xtask/bench/torch_baseline.py CASES.json  → JSON on stdout
 CASES.json: [{"name", "config": {...config.json...}, "batch_pairs", "seq_len", "lengths", "seconds"}]
 `lengths`: the real length of each of the 2 * batch_pairs rows (chosen, then rejected); rows are
 right-padded to the longest with pad_token_id, as TRL's collator does.
-Pinned: torch 2.15.0, transformers 5.24.0 (CPU, float32).
+Pinned: torch 2.15.0, transformers 5.24.0 (float32; on the CPU, or on the GPU that
+TORCH_DEVICE names, e.g. `cuda:0`, as `cargo xtask bench --device cuda:0` sets it).
 """
 import json
+import os
 import sys
 import time
 
@@ -18,12 +20,22 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
 
+DEVICE = torch.device(os.environ.get("TORCH_DEVICE", "cpu"))
+
+
+def sync():
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
 def timed(fn, seconds, min_iters=3):
     fn()  # warm-up
+    sync()
     n, start = 0, time.perf_counter()
     while n < min_iters or time.perf_counter() - start < seconds:
         fn()
         n += 1
+    sync()
     return n, time.perf_counter() - start
 
 
@@ -40,6 +52,8 @@ def run(case):
     for row, n in enumerate(lengths):
         ids[row, n:] = model.config.pad_token_id
         mask[row, n:] = 0
+    model.to(DEVICE)
+    ids, mask = ids.to(DEVICE), mask.to(DEVICE)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     model.train()
 
@@ -68,5 +82,6 @@ def run(case):
 if __name__ == "__main__":
     torch.set_num_threads(int(torch.get_num_threads()))
     cases = json.load(open(sys.argv[1]))
-    out = {"torch": torch.__version__, "threads": torch.get_num_threads(), "results": [run(c) for c in cases]}
+    out = {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(DEVICE),
+           "results": [run(c) for c in cases]}
     print(json.dumps(out))

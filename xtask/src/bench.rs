@@ -7,6 +7,8 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
+use burn::tensor::Device;
+use trl_core::backend::DeviceArg;
 use trl_core::{backend, HfConfig};
 use trl_heads::ForSequenceClassification;
 use trl_models::{AnyCausalLm, Padding, TokenBatch};
@@ -39,6 +41,8 @@ pub struct BenchArgs {
     /// Python interpreter for the PyTorch baseline (`none` to skip).
     #[arg(long, default_value = "python3")]
     pub python: String,
+    #[command(flatten)]
+    pub device: crate::common::DeviceArgs,
 }
 
 /// A benchmark case: a Llama-style reward model, 16 pairs of up to 64 tokens per batch.
@@ -98,8 +102,7 @@ fn model<BB: burn::tensor::backend::Backend>(
 
 /// Training pairs/s through the real trainer loop, from the median time between consecutive
 /// optimizer steps' events (model set-up and the final checkpoint write are not counted).
-fn train_throughput(config: &HfConfig, lengths: &[usize], seconds: f64) -> Result<f64, Error> {
-    let device = backend::device();
+fn train_throughput(config: &HfConfig, lengths: &[usize], seconds: f64, device: &Device<B>) -> Result<f64, Error> {
     let vocab = config.require_usize("vocab_size")?;
     // Step times, from the trainer's per-step events, of a run of `steps` optimizer steps.
     let run = |steps: u64| -> Result<Vec<Instant>, Error> {
@@ -114,7 +117,7 @@ fn train_throughput(config: &HfConfig, lengths: &[usize], seconds: f64) -> Resul
             ..RewardConfig::default()
         };
         let pairs = random_pairs(vocab, PAIRS * steps as usize, lengths);
-        let mut trainer = RewardTrainer::new(cfg, model::<backend::Train>(config, &device)?, config.clone(), None, 0)?;
+        let mut trainer = RewardTrainer::new(cfg, model::<backend::Train>(config, device)?, config.clone(), None, 0)?;
         let mut times = Vec::new();
         trainer.train(&pairs, &[], 0, &mut |ev| {
             if let trl_reward::Event::Step { .. } = ev {
@@ -137,10 +140,9 @@ fn train_throughput(config: &HfConfig, lengths: &[usize], seconds: f64) -> Resul
 }
 
 /// Scoring pairs/s: no-grad forward of chosen ++ rejected.
-fn score_throughput(config: &HfConfig, lengths: &[usize], seconds: f64) -> Result<f64, Error> {
-    let device = backend::device();
+fn score_throughput(config: &HfConfig, lengths: &[usize], seconds: f64, device: &Device<B>) -> Result<f64, Error> {
     let vocab = config.require_usize("vocab_size")?;
-    let m = model::<B>(config, &device)?;
+    let m = model::<B>(config, device)?;
     let pairs = random_pairs(vocab, PAIRS, lengths);
     let rows: Vec<Vec<i64>> =
         pairs.iter().map(|p| p.chosen.clone()).chain(pairs.iter().map(|p| p.rejected.clone())).collect();
@@ -159,7 +161,7 @@ fn score_throughput(config: &HfConfig, lengths: &[usize], seconds: f64) -> Resul
 }
 
 /// Runs the PyTorch baseline script on the same configs; `None` when Python/torch is missing.
-fn torch_baseline(python: &str, selected: &[&Case], seconds: f64) -> Option<Value> {
+fn torch_baseline(python: &str, selected: &[&Case], seconds: f64, on: DeviceArg) -> Option<Value> {
     if python == "none" || selected.is_empty() {
         return None;
     }
@@ -173,7 +175,10 @@ fn torch_baseline(python: &str, selected: &[&Case], seconds: f64) -> Option<Valu
         .collect();
     let file = std::env::temp_dir().join(format!("trl-bench-cases-{}.json", std::process::id()));
     std::fs::write(&file, serde_json::to_string(&spec).ok()?).ok()?;
-    let out = std::process::Command::new(python).arg(&script).arg(&file).output().ok()?;
+    // PyTorch eager on the same CUDA device; on the CPU otherwise (torch has no wgpu)
+    let torch_device = if matches!(on, DeviceArg::Cuda(_)) { on.to_string() } else { "cpu".into() };
+    let out =
+        std::process::Command::new(python).arg(&script).arg(&file).env("TORCH_DEVICE", torch_device).output().ok()?;
     let _ = std::fs::remove_file(&file);
     if !out.status.success() {
         eprintln!("baseline skipped: {}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or(""));
@@ -184,8 +189,9 @@ fn torch_baseline(python: &str, selected: &[&Case], seconds: f64) -> Option<Valu
 
 pub fn run(args: BenchArgs) -> Result<(), Error> {
     let want = |n: &str| args.cases.iter().any(|c| c == n);
+    let (on, device) = args.device.get()?;
     let cpu = cpu_info();
-    eprintln!("CPU: {cpu}");
+    eprintln!("CPU: {cpu}; {}", crate::common::ran_on(on));
     let all = cases();
     if let Some(bad) = args.cases.iter().find(|c| {
         !["mixture", "trl", "real", "serve"].contains(&c.as_str()) && !all.iter().any(|k| k.name == c.as_str())
@@ -197,7 +203,7 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
     }
     let selected: Vec<&Case> = all.iter().filter(|c| want(c.name)).collect();
     eprintln!("measuring the PyTorch baseline ({} cases)…", selected.len());
-    let baseline = torch_baseline(&args.python, &selected, args.seconds);
+    let baseline = torch_baseline(&args.python, &selected, args.seconds, on);
     let base_of = |name: &str, key: &str| -> Option<f64> {
         baseline
             .as_ref()?
@@ -213,9 +219,9 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
         let config = HfConfig::from_value(case.config.clone())?;
         let lengths = row_lengths(case.varlen);
         eprintln!("{}: training…", case.name);
-        let train = train_throughput(&config, &lengths, args.seconds)?;
+        let train = train_throughput(&config, &lengths, args.seconds, &device)?;
         eprintln!("{}: scoring…", case.name);
-        let score = score_throughput(&config, &lengths, args.seconds)?;
+        let score = score_throughput(&config, &lengths, args.seconds, &device)?;
         let padding =
             1.0 - lengths.iter().sum::<usize>() as f64 / (lengths.len() * lengths.iter().max().unwrap_or(&1)) as f64;
         let (bt, bs) = (base_of(case.name, "train_pairs_per_sec"), base_of(case.name, "score_pairs_per_sec"));
@@ -230,7 +236,6 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
     }
     if want("mixture") {
         eprintln!("mixture: cached vs recompute generation…");
-        let device = backend::device();
         let p = trl_gen::bench::bench_model::<B>(&device)?;
         let r = trl_gen::bench::bench_model::<B>(&device)?;
         let prompts = trl_gen::bench::bench_prompts(16, 512, 0);
@@ -242,22 +247,22 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
         results.push(m);
     }
     if want("real") {
-        let r = real::run(&args.python)?;
+        let r = real::run(&args.python, on)?;
         eprintln!("{r}");
         results.push(r);
     }
     if want("serve") {
-        let r = serve::run(args.seconds)?;
+        let r = serve::run(args.seconds, on)?;
         eprintln!("{r}");
         results.push(r);
     }
     if want("trl") {
-        let r = trl::run(&args.python)?;
+        let r = trl::run(&args.python, &device)?;
         eprintln!("{r}");
         results.push(r);
     }
-    let report = json!({"backend": backend::name(), "cpu": cpu, "threads": std::thread::available_parallelism().map(|n| n.get()).ok(),
-                        "baseline": baseline.as_ref().map(|b| json!({"torch": b.get("torch"), "threads": b.get("threads")})),
+    let report = json!({"backend": backend::name(), "device": on.to_string(), "cpu": cpu, "threads": std::thread::available_parallelism().map(|n| n.get()).ok(),
+                        "baseline": baseline.as_ref().map(|b| json!({"torch": b.get("torch"), "threads": b.get("threads"), "device": b.get("device")})),
                         "results": results});
     trl_core::atomic::write_json_atomic(&args.out, &report)?;
     println!("{}", serde_json::to_string_pretty(&report)?);

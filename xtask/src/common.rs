@@ -6,6 +6,7 @@ use std::fmt::Display;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use trl_core::backend::DeviceArg;
 use trl_core::{HfConfig, Tokenizer};
 
 pub type Error = Box<dyn std::error::Error>;
@@ -259,7 +260,8 @@ pub fn write_output(out: Option<&Path>, emit: impl FnOnce(&mut dyn Write) -> Res
     }
 }
 
-/// `--dtype` and `--quantize`: how a model's weights are held in memory ([`trl_core::dtype`]).
+/// `--dtype` and `--quantize`: how a model's weights are held in memory ([`trl_core::dtype`]),
+/// and `--device`: where.
 #[derive(clap::Args, Debug, Clone)]
 pub struct HoldingArgs {
     /// Dtype of the weight matrices in memory: `auto` (the checkpoint's `dtype`/`torch_dtype`),
@@ -272,10 +274,35 @@ pub struct HoldingArgs {
     /// move slightly (docs/checkpoints.md gives by how much).
     #[arg(long, default_value = "none")]
     pub quantize: trl_core::Quantize,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 impl HoldingArgs {
     pub fn get(&self) -> trl_core::Holding {
         trl_core::Holding { dtype: self.dtype, quantize: self.quantize }
     }
+}
+
+/// `--device`: where a command runs.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DeviceArgs {
+    /// `cpu`, `cuda[:N]` or `wgpu[:N]` [default: device 0 of the backend this binary was
+    /// built with]. The backend is a cargo feature (`--features cuda` or `wgpu`); a device of
+    /// another backend, or one that does not exist, is an error.
+    #[arg(long = "device", value_name = "DEVICE")]
+    pub name: Option<DeviceArg>,
+}
+
+impl DeviceArgs {
+    /// The device named (or this build's default), checked to exist.
+    pub fn get(&self) -> Result<(DeviceArg, burn::tensor::Device<B>), Error> {
+        let arg = self.name.unwrap_or_else(DeviceArg::built);
+        Ok((arg, arg.resolve::<B>()?))
+    }
+}
+
+/// `flex on cpu`, `cuda on cuda:1`: what ran, for logs and outputs.
+pub fn ran_on(device: DeviceArg) -> String {
+    format!("{} on {device}", trl_core::backend::name())
 }

@@ -86,7 +86,7 @@ fn calibration(pairs: &[Pair]) -> Value {
 }
 
 pub fn run(args: EvalArgs) -> Result<(), Error> {
-    let scored = score_file(&args.score)?;
+    let (scored, ran_on) = score_file(&args.score)?;
     let subset_of = |s: &Scored| -> String {
         match args.subset_column.as_deref().and_then(|c| s.value.get(c)) {
             Some(Value::String(v)) => v.clone(),
@@ -140,7 +140,7 @@ pub fn run(args: EvalArgs) -> Result<(), Error> {
     let report = json!({
         "model": args.score.model, "data": args.score.input, "overall": accuracy(&all),
         "subsets": per_subset, "sections": sections, "margin": margins(&pairs),
-        "calibration": calibration(&pairs), "truncated_pairs": truncated,
+        "calibration": calibration(&pairs), "truncated_pairs": truncated, "ran_on": ran_on,
     });
     let md = markdown(&report);
     eprint!("{md}");

@@ -6,13 +6,14 @@ use std::path::PathBuf;
 use burn::prelude::*;
 use burn::tensor::TensorData;
 
+use trl_core::backend::DeviceArg;
 use trl_core::StateDict;
 use trl_heads::{
     CausalLmWithValueHead, ForSequenceClassification, Seq2SeqLmWithValueHead, VHeadSource, ValueHeadOptions,
 };
 use trl_models::{AnyCausalLm, Padding, TokenBatch};
 
-use crate::common::{read_texts, Error, Kind, Limit, ModelDir, Truncation, B};
+use crate::common::{ran_on, read_texts, Error, Kind, Limit, ModelDir, Truncation, B};
 
 #[derive(clap::Args, Debug)]
 pub struct ForwardArgs {
@@ -79,15 +80,15 @@ impl Model {
 }
 
 pub fn run(args: ForwardArgs) -> Result<(), Error> {
+    let (on, device) = args.holding.device.get()?;
     let m = ModelDir::open(&args.model)?;
     let texts = read_texts(&args.input)?;
     if m.config.model_type() == Some(trl_models::t5::MODEL_TYPE) {
-        return seq2seq(&args, &m, &texts);
+        return seq2seq(&args, &m, &texts, (on, &device));
     }
     if args.decoder_input.is_some() {
         return Err(format!("--decoder-input: {} is not an encoder-decoder model", m.dir.display()).into());
     }
-    let device = trl_core::backend::device();
     let base = Some(m.dir.as_path());
     let mut kind = m.kind;
     if let Some(a) = &args.adapter {
@@ -183,21 +184,32 @@ pub fn run(args: ForwardArgs) -> Result<(), Error> {
     }
     trl_core::checkpoint::save_safetensors(&out, &args.out)?;
     let note = if cut > 0 { format!(" ({cut} truncated)") } else { String::new() };
-    eprintln!("{} model, {} texts{note}, {} tokens → {}", kind.name(), batch.batch, batch.seq, args.out.display());
+    eprintln!(
+        "{} model, {} texts{note}, {} tokens ({}) → {}",
+        kind.name(),
+        batch.batch,
+        batch.seq,
+        ran_on(on),
+        args.out.display()
+    );
     Ok(())
 }
 
 /// `forward` of an encoder–decoder (T5, with TRL's value head when the checkpoint has one):
 /// `logits` `[batch, decoder_seq, vocab]` and, for a value-head checkpoint, `values`.
-fn seq2seq(args: &ForwardArgs, m: &ModelDir, texts: &[String]) -> Result<(), Error> {
+fn seq2seq(
+    args: &ForwardArgs,
+    m: &ModelDir,
+    texts: &[String],
+    (on, device): (DeviceArg, &burn::tensor::Device<B>),
+) -> Result<(), Error> {
     if args.merge {
         return Err("--merge: an encoder-decoder's adapter is always merged at load".into());
     }
     let opts = ValueHeadOptions { holding: args.holding.get(), ..Default::default() };
-    let device = trl_core::backend::device();
     let (model, _, source) = match &args.adapter {
-        Some(a) => Seq2SeqLmWithValueHead::<B>::from_adapter(a, Some(&m.dir), &opts, &device)?,
-        None => Seq2SeqLmWithValueHead::<B>::from_pretrained(&m.dir, &opts, &device)?,
+        Some(a) => Seq2SeqLmWithValueHead::<B>::from_adapter(a, Some(&m.dir), &opts, device)?,
+        None => Seq2SeqLmWithValueHead::<B>::from_pretrained(&m.dir, &opts, device)?,
     };
     let t5 = &model.pretrained_model;
     let limit = Limit::new(args.max_length, t5.max_positions(), args.truncation)?;
@@ -258,10 +270,11 @@ fn seq2seq(args: &ForwardArgs, m: &ModelDir, texts: &[String]) -> Result<(), Err
     }
     trl_core::checkpoint::save_safetensors(&out, &args.out)?;
     eprintln!(
-        "encoder-decoder model, {} texts, {} source / {} decoder tokens → {}",
+        "encoder-decoder model, {} texts, {} source / {} decoder tokens ({}) → {}",
         batch.batch,
         batch.seq,
         decoder.seq,
+        ran_on(on),
         args.out.display()
     );
     Ok(())

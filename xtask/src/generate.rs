@@ -13,7 +13,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
-use trl_core::backend::{self, Default as Backend};
+use trl_core::backend::Default as Backend;
 use trl_core::{checkpoint, HfConfig, Strictness, Tokenizer};
 use trl_gen::{generate, FinishReason, GeometricMixture, NextTokenLogits, SamplingConfig, DEFAULT_MIXTURE_COEF};
 use trl_heads::{Seq2SeqLmWithValueHead, ValueHeadOptions};
@@ -90,6 +90,8 @@ pub struct GenerateArgs {
     /// `int8`: weight-only int8 projections (as `score --quantize`), dequantized on every token.
     #[arg(long, default_value = "none")]
     pub quantize: trl_core::Quantize,
+    #[command(flatten)]
+    pub device: crate::common::DeviceArgs,
 }
 
 /// Runs `cargo xtask generate`.
@@ -100,14 +102,16 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if args.batch_size == 0 {
         return Err("--batch-size must be at least 1".into());
     }
-    let device = backend::device();
+    let (on, device) = args.device.get()?;
     let dir = trl_core::source::resolve(&args.model)?;
     let tokenizer = Tokenizer::from_dir(&dir)?;
     let cfg = sampling_config(&args, &dir, &tokenizer)?;
     cfg.validate()?;
     let prompts = read_prompts(&args.prompts)?;
     if HfConfig::load(&dir)?.model_type() == Some(trl_models::t5::MODEL_TYPE) {
-        return seq2seq(&args, &dir, &tokenizer, &cfg, prompts);
+        seq2seq(&args, &dir, &tokenizer, &cfg, prompts, &device)?;
+        eprintln!("generated ({})", crate::common::ran_on(on));
+        return Ok(());
     }
     let mut policy = load_lm(&dir, trl_core::Holding { dtype: args.dtype, quantize: args.quantize }, &device)?;
     if let Some(a) = &args.adapter {
@@ -146,7 +150,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         }
         None => job.emit(&policy, sink),
     };
-    write_output(args.out.as_deref(), write)
+    write_output(args.out.as_deref(), write)?;
+    eprintln!("generated ({})", crate::common::ran_on(on));
+    Ok(())
 }
 
 /// Generation with an encoder–decoder (T5): each prompt is a source text, encoded once; the
@@ -158,6 +164,7 @@ fn seq2seq(
     tokenizer: &Tokenizer,
     cfg: &SamplingConfig,
     prompts: Vec<(usize, String)>,
+    device: &burn::tensor::Device<Backend>,
 ) -> Result<()> {
     let refuse = |flag: &str| format!("{flag} is not supported with an encoder-decoder model ({})", dir.display());
     if args.ref_model.is_some() || args.mixture_coef.is_some() {
@@ -171,10 +178,9 @@ fn seq2seq(
         holding: trl_core::Holding { dtype: args.dtype, quantize: args.quantize },
         ..Default::default()
     };
-    let device = backend::device();
     let (model, _, _) = match &args.adapter {
-        Some(a) => Seq2SeqLmWithValueHead::<Backend>::from_adapter(a, Some(dir), &opts, &device)?,
-        None => Seq2SeqLmWithValueHead::<Backend>::from_pretrained(dir, &opts, &device)?,
+        Some(a) => Seq2SeqLmWithValueHead::<Backend>::from_adapter(a, Some(dir), &opts, device)?,
+        None => Seq2SeqLmWithValueHead::<Backend>::from_pretrained(dir, &opts, device)?,
     };
     let max = model.pretrained_model.max_positions();
     if args.max_new_tokens + 1 > max {

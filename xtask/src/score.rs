@@ -245,14 +245,13 @@ enum Scorer {
 }
 
 impl Scorer {
-    fn load(args: &ScoreArgs, m: &ModelDir) -> Result<Self, Error> {
-        let device = trl_core::backend::device();
+    fn load(args: &ScoreArgs, m: &ModelDir, device: &burn::tensor::Device<B>) -> Result<Self, Error> {
         let holding = args.holding.get();
         if m.config.model_type() == Some(trl_models::t5::MODEL_TYPE) {
             let opts = ValueHeadOptions { holding, ..Default::default() };
             let (mut model, _, source) = match &args.adapter {
-                Some(a) => Seq2SeqLmWithValueHead::<B>::from_adapter(a, Some(&m.dir), &opts, &device)?,
-                None => Seq2SeqLmWithValueHead::<B>::from_pretrained(&m.dir, &opts, &device)?,
+                Some(a) => Seq2SeqLmWithValueHead::<B>::from_adapter(a, Some(&m.dir), &opts, device)?,
+                None => Seq2SeqLmWithValueHead::<B>::from_pretrained(&m.dir, &opts, device)?,
             };
             if source != VHeadSource::Restored {
                 return Err(format!(
@@ -271,7 +270,7 @@ impl Scorer {
                 );
             }
             let (model, _, trained) =
-                DebertaV2ForSequenceClassification::<B>::from_pretrained_as(&m.dir, holding, &device)?;
+                DebertaV2ForSequenceClassification::<B>::from_pretrained_as(&m.dir, holding, device)?;
             if !trained {
                 return Err(format!(
                     "{} has no trained pooler and classifier (a bare encoder checkpoint): rewards would be random",
@@ -282,9 +281,9 @@ impl Scorer {
             return Ok(Self::Encoder(Box::new(model)));
         }
         let (mut model, _, has_score) = match &args.adapter {
-            Some(a) => ForSequenceClassification::<B>::from_adapter_as(a, Some(&m.dir), holding, &device)?,
+            Some(a) => ForSequenceClassification::<B>::from_adapter_as(a, Some(&m.dir), holding, device)?,
             None if m.kind == Kind::Reward => {
-                ForSequenceClassification::<B>::from_pretrained_as(&m.dir, None, holding, &device)?
+                ForSequenceClassification::<B>::from_pretrained_as(&m.dir, None, holding, device)?
             }
             None => {
                 let why = "is not a reward model (config.json names no *ForSequenceClassification); pass --adapter";
@@ -336,10 +335,12 @@ impl Scorer {
 }
 
 /// Loads the model and scores every row of `args.input`, in input order.
-pub(crate) fn score_file(args: &ScoreArgs) -> Result<Vec<Scored>, Error> {
+/// The rows of `args.input` scored, and what ran them ([`crate::common::ran_on`]).
+pub(crate) fn score_file(args: &ScoreArgs) -> Result<(Vec<Scored>, String), Error> {
+    let (on, device) = args.holding.device.get()?;
     let m = ModelDir::open(&args.model)?;
     let loading = std::time::Instant::now();
-    let model = Scorer::load(args, &m)?;
+    let model = Scorer::load(args, &m, &device)?;
     crate::bench::real::report_load(loading.elapsed().as_secs_f64());
     let pad = m.pad_id()?;
     let limit = Limit::new(args.max_length, model.max_positions(), args.truncation)?;
@@ -362,15 +363,16 @@ pub(crate) fn score_file(args: &ScoreArgs) -> Result<Vec<Scored>, Error> {
             *r = ((*r as f64 - mean) / std) as f32;
         }
     }
-    Ok(items
+    let scored = items
         .into_iter()
         .zip(rewards)
         .map(|(i, rewards)| Scored { value: i.value, pair: i.pair, truncated: i.truncated, rewards })
-        .collect())
+        .collect();
+    Ok((scored, crate::common::ran_on(on)))
 }
 
 pub fn run(args: ScoreArgs) -> Result<(), Error> {
-    let items = score_file(&args)?;
+    let (items, ran_on) = score_file(&args)?;
     let emit = |out: &mut dyn Write| -> Result<(), Error> {
         for item in &items {
             let r = &item.rewards;
@@ -403,6 +405,7 @@ pub fn run(args: ScoreArgs) -> Result<(), Error> {
         Ok(())
     };
     write_output(args.out.as_deref(), emit)?;
+    eprintln!("scored {} rows ({ran_on})", items.len());
     crate::bench::real::report_peak_rss();
     Ok(())
 }

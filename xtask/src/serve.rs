@@ -63,6 +63,7 @@ fn parse_adapter(s: &str) -> Result<(String, PathBuf), String> {
 }
 
 pub fn run(args: ServeArgs) -> Result<(), Error> {
+    let (on, device) = args.holding.device.get()?;
     let m = ModelDir::open(&args.model)?;
     let value_head = match m.kind {
         Kind::Reward => false,
@@ -116,7 +117,10 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
         normalize_reward: args.normalize_reward,
         pad_id,
     };
-    trl_serve::serve::<B>(options, m.tokenizer, trl_core::backend::device(), |addr| {
+    let ran_on = crate::common::ran_on(on);
+    trl_serve::serve::<B>(options, m.tokenizer, device, |addr| {
+        // stdout's line is for scripts (the port); what runs it goes to stderr
+        eprintln!("serving on {ran_on}");
         println!("listening on http://{addr}");
         let _ = std::io::stdout().flush();
     })?;

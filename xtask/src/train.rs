@@ -8,7 +8,7 @@ use std::ops::ControlFlow;
 use std::path::PathBuf;
 
 use burn::tensor::backend::AutodiffBackend;
-use trl_core::backend;
+use trl_core::backend::{self, DeviceArg};
 use trl_reward::{synthetic, Event, Job, LoraSettings, RewardConfig};
 
 #[derive(clap::Args, Debug)]
@@ -103,6 +103,13 @@ pub struct TrainArgs {
     /// true, as TRL; `false` keeps everything and saves the recomputation).
     #[arg(long, value_name = "BOOL")]
     pub gradient_checkpointing: Option<bool>,
+    #[command(flatten)]
+    pub device: crate::common::DeviceArgs,
+    /// Data-parallel workers, each scoring `--batch-size` pairs of every micro-batch; their
+    /// gradients are summed by burn's collective all-reduce. On a GPU, worker k runs on the
+    /// k-th device from `--device`'s; on the CPU they share it.
+    #[arg(long)]
+    pub data_parallel: Option<usize>,
 }
 
 impl TrainArgs {
@@ -143,6 +150,12 @@ impl TrainArgs {
         }
         if let Some(g) = self.gradient_checkpointing {
             cfg.gradient_checkpointing = g;
+        }
+        if self.device.name.is_some() {
+            cfg.device = self.device.name;
+        }
+        if let Some(n) = self.data_parallel {
+            cfg.data_parallel = n;
         }
         let lora_flags = self.lora_r.is_some()
             || self.lora_alpha.is_some()
@@ -193,11 +206,12 @@ pub fn run(args: TrainArgs) -> Result<(), Error> {
     }
 }
 
-fn train_on<B: AutodiffBackend>(args: TrainArgs, cfg: RewardConfig, builtin: bool) -> Result<(), Error>
-where
-    B::Device: Default,
-{
-    let device = B::Device::default();
+fn train_on<B: AutodiffBackend>(args: TrainArgs, mut cfg: RewardConfig, builtin: bool) -> Result<(), Error> {
+    // the device is resolved (and checked to exist) before anything is read, and recorded in
+    // the run's training_config.json
+    let on = cfg.device.unwrap_or_else(DeviceArg::built);
+    let device = on.resolve::<B>()?;
+    cfg.device = Some(on);
     let precision = match cfg.half_dtype() {
         Some(half) => {
             format!(
@@ -208,19 +222,34 @@ where
         None => String::new(),
     };
     let checkpointing = if cfg.gradient_checkpointing { ", gradient checkpointing" } else { "" };
+    let parallel = match cfg.data_parallel {
+        1 => String::new(),
+        n => format!(", {n} data-parallel workers"),
+    };
+    // data-parallel workers: worker k on the k-th device from `on` (the CPU is one device)
+    let workers = (0..cfg.data_parallel)
+        .map(|k| match on {
+            DeviceArg::Cpu => on.resolve::<B>(),
+            DeviceArg::Cuda(i) => DeviceArg::Cuda(i + k).resolve::<B>(),
+            DeviceArg::Wgpu(i) => DeviceArg::Wgpu(i + k).resolve::<B>(),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let Job { mut trainer, train, eval, dropped } =
         if builtin { synthetic::job::<B>(cfg, &device)? } else { setup::user_job::<B>(&args, cfg, &device)? };
+    if workers.len() > 1 {
+        trainer.set_worker_devices(workers)?;
+    }
     let what = match trainer.adapter() {
         Some(name) => format!("LoRA adapter `{name}` + score"),
         None => "the whole model".into(),
     };
     let limit = trainer.config.max_length.map_or("no length limit".to_string(), |m| format!("max_length {m}"));
     eprintln!(
-        "training {what} on {} pairs, evaluating on {} ({} dropped as longer than {limit}); backend {}{checkpointing}{precision}; output {}",
+        "training {what} on {} pairs, evaluating on {} ({} dropped as longer than {limit}); {}{parallel}{checkpointing}{precision}; output {}",
         train.len(),
         eval.len(),
         dropped,
-        backend::name(),
+        crate::common::ran_on(on),
         trainer.config.output_dir.display()
     );
     if let Some(warning) = trainer.lock_output_dir()? {

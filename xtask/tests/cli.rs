@@ -402,3 +402,67 @@ fn help_lists_every_subcommand() {
         assert!(out.contains(cmd), "--help lacks `{cmd}`:\n{out}");
     }
 }
+
+/// `--device` on every subcommand: the build's own device runs and the output says what ran; a
+/// device of a backend this binary was not built with is an error naming the feature to build
+/// with, before anything is loaded; a misspelt device is a usage error.
+#[test]
+fn device_flag_on_every_subcommand() {
+    let built = trl_core::backend::DeviceArg::built().to_string();
+    let name = trl_core::backend::name();
+    let tmp = tempfile::tempdir().unwrap();
+    let texts = fixtures().join("texts.json");
+    let model = fixtures().join("llama-rm");
+    let out = tmp.path().join("out.safetensors");
+    let args = ["forward", "--model", model.to_str().unwrap(), "--input", texts.to_str().unwrap()];
+    let (ok, _, err) = xtask(&[&args[..], &["--out", out.to_str().unwrap(), "--device", &built]].concat());
+    assert!(ok, "forward --device {built}: {err}");
+    assert!(err.contains(&format!("{name} on {built}")), "the output names what ran: {err}");
+
+    let other = if name == "cuda" { "wgpu:0" } else { "cuda:1" };
+    let feature = if name == "cuda" { "--features wgpu" } else { "--features cuda" };
+    let rows = tmp.path().join("rows.jsonl");
+    std::fs::write(&rows, "{\"text\": \"hi\"}\n").unwrap();
+    let train_out = tmp.path().join("run");
+    for cmd in [
+        vec!["forward", "--model", "nowhere", "--input", "nowhere.json", "--out", "x.safetensors"],
+        vec!["score", "--model", "nowhere", "--input", "nowhere.jsonl"],
+        vec!["eval", "--model", "nowhere", "--data", "nowhere.jsonl"],
+        vec!["generate", "--model", "nowhere", "--prompts", "nowhere.jsonl"],
+        vec!["serve", "--model", "nowhere", "--port", "0"],
+        vec!["train", "--max-steps", "1", "--output-dir", train_out.to_str().unwrap()],
+        vec!["bench", "--cases", "tiny", "--python", "none", "--out", "x.json"],
+    ] {
+        let (ok, _, err) = xtask(&[&cmd[..], &["--device", other]].concat());
+        assert!(!ok, "{} --device {other} ran", cmd[0]);
+        assert!(
+            err.contains(&format!("--device {other}")) && err.contains(feature) && !err.contains("panicked"),
+            "{}: {err}",
+            cmd[0]
+        );
+    }
+    assert!(!train_out.exists(), "a refused device writes nothing");
+
+    // training records where it ran; two data-parallel workers share the CPU
+    let (ok, _, err) = xtask(&[
+        "train",
+        "--max-steps",
+        "2",
+        "--data-parallel",
+        "2",
+        "--device",
+        &built,
+        "--output-dir",
+        train_out.to_str().unwrap(),
+    ]);
+    assert!(ok, "train --data-parallel 2: {err}");
+    assert!(err.contains(&format!("{name} on {built}, 2 data-parallel workers")), "{err}");
+    let read = |f: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(train_out.join(f)).unwrap()).unwrap()
+    };
+    assert_eq!(read("training_config.json")["device"], json!(built));
+    assert_eq!(read("training_config.json")["data_parallel"], json!(2));
+    assert!(read("summary.json")["backend"].as_str().unwrap().contains(name), "{}", read("summary.json"));
+    let (ok, _, err) = xtask(&[&args[..], &["--out", out.to_str().unwrap(), "--device", "gpu:0"]].concat());
+    assert!(!ok && err.contains("not a device") && err.contains("cuda:N"), "{err}");
+}

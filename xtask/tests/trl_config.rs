@@ -10,8 +10,12 @@ use serde_json::Value;
 
 #[test]
 fn a_trl_config_file_trains_unchanged() {
-    let (_tmp, _out, warning) = trains_unchanged("reward_config.json");
-    assert!(warning.contains("use_cpu") && !warning.contains("gradient_checkpointing"), "{warning}");
+    let (_tmp, out, warning) = trains_unchanged("reward_config.json");
+    assert!(warning.contains("debug") && !warning.contains("gradient_checkpointing"), "{warning}");
+    // TRL ran it with `use_cpu: true`: our `device = "cpu"`, recorded with the run
+    assert!(!warning.contains("use_cpu"), "{warning}");
+    let cfg: Value = serde_json::from_str(&std::fs::read_to_string(out.join("training_config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["device"], "cpu");
 }
 
 /// TRL's `--config` YAML, with its script and model arguments mixed in: the same run, plus the
@@ -38,7 +42,7 @@ fn trains_unchanged(name: &str) -> (tempfile::TempDir, std::path::PathBuf, Strin
         Command::new(env!("CARGO_BIN_EXE_xtask")).args(["train", "--config", cfg.to_str().unwrap()]).output().unwrap();
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "train failed: {stderr}");
-    // one warning line names what has no effect here (e.g. use_cpu, which differs from TRL's
+    // one warning line names what has no effect here (e.g. debug, which differs from TRL's
     // default); what equals TRL's defaults (gradient_checkpointing = true) is not named
     let warning = stderr.lines().find(|l| l.contains("no effect in trl-rs")).expect("a warning line").to_string();
 

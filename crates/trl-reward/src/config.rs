@@ -107,6 +107,16 @@ pub struct RewardConfig {
     /// products kept), as TRL's default `true` asks. `cargo xtask train` picks the autodiff
     /// backend from it.
     pub gradient_checkpointing: bool,
+    /// Where to train: `cpu`, `cuda[:N]` or `wgpu[:N]` (`--device`; unset: device 0 of the
+    /// backend the binary was built with). transformers' `use_cpu: true` reads as `cpu`. The
+    /// run's `training_config.json` records the device it ran on.
+    pub device: Option<trl_core::backend::DeviceArg>,
+    /// Data-parallel workers (accelerate's `num_processes` on one machine): each scores
+    /// `per_device_train_batch_size` pairs of every micro-batch on its own model replica, and
+    /// their gradients are summed by burn's collective all-reduce (as a mean over the step's
+    /// pairs) before clipping and the optimizer step. A step then takes `data_parallel ×
+    /// per_device_train_batch_size × gradient_accumulation_steps` pairs. 1: no workers.
+    pub data_parallel: usize,
 }
 
 /// transformers' `IntervalStrategy`: when to evaluate or save.
@@ -271,9 +281,14 @@ impl Default for RewardConfig {
             bf16: None,
             fp16: false,
             gradient_checkpointing: true,
+            device: None,
+            data_parallel: 1,
         }
     }
 }
+
+/// The most data-parallel workers a run may ask for.
+pub const MAX_DATA_PARALLEL: usize = 256;
 
 /// The valid range of a numeric setting, for error messages.
 fn range_of(name: &str) -> &'static str {
@@ -304,6 +319,12 @@ impl RewardConfig {
         }
         if self.gradient_accumulation_steps == 0 {
             return bad("gradient_accumulation_steps must be at least 1");
+        }
+        if !(1..=MAX_DATA_PARALLEL).contains(&self.data_parallel) {
+            return Err(RewardError::Config(format!(
+                "data_parallel is {}; it must be 1 (no workers) to {MAX_DATA_PARALLEL}",
+                self.data_parallel
+            )));
         }
         if self.fp16 && self.bf16 == Some(true) {
             return bad("bf16 and fp16 are both true: at most one mixed precision can be on");
@@ -410,10 +431,15 @@ impl RewardConfig {
         Schedule::new(self.lr_scheduler_type, &self.lr_scheduler_kwargs, self.learning_rate, warmup, total)
     }
 
+    /// Pairs in one micro-batch over all data-parallel workers.
+    pub fn global_batch(&self) -> usize {
+        self.per_device_train_batch_size * self.data_parallel
+    }
+
     /// Optimizer steps per epoch for `n_pairs` training pairs: `ceil(batches / accumulation)`,
     /// as transformers counts them (an epoch's last step takes the left-over micro-batches).
     pub fn steps_per_epoch(&self, n_pairs: usize) -> u64 {
-        let batches = n_pairs.div_ceil(self.per_device_train_batch_size) as u64;
+        let batches = n_pairs.div_ceil(self.global_batch()) as u64;
         batches.div_ceil(self.gradient_accumulation_steps as u64).max(1)
     }
 

@@ -206,6 +206,11 @@ fn split(map: Map<String, Value>) -> std::result::Result<(Map<String, Value>, Ve
             ours.insert(k, Value::Array(ok));
             continue;
         }
+        // transformers' `use_cpu: true` is our `device = "cpu"`
+        if k == "use_cpu" && v.as_bool() == Some(true) {
+            ours.entry("device").or_insert(Value::String("cpu".into()));
+            continue;
+        }
         if known.contains(&k) {
             if !unset {
                 ours.insert(k, v);
@@ -393,7 +398,12 @@ mod tests {
         // our extensions are not TRL names, so nothing is both
         let trl: Map<String, Value> = serde_json::from_str(TRL_DEFAULTS).unwrap();
         assert!(trl.len() > 100 && trl.contains_key("gradient_checkpointing"));
-        for ours_only in ["shuffle", "skip_bad_rows", "num_print_samples", "eval_split", "lora"] {
+        // `--device` in a file; transformers' `use_cpu: true` is `cpu`, an explicit device wins
+        let (ours, _) = parse(json!({"use_cpu": true})).unwrap();
+        assert_eq!(ours.get("device"), Some(&json!("cpu")));
+        let (ours, _) = parse(json!({"device": "cuda:1", "use_cpu": false})).unwrap();
+        assert_eq!(ours.get("device"), Some(&json!("cuda:1")));
+        for ours_only in ["shuffle", "skip_bad_rows", "num_print_samples", "eval_split", "lora", "device"] {
             assert!(!trl.contains_key(ours_only), "{ours_only} is ours");
         }
     }

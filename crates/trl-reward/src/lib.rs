@@ -23,8 +23,10 @@
 //!   optim, state, error;
 //! - `checkpoint` (save, resume, final outputs) → trainer, state, report, data, error;
 //!   `report` → state, error;
-//! - `run` (the training loop) → trainer, checkpoint (its methods), state, collate, loss,
-//!   optim, exact, data, error;
+//! - `parallel` (data-parallel workers and the all-reduce) → trainer (scoring), config, data,
+//!   loss, optim, error;
+//! - `run` (the training loop) → trainer, checkpoint (its methods), parallel, state, collate,
+//!   loss, optim, exact, data, error;
 //! - `synthetic` → trainer, config, data, collate, error;
 //! - `chat` (compiling and rendering templates) → chat_limits, pyfmt, rows (for `Message`),
 //!   error; `pyfmt` (Python `str`/`repr`, `tojson`, `strftime`) → chat_limits;
@@ -41,6 +43,7 @@ mod error;
 mod exact;
 pub mod loss;
 pub mod optim;
+mod parallel;
 pub mod parquet;
 mod plot;
 mod pyfmt;

@@ -8,18 +8,17 @@
 use std::ops::ControlFlow;
 use std::time::Instant;
 
-use burn::optim::GradientsParams;
-use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 
 use crate::collate::{epoch_order, SplitMix64};
 use crate::data::TokenizedPair;
 use crate::error::{Result, RewardError};
 use crate::exact::json_exact;
-use crate::loss::{bradley_terry, PairMetrics};
-use crate::optim::{add_grads, clip_grad_norm};
+use crate::loss::PairMetrics;
+use crate::optim::clip_grad_norm;
+use crate::parallel::{share_grads, split, Pool};
 use crate::state::{LogEntry, Summary};
-use crate::trainer::{score, Event, RewardTrainer, Scored};
+use crate::trainer::{Event, RewardTrainer};
 
 /// The seed of the backend's RNG for optimizer step `step` (0-based): what dropout draws from.
 fn step_seed(seed: u64, step: u64) -> u64 {
@@ -32,6 +31,10 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
     /// When `on_event` breaks, training stops after the current step and nothing final is
     /// written (no final model, summary or plots): the returned summary's `global_step` is
     /// then below `state.total_steps`, and the run continues with [`Self::resume_from`].
+    ///
+    /// With `data_parallel` workers, each micro-batch's pairs are split over them and their
+    /// gradients summed by burn's collective all-reduce ([`crate::parallel`]); the workers run
+    /// on [`Self::set_worker_devices`]' devices (by default all on the model's).
     pub fn train(
         &mut self,
         train: &[TokenizedPair],
@@ -42,12 +45,39 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
         if train.is_empty() {
             return Err(RewardError::Config("no training pairs left (all dropped by max_length?)".into()));
         }
+        let workers = self.config.data_parallel;
+        if workers == 1 {
+            return self.train_on(train, eval, dropped, on_event, None);
+        }
+        if self.reseed {
+            return Err(RewardError::Config(
+                "data_parallel > 1 with live LoRA dropout: the workers would draw their masks from one generator \
+                 in no fixed order; set disable_dropout = true (TRL's default) or train with one worker"
+                    .into(),
+            ));
+        }
+        let devices = self.worker_devices(workers)?;
+        let cfg = self.config.clone();
+        std::thread::scope(|s| {
+            let pool = Pool::start(s, devices, train, self.pad_id, &cfg)?;
+            self.train_on(train, eval, dropped, on_event, Some(&pool))
+        })
+    }
+
+    fn train_on(
+        &mut self,
+        train: &[TokenizedPair],
+        eval: &[TokenizedPair],
+        dropped: usize,
+        on_event: &mut dyn FnMut(Event) -> ControlFlow<()>,
+        pool: Option<&Pool<B>>,
+    ) -> Result<Summary> {
         let cfg = self.config.clone();
         let total = cfg.total_steps(train.len());
         let schedule = cfg.schedule(total)?;
         self.state.total_steps = total;
-        let bs = cfg.per_device_train_batch_size;
-        let batches_per_epoch = train.len().div_ceil(bs);
+        let global = cfg.global_batch();
+        let batches_per_epoch = train.len().div_ceil(global);
         // One writer per output directory, for the whole run.
         if let Some(msg) = self.lock_output_dir()? {
             let _ = on_event(Event::Warning(&msg));
@@ -73,37 +103,33 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
             };
             // transformers: an epoch's last step takes the remaining micro-batches and divides by their number
             let micro = cfg.gradient_accumulation_steps.min(batches_per_epoch - self.state.batch_in_epoch);
-            let mut grads: Option<GradientsParams> = None;
-            let mut step_loss = 0.0;
-            let mut step_metrics = Vec::new();
+            let mut batches = Vec::with_capacity(micro);
             for _ in 0..micro {
-                let lo = self.state.batch_in_epoch * bs;
-                let idx = &order[lo..(lo + bs).min(train.len())];
-                let pairs: Vec<&TokenizedPair> = idx.iter().map(|&i| &train[i]).collect();
-                let Scored { chosen: rc, rejected: rr, margin, tokens } =
-                    score(&self.model, &pairs, self.pad_id, &cfg)?;
-                let loss = bradley_terry(rc.clone(), rr.clone(), margin, cfg.center_rewards_coefficient) / micro as f64;
-                let host = Tensor::cat(vec![rc.inner(), rr.inner(), loss.clone().inner()], 0)
-                    .into_data()
-                    .convert::<f32>()
-                    .to_vec::<f32>()
-                    .unwrap_or_default();
-                let n = pairs.len();
-                step_loss += host[2 * n] as f64;
-                step_metrics.push(PairMetrics::from_rewards(&host[..n], &host[n..2 * n]));
-                let g = GradientsParams::from_grads(loss.backward(), &self.model);
-                grads = Some(match grads {
-                    Some(mut acc) => {
-                        add_grads(&self.model, &mut acc, g);
-                        acc
-                    }
-                    None => g,
-                });
+                let lo = self.state.batch_in_epoch * global;
+                batches.push(&order[lo..(lo + global).min(train.len())]);
                 self.state.batch_in_epoch += 1;
-                self.state.num_tokens += tokens;
-                pairs_done += n;
             }
-            let mut grads = grads.expect("at least one micro-batch");
+            let shares = split(&batches, cfg.data_parallel, cfg.per_device_train_batch_size);
+            let mut outs = match pool {
+                Some(pool) => pool.step(&self.model, train, shares, self.pad_id, &cfg)?,
+                None => vec![share_grads(&self.model, train, &shares[0], self.pad_id, &cfg)?],
+            };
+            let mut step_loss = 0.0;
+            let mut step_metrics = Vec::with_capacity(micro);
+            for m in 0..micro {
+                let (mut chosen, mut rejected) = (Vec::new(), Vec::new());
+                for o in &outs {
+                    chosen.extend_from_slice(&o.rewards[m].0);
+                    rejected.extend_from_slice(&o.rewards[m].1);
+                }
+                pairs_done += chosen.len();
+                step_metrics.push(PairMetrics::from_rewards(&chosen, &rejected));
+            }
+            for o in &outs {
+                step_loss += o.loss;
+                self.state.num_tokens += o.tokens;
+            }
+            let mut grads = outs[0].grads.take().expect("at least one micro-batch");
             let norm = clip_grad_norm(&self.model, &mut grads, cfg.max_grad_norm);
             let step = self.state.global_step + 1;
             if !step_loss.is_finite() || !norm.is_finite() {
@@ -158,6 +184,7 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
             dropped_too_long: dropped,
             seconds,
             pairs_per_sec: pairs_done as f64 / seconds.max(1e-9),
+            backend: B::name(&self.model.backbone.device()),
         };
         if self.state.global_step >= total {
             if let Some(note) = self.load_best()? {

@@ -84,6 +84,10 @@ pub struct Summary {
     pub dropped_too_long: usize,
     pub seconds: f64,
     pub pairs_per_sec: f64,
+    /// The burn backend that ran, as it names itself (`autodiff<flex>`, `autodiff<fusion<cuda>>`);
+    /// the device is `device` in training_config.json.
+    #[serde(default)]
+    pub backend: String,
 }
 
 /// One row of the sample-prediction table (TRL's `visualize_samples`).

@@ -82,6 +82,8 @@ pub struct RewardTrainer<B: AutodiffBackend> {
     /// The TensorBoard event file of this run (`report_to` tensorboard), opened at the first
     /// log line.
     pub(crate) tensorboard: Option<crate::tensorboard::EventWriter>,
+    /// The data-parallel workers' devices (worker 0 first); empty: all on the model's.
+    pub(crate) worker_devices: Vec<B::Device>,
 }
 
 /// Rewards of a batch of pairs, scored in one forward pass.
@@ -190,7 +192,40 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
             reseed,
             lock: None,
             tensorboard: None,
+            worker_devices: Vec::new(),
         })
+    }
+
+    /// Where the `data_parallel` workers run, worker 0 (the trainer's own thread, which
+    /// holds the model and optimizer) first: one device each, as many as `data_parallel`.
+    /// Without it they all run on the model's device.
+    pub fn set_worker_devices(&mut self, devices: Vec<B::Device>) -> Result<()> {
+        if devices.len() != self.config.data_parallel {
+            return Err(RewardError::Config(format!(
+                "{} worker devices for data_parallel = {}: give one per worker",
+                devices.len(),
+                self.config.data_parallel
+            )));
+        }
+        if devices[0] != self.model.backbone.device() {
+            return Err(RewardError::Config("worker 0 runs on the model's device: list that one first".into()));
+        }
+        self.worker_devices = devices;
+        Ok(())
+    }
+
+    /// The workers' devices ([`Self::set_worker_devices`], else the model's for each).
+    pub(crate) fn worker_devices(&self, workers: usize) -> Result<Vec<B::Device>> {
+        if self.worker_devices.is_empty() {
+            Ok(vec![self.model.backbone.device(); workers])
+        } else if self.worker_devices.len() == workers {
+            Ok(self.worker_devices.clone())
+        } else {
+            Err(RewardError::Config(format!(
+                "{} worker devices for data_parallel = {workers}",
+                self.worker_devices.len()
+            )))
+        }
     }
 
     /// Takes `config.output_dir` for this trainer: a second run writing there fails at once

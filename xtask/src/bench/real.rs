@@ -16,7 +16,8 @@ use std::time::Instant;
 use burn::tensor::DType;
 use serde_json::{json, Value};
 
-use trl_core::{backend, checkpoint, HfConfig, StateDict};
+use trl_core::backend::{self, DeviceArg};
+use trl_core::{checkpoint, HfConfig, StateDict};
 use trl_heads::ForSequenceClassification;
 use trl_models::AnyCausalLm;
 use trl_reward::synthetic;
@@ -112,7 +113,7 @@ fn lora_figures(short: (f64, Vec<(String, f64)>), long: (f64, Vec<(String, f64)>
            "peak_rss_gb": get(&long.1, "peak_rss_kb").map(|k| k / 1e6)})
 }
 
-pub fn run(python: &str) -> Result<Value, Error> {
+pub fn run(python: &str, on: DeviceArg) -> Result<Value, Error> {
     // KEEP_ENV names a directory to build the model in once and keep (for profiling runs)
     let kept = std::env::var_os(KEEP_ENV).map(PathBuf::from);
     let dir =
@@ -137,6 +138,7 @@ pub fn run(python: &str) -> Result<Value, Error> {
     let ours = |input: &str, holding: &[&str]| {
         let mut c = Command::new(&exe);
         c.args(["score", "--model"]).arg(&dir).arg("--input").arg(dir.join(input)).args(holding);
+        c.args(["--device", &on.to_string()]);
         c.args(["--batch-size", &(2 * BATCH_PAIRS).to_string()]).env(REPORT_ENV, "1");
         timed(c)
     };
@@ -155,6 +157,7 @@ pub fn run(python: &str) -> Result<Value, Error> {
     let train_as = |steps: u64, lora: bool, bf16: bool| {
         let mut c = Command::new(&exe);
         c.args(["train", "--model"]).arg(&dir).arg("--train-file").arg(dir.join("train.jsonl"));
+        c.args(["--device", &on.to_string()]);
         c.arg("--output-dir").arg(dir.join(format!("ours-{steps}-{lora}-{bf16}")));
         c.args(["--gradient-checkpointing", "false"]);
         if lora {
@@ -181,6 +184,8 @@ pub fn run(python: &str) -> Result<Value, Error> {
             let run = |input: &str| {
                 let mut c = Command::new(python);
                 c.arg(&script).arg(&dir).arg(dir.join(input)).arg(BATCH_PAIRS.to_string());
+                // transformers on the same CUDA device; on the CPU otherwise
+                c.env("TORCH_DEVICE", if matches!(on, DeviceArg::Cuda(_)) { on.to_string() } else { "cpu".into() });
                 timed(c)
             };
             eprintln!("real: transformers…");

@@ -45,7 +45,7 @@ fn post(port: u16, body: &str) -> Result<u16, Error> {
     Ok(out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0))
 }
 
-pub fn run(seconds: f64) -> Result<Value, Error> {
+pub fn run(seconds: f64, on: trl_core::backend::DeviceArg) -> Result<Value, Error> {
     let dir = std::env::temp_dir().join(format!("trl-bench-serve-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -61,7 +61,7 @@ pub fn run(seconds: f64) -> Result<Value, Error> {
     let tokens: usize = texts.iter().map(|t| tok.encode(t, true).map_or(0, |ids| ids.len())).sum();
 
     let mut server = Command::new(std::env::current_exe()?)
-        .args(["serve", "--port", "0", "--model"])
+        .args(["serve", "--port", "0", "--device", &on.to_string(), "--model"])
         .arg(&dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -39,11 +39,10 @@ fn export(dir: &Path) -> Result<(), Error> {
 
 /// Ours: the built-in job as `cargo xtask train` runs it (evaluations and checkpoint writes
 /// included, as on the TRL side), timed around the training loop.
-fn ours(dir: &Path) -> Result<Value, Error> {
-    let device = backend::device();
+fn ours(dir: &Path, device: &burn::tensor::Device<backend::Default>) -> Result<Value, Error> {
     let mut cfg = synthetic::training_config();
     cfg.output_dir = dir.join("ours");
-    let Job { mut trainer, train, eval, dropped } = synthetic::job::<backend::Train>(cfg, &device)?;
+    let Job { mut trainer, train, eval, dropped } = synthetic::job::<backend::Train>(cfg, device)?;
     let start = Instant::now();
     let summary = trainer.train(&train, &eval, dropped, &mut |_| std::ops::ControlFlow::Continue(()))?;
     let seconds = start.elapsed().as_secs_f64();
@@ -53,12 +52,12 @@ fn ours(dir: &Path) -> Result<Value, Error> {
 }
 
 /// The `trl` case's report: ours, TRL's (when Python has it) and the ratio.
-pub fn run(python: &str) -> Result<Value, Error> {
+pub fn run(python: &str, device: &burn::tensor::Device<backend::Default>) -> Result<Value, Error> {
     let dir = std::env::temp_dir().join(format!("trl-bench-trl-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     export(&dir)?;
     eprintln!("trl: the built-in job, ours…");
-    let ours = ours(&dir)?;
+    let ours = ours(&dir, device)?;
     eprintln!("trl: ours {ours}");
     let theirs = if python == "none" {
         None
