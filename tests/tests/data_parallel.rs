@@ -153,3 +153,19 @@ fn data_parallel_settings_are_checked() {
     let err = t.set_worker_devices(vec![Default::default()]).unwrap_err().to_string();
     assert!(err.contains("1 worker devices for data_parallel = 2"), "{err}");
 }
+
+/// A share that fails on a worker's thread ends the step on every worker with that worker's
+/// error (no worker is left waiting in the all-reduce), and the next run can use the collective.
+#[test]
+fn a_failing_worker_ends_the_run_with_its_error() {
+    let mut all = pairs();
+    all[4].chosen.clear(); // in the first micro-batch's second share (pairs 3..6), unshuffled
+    let tmp = tempfile::tempdir().unwrap();
+    let mut t = trainer(RewardConfig { shuffle: false, ..config(tmp.path(), 2, 3) });
+    let err = t.train(&all[..39], &[], 0, &mut |_| ControlFlow::Continue(())).unwrap_err().to_string();
+    assert!(err.contains("worker 1") && err.contains("row 1 has no tokens"), "{err}");
+    assert_eq!(t.state.global_step, 0);
+    let ok = tempfile::tempdir().unwrap();
+    let mut t = trainer(RewardConfig { max_steps: Some(1), ..config(ok.path(), 2, 3) });
+    assert_eq!(run(&mut t, &all[5..39], &[], 0).global_step, 1, "the collective is usable again");
+}

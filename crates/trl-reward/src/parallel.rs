@@ -4,26 +4,30 @@
 //! that the trainer clips and steps on the same gradients one worker with the whole batch
 //! would have (each share's loss is weighted by its part of the micro-batch).
 //!
-//! The trainer's thread is worker 0; workers 1.. are threads of a scope that lives as long as
-//! [`crate::RewardTrainer::train`]. No worker enters the all-reduce before every worker has
-//! scored its share without error (a barrier over channels), so an error ends the run with
-//! that error instead of leaving the others waiting. burn's collective is one per process and
-//! backend type: runs with workers take turns.
+//! The trainer's thread is worker 0; the other workers are threads of a scope that lives as
+//! long as [`crate::RewardTrainer::train`]. Each step, every worker all-reduces, in order: a
+//! failure flag (so an error on any worker ends the step everywhere instead of leaving the
+//! others waiting), then in one buffer its gradients, in the model's parameter order, and a
+//! report holding its rewards, loss and token count in slots of their own (so the step logs
+//! exactly what one worker with the whole batch would). burn's collective is one per process
+//! and backend type: runs with workers take turns.
 
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Mutex, MutexGuard};
 use std::thread::Scope;
 
 use burn::collective::{self, CollectiveConfig, PeerId, ReduceOperation};
+use burn::module::{ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::TensorPrimitive;
 use trl_heads::ForSequenceClassification;
 
 use crate::config::RewardConfig;
 use crate::data::TokenizedPair;
 use crate::error::{Result, RewardError};
-use crate::loss::bradley_terry;
+use crate::loss::{bradley_terry, PairMetrics};
 use crate::optim::add_grads;
 use crate::trainer::{score, Scored};
 
@@ -37,11 +41,12 @@ pub(crate) struct Share {
     pub totals: Vec<usize>,
 }
 
-/// What a worker's share gave: per micro-batch its chosen and rejected rewards, the sum of
-/// its weighted losses, its non-pad tokens, and its gradients summed over the micro-batches.
+/// What a worker's share gave: per micro-batch its chosen and rejected rewards and its
+/// weighted loss (0 where it had no pairs), its non-pad tokens, and its gradients summed over
+/// the micro-batches.
 pub(crate) struct ShareOut {
     pub rewards: Vec<(Vec<f32>, Vec<f32>)>,
-    pub loss: f64,
+    pub losses: Vec<f32>,
     pub tokens: u64,
     pub grads: Option<GradientsParams>,
 }
@@ -60,7 +65,8 @@ pub(crate) fn share_grads<B: AutodiffBackend>(
 ) -> Result<ShareOut> {
     let micros = share.micro.len();
     let fallback = share.micro.iter().flatten().next().copied().unwrap_or(0);
-    let mut out = ShareOut { rewards: Vec::with_capacity(micros), loss: 0.0, tokens: 0, grads: None };
+    let mut out =
+        ShareOut { rewards: Vec::with_capacity(micros), losses: Vec::with_capacity(micros), tokens: 0, grads: None };
     for (idx, &total) in share.micro.iter().zip(&share.totals) {
         let empty = idx.is_empty();
         let pairs: Vec<&TokenizedPair> =
@@ -85,8 +91,9 @@ pub(crate) fn share_grads<B: AutodiffBackend>(
         });
         if empty {
             out.rewards.push((Vec::new(), Vec::new()));
+            out.losses.push(0.0);
         } else {
-            out.loss += host[2 * n] as f64;
+            out.losses.push(host[2 * n]);
             out.tokens += tokens;
             out.rewards.push((host[..n].to_vec(), host[n..2 * n].to_vec()));
         }
@@ -108,19 +115,148 @@ pub(crate) fn split(micro_batches: &[&[usize]], workers: usize, per_device: usiz
         .collect()
 }
 
-enum Msg<B: AutodiffBackend> {
-    Step(Box<ForSequenceClassification<B>>, Share),
-    /// Every share scored (`true`): enter the all-reduce; else drop this step.
-    Go(bool),
+/// A step's numbers over every worker, summed by the all-reduce: each value has a slot of its
+/// own (rewards at their place in the micro-batch, a loss per micro-batch and worker, a token
+/// count per worker in two 16-bit halves), so the sum adds only zeros and is exact.
+pub(crate) struct Report {
+    values: Vec<f32>,
+    global: usize,
+    workers: usize,
+    micros: usize,
 }
 
-/// What a worker reports after scoring its share: its share's outcome (without gradients).
-type Ready = (usize, std::result::Result<ShareOut, String>);
+impl Report {
+    fn new(global: usize, workers: usize, micros: usize) -> Self {
+        Self { values: vec![0.0; micros * (2 * global + workers) + 2 * workers], global, workers, micros }
+    }
 
-/// Workers 1.. of a data-parallel run, for the length of a [`std::thread::scope`].
+    /// Worker `k`'s outcome (shares are contiguous: worker `k`'s pairs start at `k·b`).
+    pub(crate) fn of(out: &ShareOut, k: usize, per_device: usize, global: usize, workers: usize) -> Self {
+        let micros = out.rewards.len();
+        let mut r = Self::new(global, workers, micros);
+        for (m, (chosen, rejected)) in out.rewards.iter().enumerate() {
+            let at = m * 2 * global + k * per_device;
+            r.values[at..at + chosen.len()].copy_from_slice(chosen);
+            r.values[at + global..at + global + rejected.len()].copy_from_slice(rejected);
+            r.values[micros * 2 * global + m * workers + k] = out.losses[m];
+        }
+        let t = micros * (2 * global + workers) + 2 * k;
+        r.values[t] = (out.tokens >> 16) as f32;
+        r.values[t + 1] = (out.tokens & 0xFFFF) as f32;
+        r
+    }
+
+    /// Per micro-batch the metrics of its `totals[m]` pairs, the step's loss (summed worker
+    /// by worker, each over its micro-batches), and its tokens.
+    pub(crate) fn read(&self, totals: &[usize]) -> (Vec<PairMetrics>, f64, u64) {
+        let (g, w, m) = (self.global, self.workers, self.micros);
+        let metrics = totals
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                let at = i * 2 * g;
+                PairMetrics::from_rewards(&self.values[at..at + n], &self.values[at + g..at + g + n])
+            })
+            .collect();
+        let mut loss = 0.0;
+        let mut tokens = 0u64;
+        for k in 0..w {
+            let mut own = 0.0;
+            for i in 0..m {
+                own += self.values[m * 2 * g + i * w + k] as f64;
+            }
+            loss += own;
+            let t = m * (2 * g + w) + 2 * k;
+            tokens += ((self.values[t] as u64) << 16) + self.values[t + 1] as u64;
+        }
+        (metrics, loss, tokens)
+    }
+}
+
+/// `values` summed over every worker of every node.
+fn sum_all<B: Backend>(id: PeerId, values: Vec<f32>, device: &B::Device) -> Result<Vec<f32>> {
+    let n = values.len();
+    let t = Tensor::<B, 1>::from_data(TensorData::new(values, [n]), device);
+    let summed = collective::all_reduce::<B>(id, t.into_primitive().tensor(), ReduceOperation::Sum)
+        .map_err(|e| collective_err("all-reduce", e))?;
+    let t = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(summed));
+    t.into_data().convert::<f32>().to_vec::<f32>().map_err(|e| collective_err("all-reduce", e))
+}
+
+/// The collective part of a step for worker `id`: the failure flag, then (when no worker
+/// failed) one all-reduce of every gradient, in the model's parameter order (the same in
+/// every process, unlike burn's random parameter ids), with the report after them. Returns
+/// the summed gradients and report, or `None` when some worker failed.
+fn reduce_step<B: AutodiffBackend>(
+    id: PeerId,
+    device: &B::Device,
+    model: &ForSequenceClassification<B>,
+    out: Option<(GradientsParams, Report)>,
+) -> Result<Option<(GradientsParams, Report)>> {
+    let failed = sum_all::<B::InnerBackend>(id, vec![f32::from(out.is_none() as u8)], device)?;
+    let Some((mut grads, report)) = out.filter(|_| failed[0] == 0.0) else { return Ok(None) };
+    let mut gather = Gather::<B::InnerBackend> { grads: &mut grads, parts: Vec::new(), taken: Vec::new() };
+    model.visit(&mut gather);
+    let (mut parts, taken) = (gather.parts, gather.taken);
+    let n = report.values.len();
+    parts.push(Tensor::from_data(TensorData::new(report.values.clone(), [n]), device));
+    let flat = Tensor::cat(parts, 0);
+    let summed = collective::all_reduce::<B::InnerBackend>(id, flat.into_primitive().tensor(), ReduceOperation::Sum)
+        .map_err(|e| collective_err("all-reduce", e))?;
+    let summed = Tensor::<B::InnerBackend, 1>::from_primitive(TensorPrimitive::Float(summed));
+    let len = summed.dims()[0];
+    let values = summed.clone().narrow(0, len - n, n).into_data().convert::<f32>().to_vec::<f32>();
+    let values = values.map_err(|e| collective_err("all-reduce", e))?;
+    model.visit(&mut Scatter::<B::InnerBackend> { grads: &mut grads, flat: summed, taken: &taken, next: 0, at: 0 });
+    Ok(Some((grads, Report { values, ..report })))
+}
+
+/// Takes the gradients out of `grads` in visiting order, flattened.
+struct Gather<'a, IB: Backend> {
+    grads: &'a mut GradientsParams,
+    parts: Vec<Tensor<IB, 1>>,
+    taken: Vec<(ParamId, usize)>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for Gather<'_, B::InnerBackend> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
+            let n = g.shape().num_elements();
+            self.taken.push((param.id, n));
+            self.parts.push(g.reshape([n]));
+        }
+    }
+}
+
+/// Puts the slices of `flat` back into `grads`, in the order [`Gather`] took them.
+struct Scatter<'a, IB: Backend> {
+    grads: &'a mut GradientsParams,
+    flat: Tensor<IB, 1>,
+    taken: &'a [(ParamId, usize)],
+    next: usize,
+    at: usize,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for Scatter<'_, B::InnerBackend> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if let Some(&(id, n)) = self.taken.get(self.next).filter(|(id, _)| *id == param.id) {
+            let g = self.flat.clone().narrow(0, self.at, n).reshape(param.val().dims());
+            self.grads.register::<B::InnerBackend, D>(id, g);
+            self.next += 1;
+            self.at += n;
+        }
+    }
+}
+
+enum Msg<B: AutodiffBackend> {
+    Step(Box<ForSequenceClassification<B>>, Share, usize),
+}
+
+/// A data-parallel run's workers, for the length of a [`std::thread::scope`].
 pub(crate) struct Pool<B: AutodiffBackend> {
     to: Vec<Sender<Msg<B>>>,
-    ready: Receiver<Ready>,
+    /// The local workers' errors.
+    errors: Receiver<(usize, String)>,
     devices: Vec<B::Device>,
     _turn: MutexGuard<'static, ()>,
 }
@@ -132,8 +268,8 @@ fn collective_err(what: &str, e: impl std::fmt::Debug) -> RewardError {
 }
 
 impl<B: AutodiffBackend> Pool<B> {
-    /// Starts workers 1..`devices.len()` (worker `k` on `devices[k]`) and registers this thread
-    /// as worker 0 on `devices[0]`.
+    /// Starts workers 1..`devices.len()` (worker `k` on `devices[k]`; this thread is worker 0)
+    /// in `scope`, and registers them with burn's collective.
     pub(crate) fn start<'s, 'e: 's>(
         scope: &'s Scope<'s, 'e>,
         devices: Vec<B::Device>,
@@ -144,22 +280,21 @@ impl<B: AutodiffBackend> Pool<B> {
         let turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
         collective::reset_collective::<B::InnerBackend>();
         let config = CollectiveConfig::default().with_num_devices(devices.len());
-        let (ready_tx, ready) = channel();
+        let (error_tx, errors) = channel();
         let mut to = Vec::new();
         for (k, device) in devices.iter().enumerate().skip(1) {
             let (tx, rx) = channel::<Msg<B>>();
             to.push(tx);
-            let (ready_tx, config, cfg, device) = (ready_tx.clone(), config.clone(), cfg.clone(), device.clone());
-            scope.spawn(move || worker::<B>(k, device, config, rx, ready_tx, train, pad_id, cfg));
+            let (error_tx, config, cfg, device) = (error_tx.clone(), config.clone(), cfg.clone(), device.clone());
+            scope.spawn(move || worker::<B>(k, device, config, rx, error_tx, train, pad_id, cfg));
         }
         collective::register::<B::InnerBackend>(PeerId::from(0usize), devices[0].clone(), config)
             .map_err(|e| collective_err("registration", e))?;
-        Ok(Self { to, ready, devices, _turn: turn })
+        Ok(Self { to, errors, devices, _turn: turn })
     }
 
-    /// The step's gradients over every worker: worker 0's share is scored here, the others'
-    /// on their threads, on replicas of `model`. Returns the shares' outcomes in worker order,
-    /// the first one holding the summed gradients.
+    /// The step's summed gradients and report over every worker: `shares` (one per worker)
+    /// are scored here and on the workers' threads, on replicas of `model`.
     pub(crate) fn step(
         &self,
         model: &ForSequenceClassification<B>,
@@ -167,40 +302,33 @@ impl<B: AutodiffBackend> Pool<B> {
         shares: Vec<Share>,
         pad_id: i64,
         cfg: &RewardConfig,
-    ) -> Result<Vec<ShareOut>> {
+    ) -> Result<(GradientsParams, Report)> {
+        let workers = self.devices.len();
         let mut shares = shares.into_iter();
-        let mine = shares.next().expect("one share per worker");
+        let own_share = shares.next().expect("one share per worker");
         for ((tx, share), device) in self.to.iter().zip(shares).zip(&self.devices[1..]) {
             let replica = model.clone().fork(device);
-            tx.send(Msg::Step(Box::new(replica), share)).map_err(|_| collective_err("worker", "it stopped"))?;
+            tx.send(Msg::Step(Box::new(replica), share, workers))
+                .map_err(|_| collective_err("worker", "it stopped"))?;
         }
-        let own = share_grads(model, train, &mine, pad_id, cfg);
-        let mut outs: Vec<Option<std::result::Result<ShareOut, String>>> = (0..self.to.len()).map(|_| None).collect();
-        for _ in 0..self.to.len() {
-            let (k, out) = self.ready.recv().map_err(|_| collective_err("worker", "it stopped"))?;
-            outs[k - 1] = Some(out);
-        }
-        let failed = own.is_err() || outs.iter().any(|o| !matches!(o, Some(Ok(_))));
-        for tx in &self.to {
-            let _ = tx.send(Msg::Go(!failed));
-        }
-        let mut own = own?;
-        let mut all = Vec::with_capacity(outs.len() + 1);
-        for (k, o) in outs.into_iter().enumerate() {
-            match o {
-                Some(Ok(out)) => all.push(out),
-                Some(Err(e)) => return Err(RewardError::Config(format!("data-parallel worker {}: {e}", k + 1))),
-                None => return Err(collective_err("worker", "no report")),
+        let own = share_grads(model, train, &own_share, pad_id, cfg);
+        let bs = cfg.per_device_train_batch_size;
+        let (own, own_err) = match own {
+            Ok(mut o) => {
+                let report = Report::of(&o, 0, bs, bs * workers, workers);
+                (o.grads.take().map(|g| (g, report)), None)
             }
+            Err(e) => (None, Some(e)),
+        };
+        let reduced = reduce_step::<B>(PeerId::from(0usize), &self.devices[0], model, own)?;
+        match (reduced, own_err) {
+            (Some(r), _) => Ok(r),
+            (None, Some(e)) => Err(e),
+            (None, None) => Err(match self.errors.try_recv() {
+                Ok((k, e)) => RewardError::Config(format!("data-parallel worker {k}: {e}")),
+                Err(_) => RewardError::Config("a data-parallel worker failed".into()),
+            }),
         }
-        let grads = own.grads.take().expect("a share has at least one micro-batch");
-        own.grads = Some(
-            grads
-                .all_reduce::<B::InnerBackend>(PeerId::from(0usize), ReduceOperation::Sum)
-                .map_err(|e| collective_err("all-reduce", e))?,
-        );
-        all.insert(0, own);
-        Ok(all)
     }
 }
 
@@ -212,45 +340,39 @@ impl<B: AutodiffBackend> Drop for Pool<B> {
     }
 }
 
-/// Worker `k`: registers, then scores each share it is sent and, on the go-ahead, all-reduces
-/// its gradients; ends when its channel closes.
+/// Worker `id`: registers, then scores each share it is sent and takes part in
+/// the step's all-reduces; ends when its channel closes.
 #[allow(clippy::too_many_arguments)]
 fn worker<B: AutodiffBackend>(
-    k: usize,
+    id: usize,
     device: B::Device,
     config: CollectiveConfig,
     rx: Receiver<Msg<B>>,
-    ready: Sender<Ready>,
+    errors: Sender<(usize, String)>,
     train: &[TokenizedPair],
     pad_id: i64,
     cfg: RewardConfig,
 ) {
-    let id = PeerId::from(k);
-    if let Err(e) = collective::register::<B::InnerBackend>(id, device, config) {
-        let _ = ready.send((k, Err(format!("registration failed: {e:?}"))));
+    let peer = PeerId::from(id);
+    if let Err(e) = collective::register::<B::InnerBackend>(peer, device.clone(), config) {
+        let _ = errors.send((id, format!("registration failed: {e:?}")));
         return;
     }
-    while let Ok(Msg::Step(model, share)) = rx.recv() {
-        let out = share_grads(&model, train, &share, pad_id, &cfg);
-        let (report, grads) = match out {
+    let bs = cfg.per_device_train_batch_size;
+    while let Ok(Msg::Step(model, share, workers)) = rx.recv() {
+        let out = match share_grads(&model, train, &share, pad_id, &cfg) {
             Ok(mut o) => {
-                let g = o.grads.take();
-                (Ok(o), g)
+                let report = Report::of(&o, id, bs, bs * workers, workers);
+                o.grads.take().map(|g| (g, report))
             }
-            Err(e) => (Err(e.to_string()), None),
+            Err(e) => {
+                let _ = errors.send((id, e.to_string()));
+                None
+            }
         };
-        if ready.send((k, report)).is_err() {
+        if reduce_step::<B>(peer, &device, &model, out).is_err() {
             break;
         }
-        match (rx.recv(), grads) {
-            (Ok(Msg::Go(true)), Some(g)) => {
-                if g.all_reduce::<B::InnerBackend>(id, ReduceOperation::Sum).is_err() {
-                    break;
-                }
-            }
-            (Ok(Msg::Go(_)), _) => {}
-            _ => break,
-        }
     }
-    let _ = collective::finish_collective::<B::InnerBackend>(id);
+    let _ = collective::finish_collective::<B::InnerBackend>(peer);
 }

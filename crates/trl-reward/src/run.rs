@@ -16,7 +16,7 @@ use crate::error::{Result, RewardError};
 use crate::exact::json_exact;
 use crate::loss::PairMetrics;
 use crate::optim::clip_grad_norm;
-use crate::parallel::{share_grads, split, Pool};
+use crate::parallel::{share_grads, split, Pool, Report};
 use crate::state::{LogEntry, Summary};
 use crate::trainer::{Event, RewardTrainer};
 
@@ -109,27 +109,20 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
                 batches.push(&order[lo..(lo + global).min(train.len())]);
                 self.state.batch_in_epoch += 1;
             }
-            let shares = split(&batches, cfg.data_parallel, cfg.per_device_train_batch_size);
-            let mut outs = match pool {
+            let bs = cfg.per_device_train_batch_size;
+            let shares = split(&batches, cfg.data_parallel, bs);
+            let totals = shares[0].totals.clone();
+            let (mut grads, report) = match pool {
                 Some(pool) => pool.step(&self.model, train, shares, self.pad_id, &cfg)?,
-                None => vec![share_grads(&self.model, train, &shares[0], self.pad_id, &cfg)?],
-            };
-            let mut step_loss = 0.0;
-            let mut step_metrics = Vec::with_capacity(micro);
-            for m in 0..micro {
-                let (mut chosen, mut rejected) = (Vec::new(), Vec::new());
-                for o in &outs {
-                    chosen.extend_from_slice(&o.rewards[m].0);
-                    rejected.extend_from_slice(&o.rewards[m].1);
+                None => {
+                    let mut out = share_grads(&self.model, train, &shares[0], self.pad_id, &cfg)?;
+                    let report = Report::of(&out, 0, bs, bs, 1);
+                    (out.grads.take().expect("at least one micro-batch"), report)
                 }
-                pairs_done += chosen.len();
-                step_metrics.push(PairMetrics::from_rewards(&chosen, &rejected));
-            }
-            for o in &outs {
-                step_loss += o.loss;
-                self.state.num_tokens += o.tokens;
-            }
-            let mut grads = outs[0].grads.take().expect("at least one micro-batch");
+            };
+            let (step_metrics, step_loss, tokens) = report.read(&totals);
+            self.state.num_tokens += tokens;
+            pairs_done += totals.iter().sum::<usize>();
             let norm = clip_grad_norm(&self.model, &mut grads, cfg.max_grad_norm);
             let step = self.state.global_step + 1;
             if !step_loss.is_finite() || !norm.is_finite() {
