@@ -4,7 +4,8 @@
 #
 #   scripts/gpu-check.sh bundle   here, with the toolchain: builds the binaries into $BUNDLE
 #                                 (xtask and the parity test suites for $FEATURES, and a CPU
-#                                 xtask for the same-machine CPU side); carry $BUNDLE.
+#                                 xtask for the same-machine CPU side), packed as
+#                                 $BUNDLE.tar.xz; carry that.
 #   scripts/gpu-check.sh run      there, from the repository root: the parity fixtures, the
 #                                 built-in training run and the benches on $DEVICE, the same
 #                                 training run and benches on that machine's CPU, and PyTorch
@@ -62,10 +63,15 @@ EOF
     # test fixtures and bench scripts are found by the path the binaries were built at
     pwd >"$BUNDLE/build-root"
     echo "$FEATURES $DEVICE $PROFILE" >"$BUNDLE/built-for"
-    say "bundle ready: $(du -sh "$BUNDLE" | cut -f1) in $BUNDLE (carry it; then: scripts/gpu-check.sh run)"
+    # the device tool carries at most 64 MiB: the binaries go as one xz archive
+    tar -C "$BUNDLE" -cJf "$BUNDLE.tar.xz" .
+    say "bundle ready: $BUNDLE.tar.xz, $(du -h "$BUNDLE.tar.xz" | cut -f1) (carry it; then: scripts/gpu-check.sh run)"
 }
 
 run() {
+    if [ ! -x "$BUNDLE/xtask" ] && [ -f "$BUNDLE.tar.xz" ]; then
+        mkdir -p "$BUNDLE" && tar -C "$BUNDLE" -xJf "$BUNDLE.tar.xz"
+    fi
     [ -x "$BUNDLE/xtask" ] || { echo "no $BUNDLE/xtask: build it first with scripts/gpu-check.sh bundle" >&2; exit 2; }
     local root start
     root=$(cat "$BUNDLE/build-root")
