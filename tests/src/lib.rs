@@ -206,6 +206,16 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: Tol) {
     assert_close_where(what, got, want, tol, |_| true);
 }
 
+/// An issue's acceptance bar, absolute: max |got − want| over the positions `keep` admits is
+/// at most `abs`. Checked beside the derived bound where an issue names a number: the bound
+/// promises what f32 arithmetic can in the worst case, the bar is what was asked for.
+pub fn assert_within(what: &str, got: &[f32], want: &[f32], abs: f32, keep: impl Fn(usize) -> bool) {
+    assert_eq!(got.len(), want.len(), "{what}: length {} vs expected {}", got.len(), want.len());
+    let worst =
+        got.iter().zip(want).enumerate().filter(|(i, _)| keep(*i)).map(|(_, (g, w))| (g - w).abs()).fold(0.0, f32::max);
+    assert!(worst <= abs, "{what}: max |Δ| = {worst}, over the acceptance bar {abs}");
+}
+
 /// The lines of `dir/metrics.jsonl`, as text (floats compared digit for digit), without the
 /// wall-clock `pairs_per_sec`: what an interrupted-and-resumed run must reproduce.
 pub fn metrics_lines(dir: &std::path::Path) -> Vec<String> {

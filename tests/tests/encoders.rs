@@ -70,7 +70,10 @@ fn deberta_rewards_and_hidden_states_match_transformers() {
             let mask = batch.attention_mask.clone();
             assert_close_where(&format!("{name} {kind} hidden"), &hidden, &want, tol, |i| mask[i / d] == 1);
             let (want, _) = floats(&exp, &format!("{kind}.logits"));
-            assert_close(&format!("{name} {kind} logits"), &to_vec(model.forward(&batch).unwrap()), &want, tol);
+            let got = to_vec(model.forward(&batch).unwrap());
+            assert_close(&format!("{name} {kind} logits"), &got, &want, tol);
+            // issue 17's bar: rewards within 1e-4 of transformers (measured: 3e-6)
+            assert_within(&format!("{name} {kind} logits"), &got, &want, 1e-4, |_| true);
         }
         // each pair alone, unpadded, gives what transformers gives it alone
         let (want, _) = floats(&exp, "pair.single_logits");

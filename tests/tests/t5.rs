@@ -55,6 +55,9 @@ fn t5_tokenizer_appends_eos_as_transformers() {
     assert!(rows.iter().all(|r| r.last() == Some(&1)), "each source ends with </s>");
 }
 
+/// Issue 17's bar for T5 logits and values against transformers / TRL (measured: 2.4e-6).
+const ACCEPTANCE: f32 = 1e-4;
+
 #[test]
 fn t5_states_logits_and_values_match_transformers_and_trl() {
     for name in MODELS {
@@ -78,9 +81,13 @@ fn t5_states_logits_and_values_match_transformers_and_trl() {
             let out = model.forward(&src, &dec).unwrap();
             let v = m.vocab_size();
             let (want, _) = floats(&exp, &format!("{side}.logits"));
-            assert_close_where(&what("logits"), &to_vec(out.logits), &want, tol, |i| dmask[i / v] == 1);
+            let logits = to_vec(out.logits);
+            assert_close_where(&what("logits"), &logits, &want, tol, |i| dmask[i / v] == 1);
+            assert_within(&what("logits"), &logits, &want, ACCEPTANCE, |i| dmask[i / v] == 1);
             let (want, _) = floats(&exp, &format!("{side}.values"));
-            assert_close_where(&what("values"), &to_vec(out.values), &want, tol, |i| dmask[i] == 1);
+            let values = to_vec(out.values);
+            assert_close_where(&what("values"), &values, &want, tol, |i| dmask[i] == 1);
+            assert_within(&what("values"), &values, &want, ACCEPTANCE, |i| dmask[i] == 1);
         }
     }
 }
