@@ -160,6 +160,16 @@ fn score_throughput(config: &HfConfig, lengths: &[usize], seconds: f64, device: 
     Ok((n * PAIRS) as f64 / start.elapsed().as_secs_f64())
 }
 
+/// The device the PyTorch baselines run on (`TORCH_DEVICE`): the same CUDA device as ours, else
+/// the CPU (torch has no wgpu).
+fn torch_device(on: DeviceArg) -> String {
+    if matches!(on, DeviceArg::Cuda(_)) {
+        on.to_string()
+    } else {
+        "cpu".into()
+    }
+}
+
 /// Runs the PyTorch baseline script on the same configs; `None` when Python/torch is missing.
 fn torch_baseline(python: &str, selected: &[&Case], seconds: f64, on: DeviceArg) -> Option<Value> {
     if python == "none" || selected.is_empty() {
@@ -175,10 +185,12 @@ fn torch_baseline(python: &str, selected: &[&Case], seconds: f64, on: DeviceArg)
         .collect();
     let file = std::env::temp_dir().join(format!("trl-bench-cases-{}.json", std::process::id()));
     std::fs::write(&file, serde_json::to_string(&spec).ok()?).ok()?;
-    // PyTorch eager on the same CUDA device; on the CPU otherwise (torch has no wgpu)
-    let torch_device = if matches!(on, DeviceArg::Cuda(_)) { on.to_string() } else { "cpu".into() };
-    let out =
-        std::process::Command::new(python).arg(&script).arg(&file).env("TORCH_DEVICE", torch_device).output().ok()?;
+    let out = std::process::Command::new(python)
+        .arg(&script)
+        .arg(&file)
+        .env("TORCH_DEVICE", torch_device(on))
+        .output()
+        .ok()?;
     let _ = std::fs::remove_file(&file);
     if !out.status.success() {
         eprintln!("baseline skipped: {}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or(""));

@@ -101,6 +101,14 @@ pub(crate) fn share_grads<B: AutodiffBackend>(
     Ok(out)
 }
 
+impl ShareOut {
+    /// Worker `k`'s gradients and its [`Report`] among `workers`, to be summed.
+    pub(crate) fn ready(mut self, k: usize, per_device: usize, workers: usize) -> Option<(GradientsParams, Report)> {
+        let report = Report::of(&self, k, per_device, workers);
+        self.grads.take().map(|g| (g, report))
+    }
+}
+
 /// Splits the step's micro-batches (each a slice of the epoch order) over `workers`: worker
 /// `k` takes pairs `k·b .. (k+1)·b` of each, `b` the per-device batch size.
 pub(crate) fn split(micro_batches: &[&[usize]], workers: usize, per_device: usize) -> Vec<Share> {
@@ -131,7 +139,8 @@ impl Report {
     }
 
     /// Worker `k`'s outcome (shares are contiguous: worker `k`'s pairs start at `k·b`).
-    pub(crate) fn of(out: &ShareOut, k: usize, per_device: usize, global: usize, workers: usize) -> Self {
+    fn of(out: &ShareOut, k: usize, per_device: usize, workers: usize) -> Self {
+        let global = per_device * workers;
         let micros = out.rewards.len();
         let mut r = Self::new(global, workers, micros);
         for (m, (chosen, rejected)) in out.rewards.iter().enumerate() {
@@ -173,7 +182,7 @@ impl Report {
     }
 }
 
-/// `values` summed over every worker of every node.
+/// `values` summed over every worker.
 fn sum_all<B: Backend>(id: PeerId, values: Vec<f32>, device: &B::Device) -> Result<Vec<f32>> {
     let n = values.len();
     let t = Tensor::<B, 1>::from_data(TensorData::new(values, [n]), device);
@@ -314,10 +323,7 @@ impl<B: AutodiffBackend> Pool<B> {
         let own = share_grads(model, train, &own_share, pad_id, cfg);
         let bs = cfg.per_device_train_batch_size;
         let (own, own_err) = match own {
-            Ok(mut o) => {
-                let report = Report::of(&o, 0, bs, bs * workers, workers);
-                (o.grads.take().map(|g| (g, report)), None)
-            }
+            Ok(o) => (o.ready(0, bs, workers), None),
             Err(e) => (None, Some(e)),
         };
         let reduced = reduce_step::<B>(PeerId::from(0usize), &self.devices[0], model, own)?;
@@ -361,10 +367,7 @@ fn worker<B: AutodiffBackend>(
     let bs = cfg.per_device_train_batch_size;
     while let Ok(Msg::Step(model, share, workers)) = rx.recv() {
         let out = match share_grads(&model, train, &share, pad_id, &cfg) {
-            Ok(mut o) => {
-                let report = Report::of(&o, id, bs, bs * workers, workers);
-                o.grads.take().map(|g| (g, report))
-            }
+            Ok(o) => o.ready(id, bs, workers),
             Err(e) => {
                 let _ = errors.send((id, e.to_string()));
                 None

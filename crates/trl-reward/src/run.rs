@@ -16,7 +16,7 @@ use crate::error::{Result, RewardError};
 use crate::exact::json_exact;
 use crate::loss::PairMetrics;
 use crate::optim::clip_grad_norm;
-use crate::parallel::{share_grads, split, Pool, Report};
+use crate::parallel::{share_grads, split, Pool};
 use crate::state::{LogEntry, Summary};
 use crate::trainer::{Event, RewardTrainer};
 
@@ -114,11 +114,9 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
             let totals = shares[0].totals.clone();
             let (mut grads, report) = match pool {
                 Some(pool) => pool.step(&self.model, train, shares, self.pad_id, &cfg)?,
-                None => {
-                    let mut out = share_grads(&self.model, train, &shares[0], self.pad_id, &cfg)?;
-                    let report = Report::of(&out, 0, bs, bs, 1);
-                    (out.grads.take().expect("at least one micro-batch"), report)
-                }
+                None => share_grads(&self.model, train, &shares[0], self.pad_id, &cfg)?
+                    .ready(0, bs, 1)
+                    .expect("at least one micro-batch"),
             };
             let (step_metrics, step_loss, tokens) = report.read(&totals);
             self.state.num_tokens += tokens;

@@ -184,8 +184,7 @@ pub fn run(python: &str, on: DeviceArg) -> Result<Value, Error> {
             let run = |input: &str| {
                 let mut c = Command::new(python);
                 c.arg(&script).arg(&dir).arg(dir.join(input)).arg(BATCH_PAIRS.to_string());
-                // transformers on the same CUDA device; on the CPU otherwise
-                c.env("TORCH_DEVICE", if matches!(on, DeviceArg::Cuda(_)) { on.to_string() } else { "cpu".into() });
+                c.env("TORCH_DEVICE", super::torch_device(on));
                 timed(c)
             };
             eprintln!("real: transformers…");
