@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use burn::tensor::backend::AutodiffBackend;
 use trl_core::backend::{self, DeviceArg};
-use trl_reward::{synthetic, Event, Job, LoraSettings, RewardConfig};
+use trl_reward::{synthetic, Event, Job, LoraSettings, Nodes, RewardConfig};
 
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
@@ -110,9 +110,38 @@ pub struct TrainArgs {
     /// k-th device from `--device`'s; on the CPU they share it.
     #[arg(long)]
     pub data_parallel: Option<usize>,
+    /// Nodes of a multi-node run, one process each, as torchrun's `--nnodes`: every node
+    /// trains the same model on the same data and sums its gradients with the others'
+    /// (`--data-parallel` then counts the workers of all nodes; default one per node).
+    #[arg(long, env = "NNODES", value_name = "N")]
+    pub nodes: Option<usize>,
+    /// This process's node, 0-based (torchrun's `--node_rank`); the others connect to node 0.
+    #[arg(long, env = "NODE_RANK", default_value_t = 0)]
+    pub node_rank: usize,
+    /// Node 0's address, as every node reaches it.
+    #[arg(long, env = "MASTER_ADDR", default_value = "127.0.0.1")]
+    pub master_addr: String,
+    /// The port node 0 listens on.
+    #[arg(long, env = "MASTER_PORT", default_value_t = 29500)]
+    pub master_port: u16,
+    /// Seconds every node has to join at the start.
+    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    pub node_timeout: u64,
 }
 
 impl TrainArgs {
+    /// This process's node of a multi-node run (`--nodes` above 1).
+    fn nodes(&self) -> Option<Nodes> {
+        let count = self.nodes.filter(|&n| n > 1)?;
+        Some(Nodes {
+            count,
+            rank: self.node_rank,
+            master_addr: self.master_addr.clone(),
+            master_port: self.master_port,
+            timeout: std::time::Duration::from_secs(self.node_timeout),
+        })
+    }
+
     fn apply(&self, cfg: &mut RewardConfig) -> Result<(), Error> {
         macro_rules! set {
             ($($field:ident => $target:ident),*) => {$(if let Some(v) = self.$field.clone() { cfg.$target = v.into(); })*};
@@ -155,6 +184,8 @@ impl TrainArgs {
             cfg.device = self.device.name;
         }
         if let Some(n) = self.data_parallel {
+            cfg.data_parallel = n;
+        } else if let Some(n) = self.nodes.filter(|&n| n > 1 && cfg.data_parallel == 1) {
             cfg.data_parallel = n;
         }
         let lora_flags = self.lora_r.is_some()
@@ -226,8 +257,14 @@ fn train_on<B: AutodiffBackend>(args: TrainArgs, mut cfg: RewardConfig, builtin:
         1 => String::new(),
         n => format!(", {n} data-parallel workers"),
     };
-    // data-parallel workers: worker k on the k-th device from `on` (the CPU is one device)
-    let workers = (0..cfg.data_parallel)
+    // data-parallel workers: this node's worker k on the k-th device from `on` (the CPU is
+    // one device)
+    let nodes = args.nodes();
+    if let Some(n) = &nodes {
+        n.check(cfg.data_parallel)?;
+    }
+    let local = nodes.as_ref().map_or(cfg.data_parallel, |n| n.local(cfg.data_parallel));
+    let workers = (0..local)
         .map(|k| match on {
             DeviceArg::Cpu => on.resolve::<B>(),
             DeviceArg::Cuda(i) => DeviceArg::Cuda(i + k).resolve::<B>(),
@@ -236,6 +273,10 @@ fn train_on<B: AutodiffBackend>(args: TrainArgs, mut cfg: RewardConfig, builtin:
         .collect::<Result<Vec<_>, _>>()?;
     let Job { mut trainer, train, eval, dropped } =
         if builtin { synthetic::job::<B>(cfg, &device)? } else { setup::user_job::<B>(&args, cfg, &device)? };
+    let node = nodes.as_ref().map_or(String::new(), |n| format!(", node {} of {}", n.rank, n.count));
+    if let Some(n) = nodes {
+        trainer.set_nodes(n)?;
+    }
     if workers.len() > 1 {
         trainer.set_worker_devices(workers)?;
     }
@@ -245,7 +286,7 @@ fn train_on<B: AutodiffBackend>(args: TrainArgs, mut cfg: RewardConfig, builtin:
     };
     let limit = trainer.config.max_length.map_or("no length limit".to_string(), |m| format!("max_length {m}"));
     eprintln!(
-        "training {what} on {} pairs, evaluating on {} ({} dropped as longer than {limit}); {}{parallel}{checkpointing}{precision}; output {}",
+        "training {what} on {} pairs, evaluating on {} ({} dropped as longer than {limit}); {}{parallel}{node}{checkpointing}{precision}; output {}",
         train.len(),
         eval.len(),
         dropped,

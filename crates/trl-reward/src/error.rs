@@ -17,6 +17,9 @@ pub enum RewardError {
     Data { path: PathBuf, reason: String },
     #[error("bad training config: {0}")]
     Config(String),
+    /// The nodes of a multi-node run could not meet or exchange a step.
+    #[error("multi-node run: {0}")]
+    Nodes(String),
     #[error("chat template: {0}")]
     Template(String),
     #[error("preference data: {0}")]

@@ -11,7 +11,7 @@
 //! ## Public surface
 //! - modules [`chat`], [`collate`], [`data`], [`loss`], [`optim`], [`parquet`], [`synthetic`];
 //! - the trainer: [`RewardTrainer`], [`RewardConfig`], [`LoraSettings`], [`Job`], [`Event`],
-//!   [`Resumed`], [`ADAPTER_NAME`], and what it records: [`TrainerState`], [`LogWindow`],
+//!   [`Resumed`], [`ADAPTER_NAME`], [`Nodes`] (multi-node runs), and what it records: [`TrainerState`], [`LogWindow`],
 //!   [`LogEntry`], [`Summary`], [`Sample`];
 //! - [`RewardError`] and [`Result`].
 //!
@@ -23,8 +23,9 @@
 //!   optim, state, error;
 //! - `checkpoint` (save, resume, final outputs) → trainer, state, report, data, error;
 //!   `report` → state, error;
-//! - `parallel` (data-parallel workers and the all-reduce) → trainer (scoring), config, data,
-//!   loss, optim, error;
+//! - `parallel` (data-parallel workers and the all-reduce) → trainer (scoring), nodes, config,
+//!   data, loss, optim, error; `nodes` (the all-reduce between the nodes of a multi-node run,
+//!   over TCP) → error;
 //! - `run` (the training loop) → trainer, checkpoint (its methods), parallel, state, collate,
 //!   loss, optim, exact, data, error;
 //! - `synthetic` → trainer, config, data, collate, error;
@@ -42,6 +43,7 @@ pub mod data;
 mod error;
 mod exact;
 pub mod loss;
+mod nodes;
 pub mod optim;
 mod parallel;
 pub mod parquet;
@@ -59,5 +61,6 @@ mod trainer;
 pub use checkpoint::Resumed;
 pub use config::{IntervalStrategy, LoraSettings, RewardConfig};
 pub use error::{Result, RewardError};
+pub use nodes::Nodes;
 pub use state::{LogEntry, LogWindow, Sample, Summary, TrainerState};
 pub use trainer::{Event, Job, RewardTrainer, ADAPTER_NAME};

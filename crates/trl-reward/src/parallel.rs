@@ -28,6 +28,7 @@ use crate::config::RewardConfig;
 use crate::data::TokenizedPair;
 use crate::error::{Result, RewardError};
 use crate::loss::{bradley_terry, PairMetrics};
+use crate::nodes::{NodeLink, Nodes};
 use crate::optim::add_grads;
 use crate::trainer::{score, Scored};
 
@@ -182,40 +183,84 @@ impl Report {
     }
 }
 
-/// `values` summed over every worker.
-fn sum_all<B: Backend>(id: PeerId, values: Vec<f32>, device: &B::Device) -> Result<Vec<f32>> {
-    let n = values.len();
-    let t = Tensor::<B, 1>::from_data(TensorData::new(values, [n]), device);
-    let summed = collective::all_reduce::<B>(id, t.into_primitive().tensor(), ReduceOperation::Sum)
-        .map_err(|e| collective_err("all-reduce", e))?;
-    let t = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(summed));
-    t.into_data().convert::<f32>().to_vec::<f32>().map_err(|e| collective_err("all-reduce", e))
+/// Where a worker sums: over its node's workers with burn's collective (when the node has
+/// several), and for worker 0 of each node of a multi-node run, over the nodes with
+/// [`NodeLink`] (tagged with the step, which every node must share).
+struct Summer<'a, D> {
+    id: PeerId,
+    device: &'a D,
+    local: usize,
+    multi_node: bool,
+    link: Option<(&'a NodeLink, u64)>,
 }
 
-/// The collective part of a step for worker `id`: the failure flag, then (when no worker
-/// failed) one all-reduce of every gradient, in the model's parameter order (the same in
-/// every process, unlike burn's random parameter ids), with the report after them. Returns
-/// the summed gradients and report, or `None` when some worker failed.
+impl<D: Clone> Summer<'_, D> {
+    fn local<B: Backend<Device = D>>(&self, t: Tensor<B, 1>) -> Result<Tensor<B, 1>> {
+        if self.local == 1 {
+            return Ok(t);
+        }
+        let summed = collective::all_reduce::<B>(self.id, t.into_primitive().tensor(), ReduceOperation::Sum)
+            .map_err(|e| collective_err("all-reduce", e))?;
+        Ok(Tensor::from_primitive(TensorPrimitive::Float(summed)))
+    }
+
+    fn local_value<B: Backend<Device = D>>(&self, v: f32) -> Result<f32> {
+        let t = self.local(Tensor::<B, 1>::from_data(TensorData::new(vec![v], [1]), self.device))?;
+        Ok(t.into_scalar().elem::<f32>())
+    }
+
+    /// Whether any worker of any node failed: over several nodes, worker 0 of each node asks
+    /// the others, then tells its node's workers.
+    fn any_failed<B: Backend<Device = D>>(&self, mine: bool) -> Result<bool> {
+        let mut failed = self.local_value::<B>(f32::from(mine as u8))?;
+        if self.multi_node {
+            if let Some((link, step)) = self.link {
+                failed = link.sum(2 * step, vec![failed])?[0];
+            }
+            failed = self.local_value::<B>(if self.link.is_some() { failed } else { 0.0 })?;
+        }
+        Ok(failed != 0.0)
+    }
+
+    /// `flat` summed over every worker; worker 0 of a node also gets the host copy.
+    fn all<B: Backend<Device = D>>(&self, flat: Tensor<B, 1>) -> Result<(Tensor<B, 1>, Option<Vec<f32>>)> {
+        let summed = self.local(flat)?;
+        let Some((link, step)) = self.link else { return Ok((summed, None)) };
+        let host = summed.into_data().convert::<f32>().to_vec::<f32>().map_err(|e| collective_err("all-reduce", e))?;
+        let host = link.sum(2 * step + 1, host)?;
+        let n = host.len();
+        Ok((Tensor::from_data(TensorData::new(host.clone(), [n]), self.device), Some(host)))
+    }
+}
+
+/// The collective part of a step: the failure flag, then (when no worker failed) one
+/// all-reduce of every gradient, in the model's parameter order (the same in every process,
+/// unlike burn's random parameter ids), with the report after them. Returns the summed
+/// gradients and report, or `None` when some worker failed.
 fn reduce_step<B: AutodiffBackend>(
-    id: PeerId,
-    device: &B::Device,
+    sum: &Summer<'_, B::Device>,
     model: &ForSequenceClassification<B>,
     out: Option<(GradientsParams, Report)>,
 ) -> Result<Option<(GradientsParams, Report)>> {
-    let failed = sum_all::<B::InnerBackend>(id, vec![f32::from(out.is_none() as u8)], device)?;
-    let Some((mut grads, report)) = out.filter(|_| failed[0] == 0.0) else { return Ok(None) };
+    let failed = sum.any_failed::<B::InnerBackend>(out.is_none())?;
+    let Some((mut grads, report)) = out.filter(|_| !failed) else { return Ok(None) };
     let mut gather = Gather::<B::InnerBackend> { grads: &mut grads, parts: Vec::new(), taken: Vec::new() };
     model.visit(&mut gather);
     let (mut parts, taken) = (gather.parts, gather.taken);
     let n = report.values.len();
-    parts.push(Tensor::from_data(TensorData::new(report.values.clone(), [n]), device));
-    let flat = Tensor::cat(parts, 0);
-    let summed = collective::all_reduce::<B::InnerBackend>(id, flat.into_primitive().tensor(), ReduceOperation::Sum)
-        .map_err(|e| collective_err("all-reduce", e))?;
-    let summed = Tensor::<B::InnerBackend, 1>::from_primitive(TensorPrimitive::Float(summed));
+    parts.push(Tensor::from_data(TensorData::new(report.values.clone(), [n]), sum.device));
+    let (summed, host) = sum.all(Tensor::cat(parts, 0))?;
     let len = summed.dims()[0];
-    let values = summed.clone().narrow(0, len - n, n).into_data().convert::<f32>().to_vec::<f32>();
-    let values = values.map_err(|e| collective_err("all-reduce", e))?;
+    let values = match host {
+        Some(h) => h[len - n..].to_vec(),
+        None => summed
+            .clone()
+            .narrow(0, len - n, n)
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .map_err(|e| collective_err("all-reduce", e))?,
+    };
     model.visit(&mut Scatter::<B::InnerBackend> { grads: &mut grads, flat: summed, taken: &taken, next: 0, at: 0 });
     Ok(Some((grads, Report { values, ..report })))
 }
@@ -258,15 +303,22 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Scatter<'_, B::InnerBackend> {
 }
 
 enum Msg<B: AutodiffBackend> {
-    Step(Box<ForSequenceClassification<B>>, Share, usize),
+    Step(Box<ForSequenceClassification<B>>, Share),
 }
 
-/// A data-parallel run's workers, for the length of a [`std::thread::scope`].
+/// A data-parallel run's workers on this node, for the length of a [`std::thread::scope`].
 pub(crate) struct Pool<B: AutodiffBackend> {
     to: Vec<Sender<Msg<B>>>,
-    /// The local workers' errors.
+    /// This node's workers' errors.
     errors: Receiver<(usize, String)>,
+    /// This node's workers' devices, worker 0's (this thread's) first.
     devices: Vec<B::Device>,
+    /// This node's first worker's index among every node's.
+    first: usize,
+    /// Every node's workers.
+    workers: usize,
+    /// The other nodes, when there are.
+    link: Option<NodeLink>,
     _turn: MutexGuard<'static, ()>,
 }
 
@@ -277,62 +329,81 @@ fn collective_err(what: &str, e: impl std::fmt::Debug) -> RewardError {
 }
 
 impl<B: AutodiffBackend> Pool<B> {
-    /// Starts workers 1..`devices.len()` (worker `k` on `devices[k]`; this thread is worker 0)
-    /// in `scope`, and registers them with burn's collective.
+    /// Starts this node's workers 1.. (worker `k` on `devices[k]`; this thread is worker 0)
+    /// in `scope` and registers them with burn's collective; over several `nodes`, joins the
+    /// other nodes (which must show the same `fingerprint`). `workers` counts every node's.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn start<'s, 'e: 's>(
         scope: &'s Scope<'s, 'e>,
         devices: Vec<B::Device>,
+        workers: usize,
+        nodes: Option<&Nodes>,
+        fingerprint: u64,
         train: &'e [TokenizedPair],
         pad_id: i64,
         cfg: &RewardConfig,
     ) -> Result<Self> {
         let turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
-        collective::reset_collective::<B::InnerBackend>();
-        let config = CollectiveConfig::default().with_num_devices(devices.len());
+        let local = devices.len();
+        let first = nodes.map_or(0, |n| n.rank * local);
+        let link = nodes.map(|n| NodeLink::connect(n, fingerprint)).transpose()?;
         let (error_tx, errors) = channel();
         let mut to = Vec::new();
-        for (k, device) in devices.iter().enumerate().skip(1) {
-            let (tx, rx) = channel::<Msg<B>>();
-            to.push(tx);
-            let (error_tx, config, cfg, device) = (error_tx.clone(), config.clone(), cfg.clone(), device.clone());
-            scope.spawn(move || worker::<B>(k, device, config, rx, error_tx, train, pad_id, cfg));
+        if local > 1 {
+            collective::reset_collective::<B::InnerBackend>();
+            let config = CollectiveConfig::default().with_num_devices(local);
+            for (k, device) in devices.iter().enumerate().skip(1) {
+                let (tx, rx) = channel::<Msg<B>>();
+                to.push(tx);
+                let (error_tx, config, cfg, device) = (error_tx.clone(), config.clone(), cfg.clone(), device.clone());
+                let multi_node = link.is_some();
+                let place = Place { k, first, workers, local, multi_node };
+                scope.spawn(move || worker::<B>(place, device, config, rx, error_tx, train, pad_id, cfg));
+            }
+            collective::register::<B::InnerBackend>(PeerId::from(0usize), devices[0].clone(), config)
+                .map_err(|e| collective_err("registration", e))?;
         }
-        collective::register::<B::InnerBackend>(PeerId::from(0usize), devices[0].clone(), config)
-            .map_err(|e| collective_err("registration", e))?;
-        Ok(Self { to, errors, devices, _turn: turn })
+        Ok(Self { to, errors, devices, first, workers, link, _turn: turn })
     }
 
-    /// The step's summed gradients and report over every worker: `shares` (one per worker)
-    /// are scored here and on the workers' threads, on replicas of `model`.
+    /// The step's summed gradients and report over every worker: this node's part of
+    /// `shares` (one per worker of every node) is scored here and on its workers' threads, on
+    /// replicas of `model`. `step` is the optimizer step being taken, the same on every node.
     pub(crate) fn step(
         &self,
         model: &ForSequenceClassification<B>,
         train: &[TokenizedPair],
         shares: Vec<Share>,
+        step: u64,
         pad_id: i64,
         cfg: &RewardConfig,
     ) -> Result<(GradientsParams, Report)> {
-        let workers = self.devices.len();
-        let mut shares = shares.into_iter();
-        let own_share = shares.next().expect("one share per worker");
-        for ((tx, share), device) in self.to.iter().zip(shares).zip(&self.devices[1..]) {
+        let mut mine = shares.into_iter().skip(self.first).take(self.devices.len());
+        let own_share = mine.next().expect("one share per worker");
+        for ((tx, share), device) in self.to.iter().zip(mine).zip(&self.devices[1..]) {
             let replica = model.clone().fork(device);
-            tx.send(Msg::Step(Box::new(replica), share, workers))
-                .map_err(|_| collective_err("worker", "it stopped"))?;
+            tx.send(Msg::Step(Box::new(replica), share)).map_err(|_| collective_err("worker", "it stopped"))?;
         }
         let own = share_grads(model, train, &own_share, pad_id, cfg);
         let bs = cfg.per_device_train_batch_size;
         let (own, own_err) = match own {
-            Ok(o) => (o.ready(0, bs, workers), None),
+            Ok(o) => (o.ready(self.first, bs, self.workers), None),
             Err(e) => (None, Some(e)),
         };
-        let reduced = reduce_step::<B>(PeerId::from(0usize), &self.devices[0], model, own)?;
+        let sum = Summer {
+            id: PeerId::from(0usize),
+            device: &self.devices[0],
+            local: self.devices.len(),
+            multi_node: self.link.is_some(),
+            link: self.link.as_ref().map(|l| (l, step)),
+        };
+        let reduced = reduce_step::<B>(&sum, model, own)?;
         match (reduced, own_err) {
             (Some(r), _) => Ok(r),
             (None, Some(e)) => Err(e),
             (None, None) => Err(match self.errors.try_recv() {
                 Ok((k, e)) => RewardError::Config(format!("data-parallel worker {k}: {e}")),
-                Err(_) => RewardError::Config("a data-parallel worker failed".into()),
+                Err(_) => RewardError::Config("a data-parallel worker of another node failed: see its output".into()),
             }),
         }
     }
@@ -342,15 +413,27 @@ impl<B: AutodiffBackend> Drop for Pool<B> {
     /// The workers' channels close (they leave the collective and end); worker 0 leaves too.
     fn drop(&mut self) {
         self.to.clear();
-        let _ = collective::finish_collective::<B::InnerBackend>(PeerId::from(0usize));
+        if self.devices.len() > 1 {
+            let _ = collective::finish_collective::<B::InnerBackend>(PeerId::from(0usize));
+        }
     }
 }
 
-/// Worker `id`: registers, then scores each share it is sent and takes part in
-/// the step's all-reduces; ends when its channel closes.
+/// A worker thread's place: `k` of its node's `local` workers, the node's first being
+/// `first` of all nodes' `workers`.
+struct Place {
+    k: usize,
+    first: usize,
+    workers: usize,
+    local: usize,
+    multi_node: bool,
+}
+
+/// Worker `place.k` of its node: registers, then scores each share it is sent and takes part
+/// in the step's all-reduces; ends when its channel closes.
 #[allow(clippy::too_many_arguments)]
 fn worker<B: AutodiffBackend>(
-    id: usize,
+    place: Place,
     device: B::Device,
     config: CollectiveConfig,
     rx: Receiver<Msg<B>>,
@@ -359,23 +442,24 @@ fn worker<B: AutodiffBackend>(
     pad_id: i64,
     cfg: RewardConfig,
 ) {
-    let peer = PeerId::from(id);
-    if let Err(e) = collective::register::<B::InnerBackend>(peer, device.clone(), config) {
-        let _ = errors.send((id, format!("registration failed: {e:?}")));
+    let (id, global) = (PeerId::from(place.k), place.first + place.k);
+    if let Err(e) = collective::register::<B::InnerBackend>(id, device.clone(), config) {
+        let _ = errors.send((global, format!("registration failed: {e:?}")));
         return;
     }
     let bs = cfg.per_device_train_batch_size;
-    while let Ok(Msg::Step(model, share, workers)) = rx.recv() {
+    let sum = Summer { id, device: &device, local: place.local, multi_node: place.multi_node, link: None };
+    while let Ok(Msg::Step(model, share)) = rx.recv() {
         let out = match share_grads(&model, train, &share, pad_id, &cfg) {
-            Ok(o) => o.ready(id, bs, workers),
+            Ok(o) => o.ready(global, bs, place.workers),
             Err(e) => {
-                let _ = errors.send((id, e.to_string()));
+                let _ = errors.send((global, e.to_string()));
                 None
             }
         };
-        if reduce_step::<B>(peer, &device, &model, out).is_err() {
+        if reduce_step::<B>(&sum, &model, out).is_err() {
             break;
         }
     }
-    let _ = collective::finish_collective::<B::InnerBackend>(peer);
+    let _ = collective::finish_collective::<B::InnerBackend>(id);
 }

@@ -34,7 +34,8 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
     ///
     /// With `data_parallel` workers, each micro-batch's pairs are split over them and their
     /// gradients summed by burn's collective all-reduce ([`crate::parallel`]); the workers run
-    /// on [`Self::set_worker_devices`]' devices (by default all on the model's).
+    /// on [`Self::set_worker_devices`]' devices (by default all on the model's), and over the
+    /// nodes of [`Self::set_nodes`] (one process each) when set.
     pub fn train(
         &mut self,
         train: &[TokenizedPair],
@@ -46,7 +47,8 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
             return Err(RewardError::Config("no training pairs left (all dropped by max_length?)".into()));
         }
         let workers = self.config.data_parallel;
-        if workers == 1 {
+        let nodes = self.nodes.clone();
+        if workers == 1 && nodes.is_none() {
             return self.train_on(train, eval, dropped, on_event, None);
         }
         if self.reseed {
@@ -56,12 +58,35 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
                     .into(),
             ));
         }
-        let devices = self.worker_devices(workers)?;
+        if let Some(n) = &nodes {
+            n.check(workers)?;
+        }
+        let devices = self.worker_devices(self.local_workers())?;
         let cfg = self.config.clone();
+        let fingerprint = self.run_fingerprint(train);
         std::thread::scope(|s| {
-            let pool = Pool::start(s, devices, train, self.pad_id, &cfg)?;
+            let pool = Pool::start(s, devices, workers, nodes.as_ref(), fingerprint, train, self.pad_id, &cfg)?;
             self.train_on(train, eval, dropped, on_event, Some(&pool))
         })
+    }
+
+    /// What the nodes of a multi-node run compare when they join: the settings that split and
+    /// order the batches, the model's size and the training tokens.
+    fn run_fingerprint(&self, train: &[TokenizedPair]) -> u64 {
+        let c = &self.config;
+        let settings = [
+            c.data_parallel as u64,
+            c.per_device_train_batch_size as u64,
+            c.gradient_accumulation_steps as u64,
+            c.total_steps(train.len()),
+            c.shuffle as u64,
+            burn::module::Module::num_params(&self.model) as u64,
+            train.len() as u64,
+            c.seed,
+            c.data_seed.unwrap_or(c.seed),
+        ];
+        let tokens = train.iter().flat_map(|p| p.chosen.iter().chain(&p.rejected).chain([&-1]));
+        crate::nodes::fingerprint(settings.into_iter().chain(tokens.map(|&t| t as u64)))
     }
 
     fn train_on(
@@ -113,7 +138,7 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
             let shares = split(&batches, cfg.data_parallel, bs);
             let totals = shares[0].totals.clone();
             let (mut grads, report) = match pool {
-                Some(pool) => pool.step(&self.model, train, shares, self.pad_id, &cfg)?,
+                Some(pool) => pool.step(&self.model, train, shares, self.state.global_step, self.pad_id, &cfg)?,
                 None => share_grads(&self.model, train, &shares[0], self.pad_id, &cfg)?
                     .ready(0, bs, 1)
                     .expect("at least one micro-batch"),

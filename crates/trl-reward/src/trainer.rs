@@ -84,6 +84,8 @@ pub struct RewardTrainer<B: AutodiffBackend> {
     pub(crate) tensorboard: Option<crate::tensorboard::EventWriter>,
     /// The data-parallel workers' devices (worker 0 first); empty: all on the model's.
     pub(crate) worker_devices: Vec<B::Device>,
+    /// This process's node of a multi-node run.
+    pub(crate) nodes: Option<crate::Nodes>,
 }
 
 /// Rewards of a batch of pairs, scored in one forward pass.
@@ -193,18 +195,35 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
             lock: None,
             tensorboard: None,
             worker_devices: Vec::new(),
+            nodes: None,
         })
     }
 
-    /// Where the `data_parallel` workers run, worker 0 (the trainer's own thread, which
-    /// holds the model and optimizer) first: one device each, as many as `data_parallel`.
-    /// Without it they all run on the model's device.
+    /// Trains as node `nodes.rank` of a multi-node run (one process per node, see
+    /// [`crate::Nodes`]): `data_parallel` then counts the workers of every node, each node
+    /// running an even part of them. Set it before the worker devices.
+    pub fn set_nodes(&mut self, nodes: crate::Nodes) -> Result<()> {
+        nodes.check(self.config.data_parallel)?;
+        self.nodes = (nodes.count > 1).then_some(nodes);
+        Ok(())
+    }
+
+    /// This node's part of the `data_parallel` workers (all of them on one node).
+    pub(crate) fn local_workers(&self) -> usize {
+        self.nodes.as_ref().map_or(self.config.data_parallel, |n| n.local(self.config.data_parallel))
+    }
+
+    /// Where this node's data-parallel workers run, worker 0 (the trainer's own thread,
+    /// which holds the model and optimizer) first: one device each, as many as the node's
+    /// workers (`data_parallel`, over the node count). Without it they all run on the
+    /// model's device.
     pub fn set_worker_devices(&mut self, devices: Vec<B::Device>) -> Result<()> {
-        if devices.len() != self.config.data_parallel {
+        let local = self.local_workers();
+        if devices.len() != local {
             return Err(RewardError::Config(format!(
-                "{} worker devices for data_parallel = {}: give one per worker",
+                "{} worker devices for data_parallel = {} ({local} on this node): give one per worker of this node",
                 devices.len(),
-                self.config.data_parallel
+                self.config.data_parallel,
             )));
         }
         if devices[0] != self.model.backbone.device() {
