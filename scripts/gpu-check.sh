@@ -28,7 +28,7 @@ PROFILE=${PROFILE:-release}
 BUNDLE=${BUNDLE:-gpu-bundle}
 OUT=${OUT:-gpu-report}
 SECONDS_PER_CASE=${SECONDS_PER_CASE:-3}
-PARITY=${PARITY:-backbones heads encoders t5 dtype generate}
+PARITY=${PARITY:-backbones heads encoders t5 dtype generate placement}
 REAL=${REAL:-1}
 BUDGET_S=${BUDGET_S:-420}
 

@@ -6,6 +6,7 @@ use std::fmt::Display;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use burn::tensor::Device;
 use trl_core::backend::DeviceArg;
 use trl_core::{HfConfig, Tokenizer};
 
@@ -300,6 +301,50 @@ impl DeviceArgs {
         let arg = self.name.unwrap_or_else(DeviceArg::built);
         Ok((arg, arg.resolve::<B>()?))
     }
+}
+
+/// `--device-map`: a decoder's layers split over several devices.
+#[derive(clap::Args, Debug, Clone)]
+pub struct MapArgs {
+    /// Split the model's layers over these devices, as transformers' `device_map`: `auto`
+    /// (every device of the built backend) or a list such as `cuda:0,cuda:1`. Contiguous runs
+    /// of layers, as even as they can be; the embeddings on the first device, the final norm
+    /// and the head on the last layer's. Decoder models only; takes the place of `--device`.
+    #[arg(long, value_name = "auto|DEVICE,...", conflicts_with = "name")]
+    pub device_map: Option<trl_core::backend::DeviceMap>,
+}
+
+/// Where a model runs: what to print, the device to load on, and the devices its layers are
+/// split over (none: all on `device`).
+pub struct Placement {
+    pub ran_on: String,
+    pub device: Device<B>,
+    pub map: Vec<Device<B>>,
+}
+
+impl MapArgs {
+    /// The device to load on (the map's first, else `--device`'s), what runs (for
+    /// [`ran_on`]-style lines) and the map's devices.
+    pub fn devices(&self, device: &DeviceArgs) -> Result<Placement, Error> {
+        let Some(map) = &self.device_map else {
+            let (on, device) = device.get()?;
+            return Ok(Placement { ran_on: ran_on(on), device, map: Vec::new() });
+        };
+        let devices = map.resolve::<B>()?;
+        let names: Vec<String> = devices.iter().map(|(a, _)| a.to_string()).collect();
+        let ran_on = format!("{} on {} (layers split)", trl_core::backend::name(), names.join(","));
+        let map: Vec<Device<B>> = devices.into_iter().map(|(_, d)| d).collect();
+        let device = map.first().cloned().ok_or("--device-map names no device")?;
+        Ok(Placement { ran_on, device, map })
+    }
+}
+
+/// Splits `model`'s `layers` over `devices` (none: left where it is).
+pub fn place<M: burn::module::Module<B>>(model: M, layers: usize, devices: &[Device<B>]) -> Result<M, Error> {
+    if devices.is_empty() {
+        return Ok(model);
+    }
+    Ok(trl_models::placement::place(model, layers, devices)?)
 }
 
 /// `flex on cpu`, `cuda on cuda:1`: what ran, for logs and outputs.

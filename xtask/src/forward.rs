@@ -6,14 +6,13 @@ use std::path::PathBuf;
 use burn::prelude::*;
 use burn::tensor::TensorData;
 
-use trl_core::backend::DeviceArg;
 use trl_core::StateDict;
 use trl_heads::{
     CausalLmWithValueHead, ForSequenceClassification, Seq2SeqLmWithValueHead, VHeadSource, ValueHeadOptions,
 };
 use trl_models::{AnyCausalLm, Padding, TokenBatch};
 
-use crate::common::{ran_on, read_texts, Error, Kind, Limit, ModelDir, Truncation, B};
+use crate::common::{place, read_texts, Error, Kind, Limit, ModelDir, Truncation, B};
 
 #[derive(clap::Args, Debug)]
 pub struct ForwardArgs {
@@ -29,6 +28,8 @@ pub struct ForwardArgs {
     /// How the weights are held in memory (`--dtype`, `--quantize`; docs/checkpoints.md).
     #[command(flatten)]
     pub holding: crate::common::HoldingArgs,
+    #[command(flatten)]
+    pub map: crate::common::MapArgs,
     /// A JSON array of strings, or an object with a `texts` array.
     #[arg(long)]
     pub input: PathBuf,
@@ -80,11 +81,14 @@ impl Model {
 }
 
 pub fn run(args: ForwardArgs) -> Result<(), Error> {
-    let (on, device) = args.holding.device.get()?;
+    let crate::common::Placement { ran_on, device, map } = args.map.devices(&args.holding.device)?;
     let m = ModelDir::open(&args.model)?;
     let texts = read_texts(&args.input)?;
     if m.config.model_type() == Some(trl_models::t5::MODEL_TYPE) {
-        return seq2seq(&args, &m, &texts, (on, &device));
+        if !map.is_empty() {
+            return Err("--device-map splits a decoder's layers; run an encoder-decoder on one --device".into());
+        }
+        return seq2seq(&args, &m, &texts, (ran_on, &device));
     }
     if args.decoder_input.is_some() {
         return Err(format!("--decoder-input: {} is not an encoder-decoder model", m.dir.display()).into());
@@ -114,7 +118,8 @@ pub fn run(args: ForwardArgs) -> Result<(), Error> {
                 None => AnyCausalLm::<B>::from_pretrained_as(&m.dir, args.holding.get(), &device)?,
             };
             merge(&mut model)?;
-            Model::Lm(Box::new(model))
+            let layers = model.num_layers();
+            Model::Lm(Box::new(place(model, layers, &map)?))
         }
         Kind::ValueHead => {
             let opts = ValueHeadOptions { holding: args.holding.get(), ..Default::default() };
@@ -126,7 +131,8 @@ pub fn run(args: ForwardArgs) -> Result<(), Error> {
                 eprintln!("note: no v_head weights found; values come from a freshly initialised head");
             }
             merge(&mut model.pretrained_model)?;
-            Model::ValueHead(Box::new(model))
+            let layers = model.pretrained_model.num_layers();
+            Model::ValueHead(Box::new(place(model, layers, &map)?))
         }
         Kind::Reward => {
             let (mut model, _, _) = match &args.adapter {
@@ -135,7 +141,8 @@ pub fn run(args: ForwardArgs) -> Result<(), Error> {
             };
             merge(&mut model.backbone)?;
             model.pad_token_id = model.pad_token_id.or(Some(m.pad_id()?));
-            Model::Reward(Box::new(model))
+            let layers = model.backbone.num_layers();
+            Model::Reward(Box::new(place(model, layers, &map)?))
         }
     };
 
@@ -189,7 +196,7 @@ pub fn run(args: ForwardArgs) -> Result<(), Error> {
         kind.name(),
         batch.batch,
         batch.seq,
-        ran_on(on),
+        ran_on,
         args.out.display()
     );
     Ok(())
@@ -201,7 +208,7 @@ fn seq2seq(
     args: &ForwardArgs,
     m: &ModelDir,
     texts: &[String],
-    (on, device): (DeviceArg, &burn::tensor::Device<B>),
+    (ran_on, device): (String, &burn::tensor::Device<B>),
 ) -> Result<(), Error> {
     if args.merge {
         return Err("--merge: an encoder-decoder's adapter is always merged at load".into());
@@ -274,7 +281,7 @@ fn seq2seq(
         batch.batch,
         batch.seq,
         decoder.seq,
-        ran_on(on),
+        ran_on,
         args.out.display()
     );
     Ok(())

@@ -60,6 +60,8 @@ pub struct ScoreArgs {
     /// How the weights are held in memory (`--dtype`, `--quantize`; docs/checkpoints.md).
     #[command(flatten)]
     pub holding: crate::common::HoldingArgs,
+    #[command(flatten)]
+    pub map: crate::common::MapArgs,
 }
 
 /// One input row ready to score: its JSON (echoed in the output), its token rows (one, or
@@ -337,10 +339,21 @@ impl Scorer {
 /// Loads the model and scores every row of `args.input`, in input order.
 /// The rows of `args.input` scored, and what ran them ([`crate::common::ran_on`]).
 pub(crate) fn score_file(args: &ScoreArgs) -> Result<(Vec<Scored>, String), Error> {
-    let (on, device) = args.holding.device.get()?;
+    let crate::common::Placement { ran_on, device, map } = args.map.devices(&args.holding.device)?;
     let m = ModelDir::open(&args.model)?;
     let loading = std::time::Instant::now();
-    let model = Scorer::load(args, &m, &device)?;
+    let model = match Scorer::load(args, &m, &device)? {
+        Scorer::Causal(model) if !map.is_empty() => {
+            let layers = model.backbone.num_layers();
+            Scorer::Causal(Box::new(crate::common::place(*model, layers, &map)?))
+        }
+        _ if !map.is_empty() => {
+            return Err(
+                "--device-map splits a decoder's layers; run an encoder or encoder-decoder on one --device".into()
+            )
+        }
+        model => model,
+    };
     crate::bench::real::report_load(loading.elapsed().as_secs_f64());
     let pad = m.pad_id()?;
     let limit = Limit::new(args.max_length, model.max_positions(), args.truncation)?;
@@ -368,7 +381,7 @@ pub(crate) fn score_file(args: &ScoreArgs) -> Result<(Vec<Scored>, String), Erro
         .zip(rewards)
         .map(|(i, rewards)| Scored { value: i.value, pair: i.pair, truncated: i.truncated, rewards })
         .collect();
-    Ok((scored, crate::common::ran_on(on)))
+    Ok((scored, ran_on))
 }
 
 pub fn run(args: ScoreArgs) -> Result<(), Error> {

@@ -466,3 +466,46 @@ fn device_flag_on_every_subcommand() {
     let (ok, _, err) = xtask(&[&args[..], &["--out", out.to_str().unwrap(), "--device", "gpu:0"]].concat());
     assert!(!ok && err.contains("not a device") && err.contains("cuda:N"), "{err}");
 }
+
+/// `--device-map` (issue 18): the layers split over the listed devices score what one device
+/// does (here both are the CPU), `auto` takes every device of the build, a device of another
+/// backend is the `--device` error, and an encoder-decoder is refused.
+#[test]
+fn device_map_scores_as_one_device() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("rows.jsonl");
+    std::fs::write(&input, "{\"prompt\": \"The reward model\", \"chosen\": \" likes it.\", \"rejected\": \" Hi!\"}\n")
+        .unwrap();
+    let model = fixtures().join("llama-rm");
+    let built = trl_core::backend::DeviceArg::built().to_string();
+    let base = ["score", "--model", model.to_str().unwrap(), "--input", input.to_str().unwrap()];
+    let (ok, one, err) = xtask(&base);
+    assert!(ok, "{err}");
+    let pair = format!("{built},{built}");
+    for map in [pair.as_str(), "auto"] {
+        let (ok, split, err) = xtask(&[&base[..], &["--device-map", map]].concat());
+        assert!(ok, "--device-map {map}: {err}");
+        assert_eq!(split, one, "--device-map {map} scores as one device");
+        assert!(err.contains("(layers split)"), "{err}");
+    }
+    let other = if trl_core::backend::name() == "cuda" { "wgpu:0" } else { "cuda:1" };
+    let (ok, _, err) = xtask(&[&base[..], &["--device-map", &format!("{built},{other}")]].concat());
+    assert!(!ok && err.contains(&format!("--device {other}")) && !err.contains("panicked"), "{err}");
+    let (ok, _, err) = xtask(&[&base[..], &["--device-map", "auto", "--device", &built]].concat());
+    assert!(!ok && err.contains("cannot be used with"), "{err}");
+    let t5 = fixtures().join("t5");
+    let texts = fixtures().join("texts.json");
+    let out = tmp.path().join("o.safetensors");
+    let (ok, _, err) = xtask(&[
+        "forward",
+        "--model",
+        t5.to_str().unwrap(),
+        "--input",
+        texts.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--device-map",
+        "auto",
+    ]);
+    assert!(!ok && err.contains("one --device"), "{err}");
+}

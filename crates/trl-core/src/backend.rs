@@ -155,6 +155,55 @@ impl DeviceArg {
     }
 }
 
+/// `--device-map`: the devices a decoder's layers are split over (transformers'
+/// `device_map`): `auto`, every device of this build's backend (`cuda:0`, `cuda:1`, …; the
+/// CPU is one), or a comma-separated list (`cuda:0,cuda:1`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceMap {
+    Auto,
+    List(Vec<DeviceArg>),
+}
+
+impl std::str::FromStr for DeviceMap {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if s.trim().eq_ignore_ascii_case("auto") {
+            return Ok(Self::Auto);
+        }
+        let list = s.split(',').map(|d| d.parse::<DeviceArg>()).collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(Self::List(list))
+    }
+}
+
+impl DeviceMap {
+    /// Most devices `auto` looks for.
+    const MOST: usize = 64;
+
+    /// The devices, each checked to exist ([`DeviceArg::resolve`]), and their names.
+    pub fn resolve<B: burn::tensor::backend::Backend>(&self) -> crate::Result<Vec<(DeviceArg, B::Device)>> {
+        match self {
+            Self::List(list) => list.iter().map(|d| Ok((*d, d.resolve::<B>()?))).collect(),
+            Self::Auto => {
+                let nth = |i: usize| match DeviceArg::built() {
+                    DeviceArg::Cpu => None,
+                    DeviceArg::Cuda(_) => Some(DeviceArg::Cuda(i)),
+                    DeviceArg::Wgpu(_) => Some(DeviceArg::Wgpu(i)),
+                };
+                let Some(first) = nth(0) else { return Ok(vec![(DeviceArg::Cpu, DeviceArg::Cpu.resolve::<B>()?)]) };
+                let mut out = vec![(first, first.resolve::<B>()?)];
+                for d in (1..Self::MOST).filter_map(nth) {
+                    match d.resolve::<B>() {
+                        Ok(dev) => out.push((d, dev)),
+                        Err(_) => break,
+                    }
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
 /// `B::device_count(type_id)`, 0 where asking fails (a backend's runtime may panic when no
 /// driver or device is there); the panic message is kept off stderr.
 fn quiet_count<B: burn::tensor::backend::Backend>(type_id: u16) -> usize {
@@ -168,6 +217,18 @@ fn quiet_count<B: burn::tensor::backend::Backend>(type_id: u16) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_maps_parse_and_resolve_here() {
+        assert_eq!("auto".parse::<DeviceMap>(), Ok(DeviceMap::Auto));
+        assert_eq!(
+            "cuda:0,cuda:1".parse::<DeviceMap>(),
+            Ok(DeviceMap::List(vec![DeviceArg::Cuda(0), DeviceArg::Cuda(1)]))
+        );
+        assert!("cuda:0,gpu".parse::<DeviceMap>().is_err());
+        let here = DeviceMap::Auto.resolve::<Default>().unwrap();
+        assert_eq!(here[0].0, DeviceArg::built());
+    }
 
     #[test]
     fn devices_parse_as_torch_spells_them() {

@@ -252,7 +252,8 @@ impl<B: Backend> AnyCausalLm<B> {
             .collect::<Result<Vec<i64>>>()?;
         let hidden = dispatch!(self, m => decode(m, batch.ids_tensor(&device), &ctx, None, None));
         let n = rows.len();
-        Ok(hidden.select(0, Tensor::from_data(TensorData::new(rows, [n]), &device)))
+        let at = hidden.device();
+        Ok(hidden.select(0, Tensor::from_data(TensorData::new(rows, [n]), &at)))
     }
 
     /// Every hidden state of an uncached forward pass, as transformers' `hidden_states` with

@@ -80,6 +80,8 @@ pub trait Backbone<B: Backend>: Module<B> + Sized {
         let logits = match self.lm_head() {
             Some(head) => held_linear(hidden, head.weight.val(), head.bias.as_ref().map(|b| b.val())),
             None => {
+                // a placed model: the tied head is the embedding, on the first device
+                let hidden = hidden.to_device(&self.embedding().device());
                 // 2-D against the transposed view: a 3-D view of it would be copied (and the
                 // embedding is the largest matrix of a small model) on every generated token
                 let [b, t, h] = hidden.dims();
@@ -138,6 +140,11 @@ pub fn decode<B: Backend, M: Backbone<B>>(
 ) -> Tensor<B, 2> {
     let [b, t] = ids.dims();
     let tables = model.tables(ctx);
+    // a model placed over several devices (`crate::placement`): the activations, the
+    // context and the tables follow the layers
+    let devices = crate::placement::layer_devices(model);
+    let home = ctx.mask.device();
+    let mut moved: Option<(B::Device, Context<B>, M::Tables)> = None;
     let mut x = model.embed(ids, ctx);
     if let Some(rows) = ctx.token_rows() {
         x = x.select(0, rows);
@@ -149,7 +156,17 @@ pub fn decode<B: Backend, M: Backbone<B>>(
             all.push(shaped(&x));
         }
         let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-        x = model.block(i, x, ctx, &tables, slot);
+        let here = devices.get(i).filter(|d| **d != home);
+        if let Some(d) = here.filter(|d| moved.as_ref().is_none_or(|(m, _, _)| m != *d)) {
+            let c = ctx.to_device(d);
+            let t = model.tables(&c);
+            moved = Some((d.clone(), c, t));
+        }
+        x = match (here, &moved) {
+            (Some(d), Some((_, c, t))) => model.block(i, x.to_device(d), c, t, slot),
+            (None, Some(_)) => model.block(i, x.to_device(&home), ctx, &tables, slot),
+            _ => model.block(i, x, ctx, &tables, slot),
+        };
     }
     let out = model.final_norm(x);
     if let Some(all) = hidden_states {

@@ -189,6 +189,20 @@ impl<B: Backend> Context<B> {
         }
     }
 
+    /// The same context on `device` (for the layers a device map put there), its memoised
+    /// tensors left to be built again there.
+    pub fn to_device(&self, device: &B::Device) -> Self {
+        Self {
+            mask: self.mask.clone().to_device(device),
+            positions: self.positions.clone(),
+            batch: self.batch,
+            q_len: self.q_len,
+            kv_len: self.kv_len,
+            tokens: self.tokens.clone(),
+            memo: RefCell::new(Vec::new()),
+        }
+    }
+
     /// The padding-free layout of an uncached batch: activations hold only the tokens where
     /// `attention_mask` (`[batch, q_len]`) is set. Their values equal the padded layout's.
     pub fn without_padding(mut self, attention_mask: &[i64]) -> Self {

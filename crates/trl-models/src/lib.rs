@@ -47,6 +47,7 @@ mod layers;
 mod limits;
 mod lora;
 pub mod loss;
+pub mod placement;
 mod rope;
 pub mod t5;
 
