@@ -188,60 +188,110 @@ fn read_safetensors(path: &Path, lazily: bool) -> Result<StateDict> {
     Ok(sd)
 }
 
-struct View<'a>(&'a TensorData, Dtype);
-
-impl safetensors::View for View<'_> {
-    fn dtype(&self) -> Dtype {
-        self.1
-    }
-    fn shape(&self) -> &[usize] {
-        &self.0.shape
-    }
-    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
-        std::borrow::Cow::Borrowed(&self.0.bytes)
-    }
-    fn data_len(&self) -> usize {
-        self.0.bytes.len()
-    }
+/// Writes tensors to one `.safetensors` file (atomically), with `{"format": "pt"}` metadata
+/// so that transformers accepts it. Each tensor's bytes go straight to the file: nothing is
+/// assembled in memory first.
+pub fn save_safetensors(sd: &StateDict, path: &Path) -> Result<()> {
+    let tensors: Vec<(&String, &TensorData)> = sd.tensors.iter().collect();
+    let header = tensors.iter().map(|(k, t)| ((*k).clone(), t.dtype, t.shape.to_vec())).collect();
+    save_safetensors_with(path, header, |i| std::borrow::Cow::Borrowed(tensors[i].1))
 }
 
-/// Writes tensors to one `.safetensors` file (atomically), with `{"format": "pt"}` metadata
-/// so that transformers accepts it.
-pub fn save_safetensors(sd: &StateDict, path: &Path) -> Result<()> {
-    let views = sd
-        .tensors
-        .iter()
-        .map(|(k, t)| {
-            let d = dtype_to_safetensors(t.dtype).ok_or_else(|| Error::UnsupportedDtype {
-                path: path.to_path_buf(),
-                key: k.clone(),
-                dtype: format!("{:?}", t.dtype),
-            })?;
-            Ok((k.as_str(), View(t, d)))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let meta = Some(std::collections::HashMap::from([("format".to_string(), "pt".to_string())]));
-    let bytes = safetensors::serialize(views, meta)
-        .map_err(|e| Error::Safetensors { path: path.to_path_buf(), reason: e.to_string() })?;
-    write_atomic_with(path, |f| std::io::Write::write_all(f, &bytes))
+/// Writes a `.safetensors` file (atomically) whose tensors are made one at a time: `tensors`
+/// gives each key, dtype and shape, and `data(i)` the `i`-th tensor's data when the writer
+/// reaches it, so a caller can read each tensor off its device just before it is written
+/// (optimizer moments, weights) and memory never holds more than one of them at once.
+pub fn save_safetensors_with<'a>(
+    path: &Path,
+    tensors: Vec<(String, DType, Vec<usize>)>,
+    mut data: impl FnMut(usize) -> std::borrow::Cow<'a, TensorData>,
+) -> Result<()> {
+    let bad = |reason: String| Error::Safetensors { path: path.to_path_buf(), reason };
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), serde_json::json!({ "format": "pt" }));
+    let mut sizes = Vec::with_capacity(tensors.len());
+    let mut at = 0usize;
+    for (key, dtype, shape) in &tensors {
+        if header.contains_key(key) {
+            return Err(bad(format!("the key {key} is given twice")));
+        }
+        let st = dtype_to_safetensors(*dtype).ok_or_else(|| Error::UnsupportedDtype {
+            path: path.to_path_buf(),
+            key: key.clone(),
+            dtype: format!("{dtype:?}"),
+        })?;
+        let n = shape
+            .iter()
+            .try_fold(st.bitsize() / 8, |acc, &d| acc.checked_mul(d))
+            .ok_or_else(|| bad(format!("{key}: shape {shape:?} is too large")))?;
+        let dt = serde_json::to_value(st).map_err(|e| bad(e.to_string()))?;
+        header.insert(key.clone(), serde_json::json!({ "dtype": dt, "shape": shape, "data_offsets": [at, at + n] }));
+        sizes.push(n);
+        at += n;
+    }
+    let mut text = serde_json::to_string(&header).map_err(|e| bad(e.to_string()))?.into_bytes();
+    // the data starts 8-byte aligned, as the safetensors crate writes it
+    text.resize(text.len().div_ceil(8) * 8, b' ');
+    let mut wrong = None;
+    write_atomic_with(path, |f| {
+        use std::io::Write;
+        let mut w = std::io::BufWriter::new(f);
+        w.write_all(&(text.len() as u64).to_le_bytes())?;
+        w.write_all(&text)?;
+        for (i, (key, dtype, _)) in tensors.iter().enumerate() {
+            let t = data(i);
+            if t.dtype != *dtype || t.bytes.len() != sizes[i] {
+                wrong = Some(format!(
+                    "{key}: given {:?} of {} bytes, declared {dtype:?} of {}",
+                    t.dtype,
+                    t.bytes.len(),
+                    sizes[i]
+                ));
+                return Err(std::io::Error::other("tensor does not match its header"));
+            }
+            w.write_all(&t.bytes)?;
+        }
+        w.flush()
+    })
+    .map_err(|e| wrong.take().map(bad).unwrap_or(e))
 }
 
 /// Writes a model's weights into `dir` as transformers does: one `model.safetensors`, or
 /// shards `model-0000N-of-0000M.safetensors` plus `model.safetensors.index.json` when the
 /// total exceeds `max_shard_size` bytes. Stale weight files of the other layout are removed.
 pub fn save_weights(sd: &StateDict, dir: &Path, max_shard_size: usize) -> Result<()> {
+    let tensors: Vec<(&String, &TensorData)> = sd.tensors.iter().collect();
+    let header = tensors.iter().map(|(k, t)| ((*k).clone(), t.dtype, t.shape.to_vec())).collect();
+    save_weights_with(dir, max_shard_size, header, |i| std::borrow::Cow::Borrowed(tensors[i].1))
+}
+
+/// [`save_weights`] of tensors made one at a time, as [`save_safetensors_with`] writes them:
+/// `tensors` gives each key, dtype and shape, `data(i)` the `i`-th tensor when it is written.
+pub fn save_weights_with<'a>(
+    dir: &Path,
+    max_shard_size: usize,
+    tensors: Vec<(String, DType, Vec<usize>)>,
+    mut data: impl FnMut(usize) -> std::borrow::Cow<'a, TensorData>,
+) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let mut shards: Vec<StateDict> = vec![StateDict::new()];
+    let bytes = |(_, d, shape): &(String, DType, Vec<usize>)| shape.iter().product::<usize>() * d.size();
+    let total_size: usize = tensors.iter().map(bytes).sum();
+    // shards of consecutive tensors (their indices), each at most `max_shard_size` bytes
+    let mut shards: Vec<Vec<usize>> = vec![Vec::new()];
     let mut size = 0usize;
-    for (k, t) in &sd.tensors {
-        let n = t.bytes.len();
+    for (i, t) in tensors.iter().enumerate() {
+        let n = bytes(t);
         if size > 0 && size + n > max_shard_size {
-            shards.push(StateDict::new());
+            shards.push(Vec::new());
             size = 0;
         }
         size += n;
-        shards.last_mut().expect("one shard").insert(k.clone(), t.clone());
+        shards.last_mut().expect("one shard").push(i);
     }
+    let mut save = |shard: &[usize], path: &Path| {
+        let header = shard.iter().map(|&i| tensors[i].clone()).collect();
+        save_safetensors_with(path, header, |j| data(shard[j]))
+    };
     let remove = |name: &str| {
         let p = dir.join(name);
         if p.exists() {
@@ -251,20 +301,20 @@ pub fn save_weights(sd: &StateDict, dir: &Path, max_shard_size: usize) -> Result
         }
     };
     if shards.len() == 1 {
-        save_safetensors(&shards[0], &dir.join(SAFE_WEIGHTS))?;
+        save(&shards[0], &dir.join(SAFE_WEIGHTS))?;
         return remove(SAFE_INDEX);
     }
     let total = shards.len();
     let mut weight_map = serde_json::Map::new();
     for (i, shard) in shards.iter().enumerate() {
         let name = format!("model-{:05}-of-{:05}.safetensors", i + 1, total);
-        save_safetensors(shard, &dir.join(&name))?;
-        for k in shard.keys() {
-            weight_map.insert(k.to_string(), serde_json::Value::String(name.clone()));
+        save(shard, &dir.join(&name))?;
+        for &j in shard {
+            weight_map.insert(tensors[j].0.clone(), serde_json::Value::String(name.clone()));
         }
     }
     let index = serde_json::json!({
-        "metadata": { "total_size": sd.nbytes() },
+        "metadata": { "total_size": total_size },
         "weight_map": weight_map,
     });
     write_json_atomic(&dir.join(SAFE_INDEX), &index)?;

@@ -218,9 +218,31 @@ fn run_loader<B: Backend, M: Module<B>>(
     Ok((module, report))
 }
 
+/// A float parameter to be read later, under its Hugging Face key and in PyTorch's layout
+/// (Linear weights `[out, in]`), as f32: writing a checkpoint one parameter at a time reads
+/// each off its device just before it is written.
+pub struct SavedParam {
+    pub key: String,
+    pub shape: Vec<usize>,
+    read: Box<dyn Fn() -> TensorData>,
+}
+
+impl SavedParam {
+    /// The parameter's values (f32).
+    pub fn read(&self) -> TensorData {
+        (self.read)()
+    }
+
+    /// The same parameter under `prefix` + its key.
+    pub fn prefixed(mut self, prefix: &str) -> Self {
+        self.key = format!("{prefix}{}", self.key);
+        self
+    }
+}
+
 struct Saver<'a> {
     path: Vec<(String, String)>,
-    sd: StateDict,
+    params: Vec<SavedParam>,
     keep: &'a dyn Fn(&str) -> bool,
 }
 
@@ -238,14 +260,16 @@ impl<B: Backend> ModuleVisitor<B> for Saver<'_> {
         if !(self.keep)(&key) {
             return;
         }
-        let t = param.val().dequantize();
-        let data: TensorData = if D == 2 && Loader::is_linear_weight(&self.path) {
-            let t2: Tensor<B, 2> = t.reshape(expected_dims::<2>(&param.lazy_shape().to_vec()));
-            t2.transpose().into_data()
+        let dims = expected_dims::<D>(&param.lazy_shape().to_vec());
+        let t = param.val();
+        let (shape, read): (Vec<usize>, Box<dyn Fn() -> TensorData>) = if D == 2 && Loader::is_linear_weight(&self.path)
+        {
+            let read = move || t.clone().dequantize().reshape(dims).transpose().into_data().convert::<f32>();
+            (vec![dims[1], dims[0]], Box::new(read))
         } else {
-            t.into_data()
+            (dims.to_vec(), Box::new(move || t.clone().dequantize().into_data().convert::<f32>()))
         };
-        self.sd.insert(key, data.convert::<f32>());
+        self.params.push(SavedParam { key, shape, read });
     }
 }
 
@@ -258,9 +282,37 @@ pub fn module_state_dict<B: Backend, M: Module<B>>(module: &M) -> StateDict {
 /// Like [`module_state_dict`], but only the parameters whose key satisfies `keep` are read
 /// (the others never leave the device), e.g. a LoRA adapter's tensors of a large model.
 pub fn module_state_dict_where<B: Backend, M: Module<B>>(module: &M, keep: impl Fn(&str) -> bool) -> StateDict {
-    let mut saver = Saver { path: Vec::new(), sd: StateDict::new(), keep: &keep };
+    read_params(module_params_where(module, keep))
+}
+
+/// Reads `params` into a state dict (a later parameter replaces an earlier one of its key).
+pub fn read_params(params: Vec<SavedParam>) -> StateDict {
+    let mut sd = StateDict::new();
+    for p in params {
+        sd.insert(p.key.clone(), p.read());
+    }
+    sd
+}
+
+/// Writes `params` as a model's weights into `dir`, as [`crate::checkpoint::save_weights`]
+/// does, reading each only as it is written: saving needs one parameter's host copy at a
+/// time, not the whole model's. Key order; a later parameter replaces an earlier one of its key.
+pub fn save_params(dir: &std::path::Path, max_shard_size: usize, params: Vec<SavedParam>) -> Result<()> {
+    let params: Vec<SavedParam> = params
+        .into_iter()
+        .map(|p| (p.key.clone(), p))
+        .collect::<std::collections::BTreeMap<_, _>>()
+        .into_values()
+        .collect();
+    let header = params.iter().map(|p| (p.key.clone(), burn::tensor::DType::F32, p.shape.clone())).collect();
+    crate::checkpoint::save_weights_with(dir, max_shard_size, header, |i| Cow::Owned(params[i].read()))
+}
+
+/// The parameters [`module_state_dict_where`] reads, not read yet (see [`SavedParam`]).
+pub fn module_params_where<B: Backend, M: Module<B>>(module: &M, keep: impl Fn(&str) -> bool) -> Vec<SavedParam> {
+    let mut saver = Saver { path: Vec::new(), params: Vec::new(), keep: &keep };
     module.visit(&mut saver);
-    saver.sd
+    saver.params
 }
 
 /// Sets `require_grad` of each float parameter to `trainable(key)`, leaving it as it is where

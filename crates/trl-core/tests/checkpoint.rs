@@ -185,6 +185,35 @@ fn round_trip_sharded_is_bit_exact() {
     assert_same(&load_dir(dir.path()).unwrap(), &sd);
 }
 
+/// Tensors made one at a time go to the file as declared; one that does not match its declared
+/// dtype or size, or a key given twice, is an error naming it and leaves no file behind.
+#[test]
+fn streamed_save_checks_each_tensor_against_its_header() {
+    use std::borrow::Cow;
+    use trl_core::checkpoint::save_safetensors_with;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("opt.safetensors");
+    let made = |i: usize| TensorData::new(vec![i as f32; 6], [2, 3]);
+    let header = |keys: &[&str]| keys.iter().map(|k| (k.to_string(), DType::F32, vec![2, 3])).collect::<Vec<_>>();
+    save_safetensors_with(&path, header(&["b", "a"]), |i| Cow::Owned(made(i))).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    assert_eq!(meta.metadata().as_ref().and_then(|m| m.get("format")).map(String::as_str), Some("pt"));
+    let sd = load_safetensors(&path).unwrap();
+    assert_eq!(f32s(&sd.tensors["b"]), [0.0; 6]);
+    assert_eq!(f32s(&sd.tensors["a"]), [1.0; 6]);
+
+    let other = dir.path().join("bad.safetensors");
+    let err = save_safetensors_with(&other, header(&["w"]), |_| Cow::Owned(TensorData::new(vec![0f32; 4], [4])))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("w: given F32 of 16 bytes, declared F32 of 24"), "{err}");
+    let err = save_safetensors_with(&other, header(&["w", "w"]), |i| Cow::Owned(made(i))).unwrap_err().to_string();
+    assert!(err.contains("the key w is given twice"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, [std::ffi::OsString::from("opt.safetensors")], "no file or temp file of a failed save");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Hub cache
 // ---------------------------------------------------------------------------------------------

@@ -202,9 +202,15 @@ impl<B: Backend> ForSequenceClassification<B> {
 
     /// Backbone keys plus `score.weight` `[num_labels, H]`.
     pub fn state_dict(&self) -> StateDict {
-        let mut sd = module_state_dict(&self.backbone);
-        sd.extend(module_state_dict(&self.score).add_prefix(SCORE_PREFIX));
-        sd
+        trl_core::module_io::read_params(self.params())
+    }
+
+    /// What [`Self::state_dict`] holds, each parameter read only when asked for.
+    fn params(&self) -> Vec<trl_core::module_io::SavedParam> {
+        let head = trl_core::module_io::module_params_where(&self.score, |_| true);
+        let mut params = trl_core::module_io::module_params_where(&self.backbone, |_| true);
+        params.extend(head.into_iter().map(|p| p.prefixed(SCORE_PREFIX)));
+        params
     }
 
     /// Writes a checkpoint transformers loads as `AutoModelForSequenceClassification`.
@@ -215,7 +221,7 @@ impl<B: Backend> ForSequenceClassification<B> {
             config.set("pad_token_id", p);
         }
         config.save(dir)?;
-        checkpoint::save_weights(&self.state_dict(), dir, max_shard_size)?;
+        trl_core::module_io::save_params(dir, max_shard_size, self.params())?;
         Ok(())
     }
 

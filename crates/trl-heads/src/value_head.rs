@@ -167,16 +167,22 @@ impl<B: Backend> CausalLmWithValueHead<B> {
     /// The merged state dict TRL saves: backbone keys plus `v_head.summary.weight` `[1, H]`
     /// and `v_head.summary.bias` `[1]`.
     pub fn state_dict(&self) -> StateDict {
-        let mut sd = module_state_dict(&self.pretrained_model);
-        sd.extend(module_state_dict(&self.v_head).add_prefix(V_HEAD_PREFIX));
-        sd
+        trl_core::module_io::read_params(self.params())
+    }
+
+    /// What [`Self::state_dict`] holds, each parameter read only when asked for.
+    fn params(&self) -> Vec<trl_core::module_io::SavedParam> {
+        let head = trl_core::module_io::module_params_where(&self.v_head, |_| true);
+        let mut params = trl_core::module_io::module_params_where(&self.pretrained_model, |_| true);
+        params.extend(head.into_iter().map(|p| p.prefixed(V_HEAD_PREFIX)));
+        params
     }
 
     /// Writes `config.json` and the merged weights (sharded above `max_shard_size` bytes),
     /// loadable by TRL's `AutoModelForCausalLMWithValueHead.from_pretrained`.
     pub fn save_pretrained(&self, config: &HfConfig, dir: &Path, max_shard_size: usize) -> Result<()> {
         config.save(dir)?;
-        checkpoint::save_weights(&self.state_dict(), dir, max_shard_size)?;
+        trl_core::module_io::save_params(dir, max_shard_size, self.params())?;
         Ok(())
     }
 }

@@ -220,8 +220,7 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
             std::fs::remove_dir_all(&tmp).map_err(|e| RewardError::io(&tmp, e))?;
         }
         self.save_model(&tmp)?;
-        let opt = self.optimizer.state_dict(&param_ids(&self.model));
-        checkpoint::save_safetensors(&opt, &tmp.join(OPTIMIZER_FILE))?;
+        self.optimizer.save(&param_ids(&self.model), &tmp.join(OPTIMIZER_FILE))?;
         write_json_atomic(&tmp.join(STATE_FILE), &self.state)?;
         write_json_atomic(&tmp.join("training_config.json"), &self.config)?;
         if dir.exists() {

@@ -68,16 +68,19 @@ impl<B: Backend> AdamW<B> {
         module.map(&mut mapper)
     }
 
-    /// Moments as a state dict keyed `exp_avg.<param key>` / `exp_avg_sq.<param key>`.
-    pub(crate) fn state_dict(&self, keys: &[(String, ParamId)]) -> StateDict {
-        let mut sd = StateDict::new();
+    /// Writes the moments to the safetensors file `path`, keyed `exp_avg.<param key>` /
+    /// `exp_avg_sq.<param key>`, each read off its device only as it is written (so saving
+    /// holds one moment on the host at a time, not all of them).
+    pub(crate) fn save(&self, keys: &[(String, ParamId)], path: &std::path::Path) -> trl_core::Result<()> {
+        let mut moments = Vec::new();
         for (key, id) in keys {
             if let Some((m, v)) = self.state.get(id) {
-                sd.insert(format!("exp_avg.{key}"), m.to_data());
-                sd.insert(format!("exp_avg_sq.{key}"), v.to_data());
+                moments.push((format!("exp_avg.{key}"), m));
+                moments.push((format!("exp_avg_sq.{key}"), v));
             }
         }
-        sd
+        let header = moments.iter().map(|(k, t)| (k.clone(), t.dtype(), t.dims().to_vec())).collect();
+        trl_core::checkpoint::save_safetensors_with(path, header, |i| std::borrow::Cow::Owned(moments[i].1.to_data()))
     }
 
     /// Restores moments saved by [`AdamW::state_dict`] for the parameters in `keys`.
