@@ -285,6 +285,18 @@ pub fn module_state_dict_where<B: Backend, M: Module<B>>(module: &M, keep: impl 
     read_params(module_params_where(module, keep))
 }
 
+/// The parameters of a model made of a `body` and a `head` whose keys take `prefix` (a reward
+/// model's `score.`, a value head's `v_head.`), not read yet.
+pub fn body_and_head_params<B: Backend, M: Module<B>, H: Module<B>>(
+    body: &M,
+    head: &H,
+    prefix: &str,
+) -> Vec<SavedParam> {
+    let mut params = module_params_where(body, |_| true);
+    params.extend(module_params_where(head, |_| true).into_iter().map(|p| p.prefixed(prefix)));
+    params
+}
+
 /// Reads `params` into a state dict (a later parameter replaces an earlier one of its key).
 pub fn read_params(params: Vec<SavedParam>) -> StateDict {
     let mut sd = StateDict::new();

@@ -207,10 +207,7 @@ impl<B: Backend> ForSequenceClassification<B> {
 
     /// What [`Self::state_dict`] holds, each parameter read only when asked for.
     fn params(&self) -> Vec<trl_core::module_io::SavedParam> {
-        let head = trl_core::module_io::module_params_where(&self.score, |_| true);
-        let mut params = trl_core::module_io::module_params_where(&self.backbone, |_| true);
-        params.extend(head.into_iter().map(|p| p.prefixed(SCORE_PREFIX)));
-        params
+        trl_core::module_io::body_and_head_params(&self.backbone, &self.score, SCORE_PREFIX)
     }
 
     /// Writes a checkpoint transformers loads as `AutoModelForSequenceClassification`.

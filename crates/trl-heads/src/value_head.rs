@@ -172,10 +172,7 @@ impl<B: Backend> CausalLmWithValueHead<B> {
 
     /// What [`Self::state_dict`] holds, each parameter read only when asked for.
     fn params(&self) -> Vec<trl_core::module_io::SavedParam> {
-        let head = trl_core::module_io::module_params_where(&self.v_head, |_| true);
-        let mut params = trl_core::module_io::module_params_where(&self.pretrained_model, |_| true);
-        params.extend(head.into_iter().map(|p| p.prefixed(V_HEAD_PREFIX)));
-        params
+        trl_core::module_io::body_and_head_params(&self.pretrained_model, &self.v_head, V_HEAD_PREFIX)
     }
 
     /// Writes `config.json` and the merged weights (sharded above `max_shard_size` bytes),
