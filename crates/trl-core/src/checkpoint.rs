@@ -192,9 +192,16 @@ fn read_safetensors(path: &Path, lazily: bool) -> Result<StateDict> {
 /// so that transformers accepts it. Each tensor's bytes go straight to the file: nothing is
 /// assembled in memory first.
 pub fn save_safetensors(sd: &StateDict, path: &Path) -> Result<()> {
-    let tensors: Vec<(&String, &TensorData)> = sd.tensors.iter().collect();
-    let header = tensors.iter().map(|(k, t)| ((*k).clone(), t.dtype, t.shape.to_vec())).collect();
-    save_safetensors_with(path, header, |i| std::borrow::Cow::Borrowed(tensors[i].1))
+    let (header, tensors) = header_of(sd);
+    save_safetensors_with(path, header, |i| std::borrow::Cow::Borrowed(tensors[i]))
+}
+
+/// A tensor's key, dtype and shape, as the `_with` writers take them before its data.
+pub type TensorHeader = (String, DType, Vec<usize>);
+
+/// `sd`'s keys, dtypes and shapes for the `_with` writers, and its tensors in the same order.
+fn header_of(sd: &StateDict) -> (Vec<TensorHeader>, Vec<&TensorData>) {
+    sd.tensors.iter().map(|(k, t)| ((k.clone(), t.dtype, t.shape.to_vec()), t)).unzip()
 }
 
 /// Writes a `.safetensors` file (atomically) whose tensors are made one at a time: `tensors`
@@ -203,7 +210,7 @@ pub fn save_safetensors(sd: &StateDict, path: &Path) -> Result<()> {
 /// (optimizer moments, weights) and memory never holds more than one of them at once.
 pub fn save_safetensors_with<'a>(
     path: &Path,
-    tensors: Vec<(String, DType, Vec<usize>)>,
+    tensors: Vec<TensorHeader>,
     mut data: impl FnMut(usize) -> std::borrow::Cow<'a, TensorData>,
 ) -> Result<()> {
     let bad = |reason: String| Error::Safetensors { path: path.to_path_buf(), reason };
@@ -260,9 +267,8 @@ pub fn save_safetensors_with<'a>(
 /// shards `model-0000N-of-0000M.safetensors` plus `model.safetensors.index.json` when the
 /// total exceeds `max_shard_size` bytes. Stale weight files of the other layout are removed.
 pub fn save_weights(sd: &StateDict, dir: &Path, max_shard_size: usize) -> Result<()> {
-    let tensors: Vec<(&String, &TensorData)> = sd.tensors.iter().collect();
-    let header = tensors.iter().map(|(k, t)| ((*k).clone(), t.dtype, t.shape.to_vec())).collect();
-    save_weights_with(dir, max_shard_size, header, |i| std::borrow::Cow::Borrowed(tensors[i].1))
+    let (header, tensors) = header_of(sd);
+    save_weights_with(dir, max_shard_size, header, |i| std::borrow::Cow::Borrowed(tensors[i]))
 }
 
 /// [`save_weights`] of tensors made one at a time, as [`save_safetensors_with`] writes them:
@@ -270,11 +276,11 @@ pub fn save_weights(sd: &StateDict, dir: &Path, max_shard_size: usize) -> Result
 pub fn save_weights_with<'a>(
     dir: &Path,
     max_shard_size: usize,
-    tensors: Vec<(String, DType, Vec<usize>)>,
+    tensors: Vec<TensorHeader>,
     mut data: impl FnMut(usize) -> std::borrow::Cow<'a, TensorData>,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let bytes = |(_, d, shape): &(String, DType, Vec<usize>)| shape.iter().product::<usize>() * d.size();
+    let bytes = |(_, d, shape): &TensorHeader| shape.iter().product::<usize>() * d.size();
     let total_size: usize = tensors.iter().map(bytes).sum();
     // shards of consecutive tensors (their indices), each at most `max_shard_size` bytes
     let mut shards: Vec<Vec<usize>> = vec![Vec::new()];

@@ -106,16 +106,15 @@ pub fn place<B: Backend, M: Module<B>>(model: M, layers: usize, devices: &[B::De
     if devices.is_empty() {
         return Err(ModelError::Config("a device map needs at least one device".into()));
     }
-    let mut check = Counter { walk: Walk::default() };
-    model.visit(&mut check);
-    if check.walk.layers != layers || check.walk.second_list {
+    let walk = walk(&model, |_, _, _| {});
+    if walk.layers != layers || walk.second_list {
         return Err(ModelError::Config(format!(
             "a device map splits one decoder's layer list; this model has {} (an encoder-decoder or encoder \
              model runs on one --device)",
-            if check.walk.second_list {
+            if walk.second_list {
                 "several".to_string()
             } else {
-                format!("{} layers in its first list, not {layers}", check.walk.layers)
+                format!("{} layers in its first list, not {layers}", walk.layers)
             }
         )));
     }
@@ -124,65 +123,41 @@ pub fn place<B: Backend, M: Module<B>>(model: M, layers: usize, devices: &[B::De
     Ok(model.map(&mut mover))
 }
 
-struct Counter {
-    walk: Walk,
-}
-
-impl<B: Backend> ModuleVisitor<B> for Counter {
-    fn enter_module(&mut self, name: &str, container: &str) {
-        self.walk.enter(name, container);
-    }
-
-    fn exit_module(&mut self, _name: &str, container: &str) {
-        self.walk.exit(container);
-    }
-}
-
 /// The device of each layer of `model` (of its first parameter), in order.
 pub fn layer_devices<B: Backend, M: Module<B>>(model: &M) -> Vec<B::Device> {
-    let mut seen = Seen::<B> { walk: Walk::default(), devices: Vec::new() };
-    model.visit(&mut seen);
-    seen.devices
-}
-
-struct Seen<B: Backend> {
-    walk: Walk,
-    devices: Vec<B::Device>,
-}
-
-impl<B: Backend> ModuleVisitor<B> for Seen<B> {
-    fn enter_module(&mut self, name: &str, container: &str) {
-        self.walk.enter(name, container);
-    }
-
-    fn exit_module(&mut self, _name: &str, container: &str) {
-        self.walk.exit(container);
-    }
-
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        if self.walk.layer == Some(self.devices.len()) {
-            self.devices.push(param.lazy_device());
+    let mut devices = Vec::new();
+    walk(model, |walk, _, device| {
+        if walk.layer == Some(devices.len()) {
+            devices.push(device);
         }
-    }
+    });
+    devices
 }
 
 /// Where each parameter goes under a map over `devices` devices: `(path, device index)` in
 /// field order, for tests and for printing the map.
 pub fn describe<B: Backend, M: Module<B>>(model: &M, layers: usize, devices: usize) -> Vec<(String, usize)> {
     let plan = split_layers(layers, devices);
-    let mut d = Describe { walk: Walk::default(), path: Vec::new(), plan, out: Vec::new() };
-    model.visit::<Describe>(&mut d);
-    d.out
+    let mut out = Vec::new();
+    walk(model, |walk, path, _| out.push((path.join("."), walk.device(&plan))));
+    out
 }
 
-struct Describe {
+/// Walks `model` in field order, calling `each(walk, path, device)` for every float parameter;
+/// returns the walk's state at the end (the layers found, a second list).
+fn walk<B: Backend, M: Module<B>>(model: &M, each: impl FnMut(&Walk, &[String], B::Device)) -> Walk {
+    let mut v = Visit { walk: Walk::default(), path: Vec::new(), each };
+    model.visit(&mut v);
+    v.walk
+}
+
+struct Visit<F> {
     walk: Walk,
     path: Vec<String>,
-    plan: Vec<usize>,
-    out: Vec<(String, usize)>,
+    each: F,
 }
 
-impl<B: Backend> ModuleVisitor<B> for Describe {
+impl<B: Backend, F: FnMut(&Walk, &[String], B::Device)> ModuleVisitor<B> for Visit<F> {
     fn enter_module(&mut self, name: &str, container: &str) {
         self.walk.enter(name, container);
         self.path.push(name.to_string());
@@ -193,8 +168,8 @@ impl<B: Backend> ModuleVisitor<B> for Describe {
         self.path.pop();
     }
 
-    fn visit_float<const D: usize>(&mut self, _param: &Param<Tensor<B, D>>) {
-        self.out.push((self.path.join("."), self.walk.device(&self.plan)));
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        (self.each)(&self.walk, &self.path, param.lazy_device());
     }
 }
 

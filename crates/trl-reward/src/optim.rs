@@ -83,7 +83,7 @@ impl<B: Backend> AdamW<B> {
         trl_core::checkpoint::save_safetensors_with(path, header, |i| std::borrow::Cow::Owned(moments[i].1.to_data()))
     }
 
-    /// Restores moments saved by [`AdamW::state_dict`] for the parameters in `keys`.
+    /// Restores moments saved by [`AdamW::save`] for the parameters in `keys`.
     pub(crate) fn load_state_dict(
         &mut self,
         sd: &StateDict,
