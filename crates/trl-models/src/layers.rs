@@ -325,16 +325,19 @@ pub fn attend_capped<B: Backend>(
             }
         }
     };
-    let out = if B::ad_enabled(&q.device()) {
+    let out = if B::ad_enabled(&q.device()) || crate::kernels::fused::<B>(q.dtype()) {
         // Backends that differentiate attention would decompose the fused op into burn's NaN-safe
         // fallback; no row here is fully masked (the diagonal stays visible, see `Context::new`),
-        // so plain softmax is exact and takes fewer ops on `[batch, heads, q_len, kv_len]`.
+        // so plain softmax is exact and takes fewer ops on `[batch, heads, q_len, kv_len]`. On
+        // flex, two batched matmuls around the fused masked softmax beat flex's attention, whose
+        // softmax is scalar (docs/performance.md).
         let mut scores = (q * scale).matmul(k.swap_dims(2, 3));
         if let Some(cap) = softcap {
             scores = (scores / cap).tanh() * cap;
         }
-        let scores = scores.mask_fill(ctx.mask_for_heads(heads), f32::NEG_INFINITY);
-        softmax(scores, 3).matmul(v)
+        let probs = crate::kernels::masked_softmax(scores, &ctx.mask)
+            .unwrap_or_else(|scores| softmax(scores.mask_fill(ctx.mask_for_heads(heads), f32::NEG_INFINITY), 3));
+        probs.matmul(v)
     } else {
         let options = AttentionModuleOptions { scale: Some(scale), softcap, is_causal: false };
         attention(q, k, v, Some(ctx.mask.clone()), None, options)

@@ -43,6 +43,7 @@ mod backbone;
 mod batch;
 pub mod deberta_v2;
 mod error;
+mod kernels;
 mod layers;
 mod limits;
 mod lora;

@@ -5,7 +5,6 @@
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Initializer};
 use burn::prelude::*;
-use burn::tensor::activation::silu;
 use serde::Deserialize;
 
 use trl_core::HfConfig;
@@ -294,7 +293,7 @@ impl<B: Backend> LlamaDecoderLayer<B> {
         let x = x + a.o_proj.forward(out);
         let h = self.post_attention_layernorm.forward(x.clone());
         let m = &self.mlp;
-        x + m.down_proj.forward(silu(m.gate_proj.forward(h.clone())) * m.up_proj.forward(h))
+        x + m.down_proj.forward(crate::kernels::swiglu(m.gate_proj.forward(h.clone()), m.up_proj.forward(h)))
     }
 }
 

@@ -1,0 +1,284 @@
+//! The kernels on `flex` tensors, plain and under autodiff (`Autodiff<Flex>`, with or without
+//! balanced checkpointing). Model code is generic over the backend, so the backend is recognised
+//! by its `TypeId` and the primitives moved across by downcasting: no `unsafe`, and every other
+//! backend takes burn's ops.
+
+use std::any::{Any, TypeId};
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::{BalancedCheckpointing, CheckpointStrategy, NoCheckpointing};
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::{Autodiff, Flex};
+use burn::tensor::{backend::Backend, Bool, DType, Tensor, TensorPrimitive};
+use rayon::prelude::*;
+
+use super::rows;
+
+type AdTensor = burn::tensor::ops::FloatTensor<Autodiff<Flex>>;
+
+/// Elements per parallel task: below about 16k a thread hand-off costs more than the work.
+const TASK: usize = 16_384;
+
+pub(super) fn known<B: Backend>() -> bool {
+    let backend = TypeId::of::<B>();
+    backend == TypeId::of::<Flex>()
+        || backend == TypeId::of::<Autodiff<Flex>>()
+        || backend == TypeId::of::<Autodiff<Flex, BalancedCheckpointing>>()
+}
+
+/// Whether `B` is autodiff over flex with checkpointing strategy `C`.
+fn is_ad<B: Backend, C: CheckpointStrategy>() -> bool {
+    TypeId::of::<B>() == TypeId::of::<Autodiff<Flex, C>>()
+}
+
+pub(super) fn masked_softmax<B: Backend>(
+    scores: Tensor<B, 4>,
+    mask: &Tensor<B, 4, Bool>,
+) -> Result<Tensor<B, 4>, Tensor<B, 4>> {
+    let Ok(mask) = cast::<_, FlexTensor>(mask.clone().into_primitive()) else {
+        return Err(scores);
+    };
+    if TypeId::of::<B>() == TypeId::of::<Flex>() {
+        return Ok(wrap(cast(softmax(cast(unwrap(scores)).expect("B is Flex"), &mask)).expect("B is Flex")));
+    }
+    if !known::<B>() {
+        return Err(scores);
+    }
+    let x: AdTensor = cast(unwrap(scores)).expect("B is autodiff over flex");
+    let y = if is_ad::<B, NoCheckpointing>() {
+        tracked_softmax::<NoCheckpointing>(x, mask)
+    } else {
+        tracked_softmax::<BalancedCheckpointing>(x, mask)
+    };
+    Ok(wrap(cast(y).expect("B is autodiff over flex")))
+}
+
+pub(super) fn swiglu<B: Backend>(
+    gate: Tensor<B, 2>,
+    up: Tensor<B, 2>,
+) -> Result<Tensor<B, 2>, (Tensor<B, 2>, Tensor<B, 2>)> {
+    if TypeId::of::<B>() == TypeId::of::<Flex>() {
+        let (g, u) = (cast(unwrap(gate)).expect("B is Flex"), cast(unwrap(up)).expect("B is Flex"));
+        return Ok(wrap(cast(swiglu_forward(&g, &u)).expect("B is Flex")));
+    }
+    if !known::<B>() {
+        return Err((gate, up));
+    }
+    let g: AdTensor = cast(unwrap(gate)).expect("B is autodiff over flex");
+    let u: AdTensor = cast(unwrap(up)).expect("B is autodiff over flex");
+    let h = if is_ad::<B, NoCheckpointing>() {
+        tracked_swiglu::<NoCheckpointing>(g, u)
+    } else {
+        tracked_swiglu::<BalancedCheckpointing>(g, u)
+    };
+    Ok(wrap(cast(h).expect("B is autodiff over flex")))
+}
+
+/// Moves `x` into `T` when `A` is `T` (the backend is known only by its `TypeId` here).
+fn cast<A: 'static, T: 'static>(x: A) -> Result<T, A> {
+    let boxed: Box<dyn Any> = Box::new(x);
+    match boxed.downcast::<T>() {
+        Ok(t) => Ok(*t),
+        Err(boxed) => Err(*boxed.downcast::<A>().expect("the box holds what was put in")),
+    }
+}
+
+fn unwrap<B: Backend, const D: usize>(x: Tensor<B, D>) -> burn::tensor::ops::FloatTensor<B> {
+    x.into_primitive().tensor()
+}
+
+fn wrap<B: Backend, const D: usize>(x: burn::tensor::ops::FloatTensor<B>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(x))
+}
+
+fn contiguous_f32(x: &FlexTensor) -> FlexTensor {
+    debug_assert_eq!(x.dtype(), DType::F32);
+    x.to_contiguous()
+}
+
+fn softmax(scores: FlexTensor, mask: &FlexTensor) -> FlexTensor {
+    let dims = scores.layout().shape().clone();
+    let (heads, q, k) = (dims[1], dims[2], dims[3]);
+    let mask = mask.to_contiguous();
+    let masked: &[u8] = mask.storage();
+    let mut out = contiguous_f32(&scores);
+    drop(scores); // so that `out` is the buffer's only owner, and is written in place
+    let data: &mut [f32] = out.storage_mut();
+    data.par_chunks_mut(k).with_min_len(TASK.div_ceil(k)).enumerate().for_each(|(row, x)| {
+        let (b, qi) = (row / (heads * q), row % q);
+        rows::softmax(x, &masked[(b * q + qi) * k..][..k]);
+    });
+    out
+}
+
+fn softmax_backward(y: &FlexTensor, dy: FlexTensor) -> FlexTensor {
+    let k = y.layout().shape()[3];
+    let y = contiguous_f32(y);
+    let probs: &[f32] = y.storage();
+    let mut dx = contiguous_f32(&dy);
+    drop(dy);
+    let data: &mut [f32] = dx.storage_mut();
+    data.par_chunks_mut(k)
+        .zip(probs.par_chunks(k))
+        .with_min_len(TASK.div_ceil(k))
+        .for_each(|(g, p)| rows::softmax_backward(g, p));
+    dx
+}
+
+fn swiglu_forward(gate: &FlexTensor, up: &FlexTensor) -> FlexTensor {
+    let (g, u) = (contiguous_f32(gate), contiguous_f32(up));
+    let mut h = FlexTensor::empty(g.layout().shape().clone(), DType::F32);
+    let out: &mut [f32] = h.storage_mut();
+    out.par_chunks_mut(TASK)
+        .zip(g.storage::<f32>().par_chunks(TASK).zip(u.storage::<f32>().par_chunks(TASK)))
+        .for_each(|(h, (g, u))| rows::swiglu(g, u, h));
+    h
+}
+
+/// `(d gate, d up)` from `d h`.
+fn swiglu_backward(gate: &FlexTensor, up: &FlexTensor, dh: FlexTensor) -> (FlexTensor, FlexTensor) {
+    let (g, u) = (contiguous_f32(gate), contiguous_f32(up));
+    let mut dg = contiguous_f32(&dh);
+    drop(dh);
+    let mut du = FlexTensor::empty(g.layout().shape().clone(), DType::F32);
+    let (dg_data, du_data): (&mut [f32], &mut [f32]) = (dg.storage_mut(), du.storage_mut());
+    dg_data
+        .par_chunks_mut(TASK)
+        .zip(du_data.par_chunks_mut(TASK))
+        .zip(g.storage::<f32>().par_chunks(TASK).zip(u.storage::<f32>().par_chunks(TASK)))
+        .for_each(|((dh, du), (g, u))| rows::swiglu_backward(g, u, dh, du));
+    (dg, du)
+}
+
+#[derive(Debug)]
+struct MaskedSoftmax;
+
+impl Backward<Flex, 1> for MaskedSoftmax {
+    type State = FlexTensor;
+
+    fn backward(self, ops: Ops<FlexTensor, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let y = ops.state;
+        unary::<Flex, _>(ops.parents, ops.node, grads, |dy| softmax_backward(&y, dy));
+    }
+}
+
+/// The softmax recorded as one autodiff node, whose state is its output.
+fn tracked_softmax<C: CheckpointStrategy>(scores: AdTensor, mask: FlexTensor) -> AdTensor {
+    let prep = MaskedSoftmax.prepare::<C>([scores.node.clone()]).compute_bound().stateful();
+    let y = softmax(scores.primitive, &mask);
+    match prep {
+        OpsKind::Tracked(prep) => prep.finish(y.clone(), y),
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    }
+}
+
+#[derive(Debug)]
+struct SwiGlu;
+
+impl Backward<Flex, 2> for SwiGlu {
+    type State = (FlexTensor, FlexTensor);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (gate, up) = ops.state;
+        let (dg, du) = swiglu_backward(&gate, &up, grads.consume::<Flex>(&ops.node));
+        let [gate_node, up_node] = ops.parents;
+        if let Some(node) = gate_node {
+            grads.register::<Flex>(node.id, dg);
+        }
+        if let Some(node) = up_node {
+            grads.register::<Flex>(node.id, du);
+        }
+    }
+}
+
+/// SwiGLU recorded as one autodiff node, whose state is its two inputs.
+fn tracked_swiglu<C: CheckpointStrategy>(gate: AdTensor, up: AdTensor) -> AdTensor {
+    let prep = SwiGlu.prepare::<C>([gate.node.clone(), up.node.clone()]).compute_bound().stateful();
+    let h = swiglu_forward(&gate.primitive, &up.primitive);
+    match prep {
+        OpsKind::Tracked(prep) => prep.finish((gate.primitive, up.primitive), h),
+        OpsKind::UnTracked(prep) => prep.finish(h),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::activation::{silu, softmax};
+    use burn::tensor::{Distribution, TensorData};
+
+    use super::*;
+
+    type Ad = Autodiff<Flex>;
+
+    fn values<B: Backend, const D: usize>(x: Tensor<B, D>) -> Vec<f32> {
+        x.into_data().to_vec::<f32>().expect("f32 data")
+    }
+
+    /// `|a − r| ≤ bound` everywhere.
+    fn assert_close(a: &[f32], r: &[f32], bound: f32) {
+        for (i, (a, r)) in a.iter().zip(r).enumerate() {
+            assert!((a - r).abs() <= bound, "element {i}: {a} vs {r} (bound {bound})");
+        }
+    }
+
+    /// The fused kernel against burn's decomposed softmax: values and input gradients.
+    #[test]
+    fn fused_masked_softmax_equals_burns() {
+        let device = Default::default();
+        let [b, h, q, k] = [3, 2, 5, 37];
+        let scores = Tensor::<Ad, 4>::random([b, h, q, k], Distribution::Normal(0.0, 4.0), &device);
+        let upstream = Tensor::<Ad, 4>::random([b, h, q, k], Distribution::Normal(0.0, 1.0), &device);
+        // Keys past `query + 30` are hidden, and keys from 33 on in batch row 1 (padding).
+        let mask: Vec<bool> =
+            (0..b * q * k).map(|i| (i % k) > (i / k) % q + 30 || (i / (q * k) == 1 && i % k >= 33)).collect();
+        let mask = Tensor::<Ad, 4, Bool>::from_data(TensorData::new(mask, [b, 1, q, k]), &device);
+
+        let run = |fused: bool| {
+            let x = scores.clone().detach().require_grad();
+            let y = if fused {
+                masked_softmax(x.clone(), &mask).map_err(|_| "no fused kernel").expect("flex has one")
+            } else {
+                softmax(x.clone().mask_fill(mask.clone().expand([b, h, q, k]), f32::NEG_INFINITY), 3)
+            };
+            let grads = (y.clone() * upstream.clone()).sum().backward();
+            (values(y), values(x.grad(&grads).expect("x requires grad")))
+        };
+        let ((y, dx), (y_ref, dx_ref)) = (run(true), run(false));
+        // Probabilities are ≤ 1, a few roundings each; a gradient is y·(dy − Σ dy·y) with a sum
+        // of k products, each ≤ max|dy| ≈ 4 here, so its rounding is about k · 4 · ε.
+        let eps = f32::EPSILON;
+        assert_close(&y, &y_ref, 8.0 * eps);
+        assert_close(&dx, &dx_ref, 4.0 * k as f32 * 5.0 * eps);
+        assert_eq!(y.iter().filter(|&&p| p == 0.0).count(), y_ref.iter().filter(|&&p| p == 0.0).count());
+        assert!(y.contains(&0.0), "masked keys get zero weight");
+    }
+
+    /// The fused SwiGLU against burn's `silu(gate) · up`: values and both gradients.
+    #[test]
+    fn fused_swiglu_equals_burns() {
+        let device = Default::default();
+        let shape = [7, 300];
+        let gate = Tensor::<Ad, 2>::random(shape, Distribution::Normal(0.0, 6.0), &device);
+        let up = Tensor::<Ad, 2>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+        let upstream = Tensor::<Ad, 2>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+        let run = |fused: bool| {
+            let (g, u) = (gate.clone().detach().require_grad(), up.clone().detach().require_grad());
+            let h = if fused {
+                swiglu(g.clone(), u.clone()).map_err(|_| "no fused kernel").expect("flex has one")
+            } else {
+                silu(g.clone()) * u.clone()
+            };
+            let grads = (h.clone() * upstream.clone()).sum().backward();
+            (values(h), values(g.grad(&grads).expect("grad")), values(u.grad(&grads).expect("grad")))
+        };
+        let ((h, dg, du), (h_ref, dg_ref, du_ref)) = (run(true), run(false));
+        // Each value is a product of a few factors of size ≤ |g|·|u| ≈ 6·4 (and |dy| ≈ 4), each
+        // rounded once or twice: about 8 ε relative to that size.
+        let bound = 24.0 * 4.0 * 8.0 * f32::EPSILON;
+        assert_close(&h, &h_ref, bound);
+        assert_close(&dg, &dg_ref, 4.0 * bound);
+        assert_close(&du, &du_ref, bound);
+    }
+}

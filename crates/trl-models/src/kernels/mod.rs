@@ -1,0 +1,72 @@
+//! Fused kernels for the element-wise hot spots of the `flex` CPU backend: the masked softmax of
+//! attention and the SwiGLU of the gated MLPs, each with a backward pass of its own under
+//! autodiff.
+//!
+//! burn decomposes softmax into max, subtract, exp, sum and divide, and `silu(gate) · up` into
+//! sigmoid and two products; under autodiff each is a node (the mask fill another), and the
+//! backward passes take as many sweeps again. Here each forward pass is one sweep per row
+//! ([`rows`]: masked max, a vectorised `exp`, sum, divide), each backward pass another
+//! (`dx = y · (dy − Σ dy·y)`; SwiGLU's two gradients at once), in place where the buffer is not
+//! shared and spread over the cores. Other backends and dtypes keep burn's ops, so results on every
+//! backend agree within f32 rounding (checked in the tests against burn's own ops).
+//!
+//! `TRL_FUSED_KERNELS=0` turns them off, to measure what they buy (docs/performance.md).
+
+use burn::tensor::activation::silu;
+use burn::tensor::{backend::Backend, Bool, DType, Tensor};
+
+#[cfg(feature = "flex")]
+mod flex;
+mod rows;
+
+/// `softmax(scores, masked to −∞ where mask is true)` over the last dimension, where `scores`
+/// is `[batch, heads, q, k]` and `mask` `[batch, 1, q, k]` (shared by the heads). A row with no
+/// visible key comes out as zeros. `Err` gives the scores back, untouched, where this backend
+/// or dtype has no fused kernel ([`fused`] says which).
+pub fn masked_softmax<B: Backend>(
+    scores: Tensor<B, 4>,
+    mask: &Tensor<B, 4, Bool>,
+) -> Result<Tensor<B, 4>, Tensor<B, 4>> {
+    let [b, _, q, k] = scores.dims();
+    if !fused::<B>(scores.dtype()) || mask.dims() != [b, 1, q, k] {
+        return Err(scores);
+    }
+    #[cfg(feature = "flex")]
+    {
+        flex::masked_softmax(scores, mask)
+    }
+    #[cfg(not(feature = "flex"))]
+    {
+        Err(scores)
+    }
+}
+
+/// `silu(gate) · up`, the gated MLP of Llama-style models; `gate` and `up` are
+/// `[tokens, intermediate]`.
+pub fn swiglu<B: Backend>(gate: Tensor<B, 2>, up: Tensor<B, 2>) -> Tensor<B, 2> {
+    #[cfg(feature = "flex")]
+    let (gate, up) = match fused::<B>(gate.dtype()) && gate.dims() == up.dims() && up.dtype() == DType::F32 {
+        true => match flex::swiglu(gate, up) {
+            Ok(h) => return h,
+            Err(back) => back,
+        },
+        false => (gate, up),
+    };
+    silu(gate) * up
+}
+
+/// Whether this backend has the fused kernels for tensors of this dtype.
+pub fn fused<B: Backend>(dtype: DType) -> bool {
+    #[cfg(feature = "flex")]
+    let known = flex::known::<B>();
+    #[cfg(not(feature = "flex"))]
+    let known = false;
+    known && enabled() && dtype == DType::F32
+}
+
+/// Whether the fused kernels run: yes, unless `TRL_FUSED_KERNELS=0` (read once) asks for burn's
+/// generic ops.
+fn enabled() -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| std::env::var("TRL_FUSED_KERNELS").map_or(true, |v| v != "0"))
+}
