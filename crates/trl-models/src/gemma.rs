@@ -396,13 +396,11 @@ impl<B: Backend> Backbone<B> for GemmaForCausalLM<B> {
     }
 
     fn tables(&self, ctx: &Context<B>) -> GemmaTables<B> {
-        let heads = self.model.layers.first().map(|l| [l.self_attn.num_heads, l.self_attn.num_kv_heads]).unwrap_or([1, 1]);
-        let device = self.model.embed_tokens.weight.device();
         let s = &self.settings;
         let any_sliding = self.model.layers.iter().any(|l| l.sliding);
         GemmaTables {
-            global: s.rope_global.tables(ctx, &heads, &device),
-            local: s.rope_local.tables(ctx, &heads, &device),
+            global: s.rope_global.tables(ctx),
+            local: s.rope_local.tables(ctx),
             windowed: s.sliding_window.filter(|&w| any_sliding && w < ctx.kv_len).map(|w| ctx.windowed(w)),
         }
     }

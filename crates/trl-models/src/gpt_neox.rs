@@ -236,9 +236,7 @@ impl<B: Backend> Backbone<B> for GptNeoXForCausalLM<B> {
     }
 
     fn tables(&self, ctx: &Context<B>) -> RopeTables<B> {
-        let heads = self.gpt_neox.layers.first().map_or(1, |l| l.attention.num_heads);
-        let device = self.gpt_neox.embed_in.weight.device();
-        self.rope.tables(ctx, &[heads], &device)
+        self.rope.tables(ctx)
     }
 
     fn embed(&self, ids: Tensor<B, 2, Int>, _ctx: &Context<B>) -> Tensor<B, 2> {

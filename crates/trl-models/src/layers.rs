@@ -4,6 +4,8 @@
 //!
 //! Field names follow PyTorch (`weight`, `bias`), so checkpoint keys load without a table.
 
+use std::cell::RefCell;
+
 use burn::module::{Module, Param};
 use burn::nn::Initializer;
 use burn::prelude::*;
@@ -136,17 +138,23 @@ pub struct Rope {
 /// The cos and sin tables of one forward pass for activations `width = heads * head_dim` wide,
 /// with the permutation that swaps the halves of every head (`rotate_half`, its sign folded
 /// into `sin`).
+/// RoPE tables of one forward pass: `cos` and `sin` (with `−sin` in its first half, so that
+/// `rotate_half` is a plain permutation) `[tokens, head_dim]`, shared by every head and layer.
+pub struct RopeTables<B: Backend> {
+    cos: Tensor<B, 2>,
+    sin: Tensor<B, 2>,
+    /// For backends without the fused kernel: the tables widened to `[tokens, heads · head_dim]`,
+    /// once per width used (query heads, KV heads).
+    wide: RefCell<Vec<RopeWidth<B>>>,
+}
+
+#[derive(Clone)]
 struct RopeWidth<B: Backend> {
     width: usize,
     cos: Tensor<B, 2>,
     sin: Tensor<B, 2>,
+    /// `rotate_half` as one gather: `i → i − i mod d + (i mod d + d/2) mod d`.
     perm: Tensor<B, 1, Int>,
-}
-
-/// RoPE tables of one forward pass, for flat `[tokens, heads * head_dim]` activations: one set
-/// per head count used (query heads, KV heads).
-pub struct RopeTables<B: Backend> {
-    by_width: Vec<RopeWidth<B>>,
 }
 
 impl Rope {
@@ -156,9 +164,10 @@ impl Rope {
         Self { inv_freq, attention_scaling: 1.0, long: None }
     }
 
-    /// Tables for the positions of `ctx`, for activations of `heads` heads each (e.g. the
-    /// query and the KV head counts). Built once per forward pass and shared by every layer.
-    pub fn tables<B: Backend>(&self, ctx: &Context<B>, heads: &[usize], device: &B::Device) -> RopeTables<B> {
+    /// Tables for the positions of `ctx`, on its device, built once per forward pass and shared
+    /// by every layer (on that device).
+    pub fn tables<B: Backend>(&self, ctx: &Context<B>) -> RopeTables<B> {
+        let device = &ctx.mask.device();
         let positions = ctx.token_positions();
         let inv_freq = match &self.long {
             Some((long, original)) if positions.iter().any(|&p| p >= *original as i64) => long,
@@ -180,19 +189,11 @@ impl Rope {
                 sin.push(-sin[i]);
             }
         }
-        let cos = Tensor::<B, 2>::from_data(TensorData::new(cos, [n, dim]), device);
-        let sin = Tensor::<B, 2>::from_data(TensorData::new(sin, [n, dim]), device);
-        let mut by_width: Vec<RopeWidth<B>> = Vec::new();
-        for &h in heads {
-            if by_width.iter().any(|r| r.width == h * dim) {
-                continue;
-            }
-            let wide = |t: &Tensor<B, 2>| t.clone().reshape([n, 1, dim]).expand([n, h, dim]).reshape([n, h * dim]);
-            let perm: Vec<i64> = (0..h * dim).map(|i| (i - i % dim + (i % dim + half) % dim) as i64).collect();
-            let perm = Tensor::from_data(TensorData::new(perm, [h * dim]), device);
-            by_width.push(RopeWidth { width: h * dim, cos: wide(&cos), sin: wide(&sin), perm });
+        RopeTables {
+            cos: Tensor::from_data(TensorData::new(cos, [n, dim]), device),
+            sin: Tensor::from_data(TensorData::new(sin, [n, dim]), device),
+            wide: RefCell::new(Vec::new()),
         }
-        RopeTables { by_width }
     }
 }
 
@@ -200,10 +201,23 @@ impl<B: Backend> RopeTables<B> {
     /// Rotates flat `[tokens, heads * head_dim]` activations:
     /// `x · cos + rotate_half(x) · sin`, with `rotate_half` as one gather.
     pub fn apply(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        let width = x.dims()[1];
-        let r =
-            self.by_width.iter().find(|r| r.width == width).expect("rope tables are built for every head count used");
-        x.clone() * r.cos.clone() + x.select(1, r.perm.clone()) * r.sin.clone()
+        crate::kernels::rope(x, &self.cos, &self.sin).unwrap_or_else(|x| {
+            let r = self.widened(x.dims()[1]);
+            x.clone() * r.cos + x.select(1, r.perm) * r.sin
+        })
+    }
+
+    fn widened(&self, width: usize) -> RopeWidth<B> {
+        if let Some(r) = self.wide.borrow().iter().find(|r| r.width == width) {
+            return r.clone();
+        }
+        let [n, dim] = self.cos.dims();
+        let wide = |t: &Tensor<B, 2>| t.clone().reshape([n, 1, dim]).expand([n, width / dim, dim]).reshape([n, width]);
+        let perm: Vec<i64> = (0..width).map(|i| (i - i % dim + (i % dim + dim / 2) % dim) as i64).collect();
+        let perm = Tensor::from_data(TensorData::new(perm, [width]), &self.cos.device());
+        let r = RopeWidth { width, cos: wide(&self.cos), sin: wide(&self.sin), perm };
+        self.wide.borrow_mut().push(r.clone());
+        r
     }
 
     /// Rotates the first `rot` dimensions of each of the `heads` heads of flat

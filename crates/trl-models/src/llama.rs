@@ -305,10 +305,7 @@ impl<B: Backend> Backbone<B> for LlamaForCausalLM<B> {
     }
 
     fn tables(&self, ctx: &Context<B>) -> RopeTables<B> {
-        let heads =
-            self.model.layers.first().map(|l| [l.self_attn.num_heads, l.self_attn.num_kv_heads]).unwrap_or([1, 1]);
-        let device = self.model.embed_tokens.weight.device();
-        self.rope.tables(ctx, &heads, &device)
+        self.rope.tables(ctx)
     }
 
     fn embed(&self, ids: Tensor<B, 2, Int>, _ctx: &Context<B>) -> Tensor<B, 2> {

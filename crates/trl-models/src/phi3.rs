@@ -250,8 +250,7 @@ impl<B: Backend> Backbone<B> for Phi3ForCausalLM<B> {
     }
 
     fn tables(&self, ctx: &Context<B>) -> RopeTables<B> {
-        let heads = self.model.layers.first().map(|l| [l.self_attn.num_heads, l.self_attn.num_kv_heads]).unwrap_or([1, 1]);
-        self.rope.tables(ctx, &heads, &self.model.embed_tokens.weight.device())
+        self.rope.tables(ctx)
     }
 
     fn embed(&self, ids: Tensor<B, 2, Int>, _ctx: &Context<B>) -> Tensor<B, 2> {

@@ -76,6 +76,30 @@ pub(super) fn swiglu<B: Backend>(
     Ok(wrap(cast(h).expect("B is autodiff over flex")))
 }
 
+pub(super) fn rope<B: Backend>(
+    x: Tensor<B, 2>,
+    cos: &Tensor<B, 2>,
+    sin: &Tensor<B, 2>,
+) -> Result<Tensor<B, 2>, Tensor<B, 2>> {
+    if TypeId::of::<B>() == TypeId::of::<Flex>() {
+        let table = |t: &Tensor<B, 2>| cast::<_, FlexTensor>(unwrap(t.clone())).expect("B is Flex");
+        let (cos, sin) = (table(cos), table(sin));
+        return Ok(wrap(cast(rotate(cast(unwrap(x)).expect("B is Flex"), &cos, &sin, false)).expect("B is Flex")));
+    }
+    if !known::<B>() {
+        return Err(x);
+    }
+    let table = |t: &Tensor<B, 2>| cast::<_, AdTensor>(unwrap(t.clone())).expect("B is autodiff over flex").primitive;
+    let (cos, sin) = (table(cos), table(sin));
+    let x: AdTensor = cast(unwrap(x)).expect("B is autodiff over flex");
+    let y = if is_ad::<B, NoCheckpointing>() {
+        tracked_rope::<NoCheckpointing>(x, cos, sin)
+    } else {
+        tracked_rope::<BalancedCheckpointing>(x, cos, sin)
+    };
+    Ok(wrap(cast(y).expect("B is autodiff over flex")))
+}
+
 /// Moves `x` into `T` when `A` is `T` (the backend is known only by its `TypeId` here).
 fn cast<A: 'static, T: 'static>(x: A) -> Result<T, A> {
     let boxed: Box<dyn Any> = Box::new(x);
@@ -150,6 +174,43 @@ fn swiglu_backward(gate: &FlexTensor, up: &FlexTensor, dh: FlexTensor) -> (FlexT
         .zip(g.storage::<f32>().par_chunks(TASK).zip(u.storage::<f32>().par_chunks(TASK)))
         .for_each(|((dh, du), (g, u))| rows::swiglu_backward(g, u, dh, du));
     (dg, du)
+}
+
+/// RoPE over every token's row, in place where `x` is not shared.
+fn rotate(x: FlexTensor, cos: &FlexTensor, sin: &FlexTensor, transpose: bool) -> FlexTensor {
+    let width = x.layout().shape()[1];
+    let dim = cos.layout().shape()[1];
+    let (cos, sin) = (contiguous_f32(cos), contiguous_f32(sin));
+    let mut y = contiguous_f32(&x);
+    drop(x);
+    let data: &mut [f32] = y.storage_mut();
+    data.par_chunks_mut(width)
+        .zip(cos.storage::<f32>().par_chunks(dim).zip(sin.storage::<f32>().par_chunks(dim)))
+        .with_min_len(TASK.div_ceil(width))
+        .for_each(|(x, (c, s))| rows::rope(x, c, s, transpose));
+    y
+}
+
+#[derive(Debug)]
+struct Rope;
+
+impl Backward<Flex, 1> for Rope {
+    type State = (FlexTensor, FlexTensor);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (cos, sin) = ops.state;
+        unary::<Flex, _>(ops.parents, ops.node, grads, |dy| rotate(dy, &cos, &sin, true));
+    }
+}
+
+/// RoPE recorded as one autodiff node, whose state is the tables (the rotation is linear).
+fn tracked_rope<C: CheckpointStrategy>(x: AdTensor, cos: FlexTensor, sin: FlexTensor) -> AdTensor {
+    let prep = Rope.prepare::<C>([x.node.clone()]).compute_bound().stateful();
+    let y = rotate(x.primitive, &cos, &sin, false);
+    match prep {
+        OpsKind::Tracked(prep) => prep.finish((cos, sin), y),
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    }
 }
 
 #[derive(Debug)]
@@ -253,6 +314,41 @@ mod tests {
         assert_close(&dx, &dx_ref, 4.0 * k as f32 * 5.0 * eps);
         assert_eq!(y.iter().filter(|&&p| p == 0.0).count(), y_ref.iter().filter(|&&p| p == 0.0).count());
         assert!(y.contains(&0.0), "masked keys get zero weight");
+    }
+
+    /// The fused RoPE against the generic path (`RopeTables` with the kernels off): values and
+    /// the input gradient, which is the transposed rotation.
+    #[test]
+    fn fused_rope_equals_the_generic_rotation() {
+        let device = Default::default();
+        let (n, heads, dim) = (6, 3, 8);
+        let x = Tensor::<Ad, 2>::random([n, heads * dim], Distribution::Normal(0.0, 2.0), &device);
+        let upstream = Tensor::<Ad, 2>::random([n, heads * dim], Distribution::Normal(0.0, 1.0), &device);
+        let angle = |t: usize, i: usize| (t * (i % (dim / 2) + 1)) as f32 * 0.3;
+        let table = |f: &dyn Fn(usize, usize) -> f32| {
+            let v: Vec<f32> = (0..n * dim).map(|k| f(k / dim, k % dim)).collect();
+            Tensor::<Ad, 2>::from_data(TensorData::new(v, [n, dim]), &device)
+        };
+        let cos = table(&|t, i| angle(t, i).cos());
+        let sin = table(&|t, i| if i < dim / 2 { -angle(t, i).sin() } else { angle(t, i).sin() });
+        let run = |fused: bool| {
+            let xg = x.clone().detach().require_grad();
+            let y = if fused {
+                rope(xg.clone(), &cos, &sin).map_err(|_| "no fused kernel").expect("flex has one")
+            } else {
+                let perm: Vec<i64> = (0..dim).map(|i| ((i + dim / 2) % dim) as i64).collect();
+                let perm = Tensor::<Ad, 1, burn::tensor::Int>::from_data(TensorData::new(perm, [dim]), &device);
+                let x3 = xg.clone().reshape([n, heads, dim]);
+                let (c, s) = (cos.clone().unsqueeze_dim::<3>(1), sin.clone().unsqueeze_dim::<3>(1));
+                (x3.clone() * c + x3.select(2, perm) * s).reshape([n, heads * dim])
+            };
+            let grads = (y.clone() * upstream.clone()).sum().backward();
+            (values(y), values(xg.grad(&grads).expect("x requires grad")))
+        };
+        let ((y, dx), (y_ref, dx_ref)) = (run(true), run(false));
+        // The same two products and one sum per element, in the same order: the same bits.
+        assert_close(&y, &y_ref, 0.0);
+        assert_close(&dx, &dx_ref, 0.0);
     }
 
     /// The fused SwiGLU against burn's `silu(gate) · up`: values and both gradients.

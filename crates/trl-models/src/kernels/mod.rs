@@ -1,6 +1,6 @@
 //! Fused kernels for the element-wise hot spots of the `flex` CPU backend: the masked softmax of
-//! attention and the SwiGLU of the gated MLPs, each with a backward pass of its own under
-//! autodiff.
+//! attention, rotary embeddings and the SwiGLU of the gated MLPs, each with a backward pass of
+//! its own under autodiff.
 //!
 //! burn decomposes softmax into max, subtract, exp, sum and divide, and `silu(gate) · up` into
 //! sigmoid and two products; under autodiff each is a node (the mask fill another), and the
@@ -53,6 +53,23 @@ pub fn swiglu<B: Backend>(gate: Tensor<B, 2>, up: Tensor<B, 2>) -> Tensor<B, 2> 
         false => (gate, up),
     };
     silu(gate) * up
+}
+
+/// RoPE on flat `[tokens, heads · dim]` activations with `[tokens, dim]` tables (see
+/// [`crate::layers::RopeTables`]). `Err` gives `x` back where there is no fused kernel.
+pub fn rope<B: Backend>(x: Tensor<B, 2>, cos: &Tensor<B, 2>, sin: &Tensor<B, 2>) -> Result<Tensor<B, 2>, Tensor<B, 2>> {
+    let ([n, width], [tn, dim]) = (x.dims(), cos.dims());
+    if !fused::<B>(x.dtype()) || n != tn || dim % 2 != 0 || width % dim != 0 || sin.dims() != cos.dims() {
+        return Err(x);
+    }
+    #[cfg(feature = "flex")]
+    {
+        flex::rope(x, cos, sin)
+    }
+    #[cfg(not(feature = "flex"))]
+    {
+        Err(x)
+    }
 }
 
 /// Whether this backend has the fused kernels for tensors of this dtype.

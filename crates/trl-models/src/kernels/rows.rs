@@ -122,6 +122,27 @@ simd_fn! {
     }
 }
 
+simd_fn! {
+    /// RoPE in place on one token's heads (`x` is `[heads · dim]`, the tables `[dim]`):
+    /// `y = x · cos + rotate_half(x) · sin`, where `sin` holds `−sin` in its first half as
+    /// [`crate::layers::Rope::tables`] builds it; `transpose` applies the transposed rotation,
+    /// the backward pass.
+    fn rope(x: &mut [f32], cos: &[f32], sin: &[f32], transpose: bool) {
+        let half = cos.len() / 2;
+        let (c_lo, c_hi) = cos.split_at(half);
+        let (s_lo, s_hi) = sin.split_at(half);
+        let (s_a, s_b) = if transpose { (s_hi, s_lo) } else { (s_lo, s_hi) };
+        for head in x.chunks_exact_mut(2 * half) {
+            let (lo, hi) = head.split_at_mut(half);
+            for i in 0..half {
+                let (a, b) = (lo[i], hi[i]);
+                lo[i] = a * c_lo[i] + b * s_a[i];
+                hi[i] = b * c_hi[i] + a * s_b[i];
+            }
+        }
+    }
+}
+
 /// `Σ xᵢ·yᵢ` (or `Σ xᵢ` without `y`) in 8 interleaved lanes, so it vectorises, then across them.
 #[inline(always)]
 fn lanes_dot(x: &[f32], y: Option<&[f32]>) -> f32 {
