@@ -100,6 +100,24 @@ pub(super) fn rope<B: Backend>(
     Ok(wrap(cast(y).expect("B is autodiff over flex")))
 }
 
+pub(super) fn rms_norm<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 1>, eps: f32) -> Result<Tensor<B, 2>, Tensor<B, 2>> {
+    if TypeId::of::<B>() == TypeId::of::<Flex>() {
+        let (x, w) = (cast(unwrap(x)).expect("B is Flex"), cast(unwrap(w)).expect("B is Flex"));
+        return Ok(wrap(cast(norm_rows(&x, &w, eps).0).expect("B is Flex")));
+    }
+    if !known::<B>() {
+        return Err(x);
+    }
+    let x: AdTensor = cast(unwrap(x)).expect("B is autodiff over flex");
+    let w: AdTensor = cast(unwrap(w)).expect("B is autodiff over flex");
+    let y = if is_ad::<B, NoCheckpointing>() {
+        tracked_rms_norm::<NoCheckpointing>(x, w, eps)
+    } else {
+        tracked_rms_norm::<BalancedCheckpointing>(x, w, eps)
+    };
+    Ok(wrap(cast(y).expect("B is autodiff over flex")))
+}
+
 /// Moves `x` into `T` when `A` is `T` (the backend is known only by its `TypeId` here).
 fn cast<A: 'static, T: 'static>(x: A) -> Result<T, A> {
     let boxed: Box<dyn Any> = Box::new(x);
@@ -209,6 +227,78 @@ fn tracked_rope<C: CheckpointStrategy>(x: AdTensor, cos: FlexTensor, sin: FlexTe
     let y = rotate(x.primitive, &cos, &sin, false);
     match prep {
         OpsKind::Tracked(prep) => prep.finish((cos, sin), y),
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    }
+}
+
+/// RMS norm of every row: the output and each row's `1 / √(mean(x²) + eps)`.
+fn norm_rows(x: &FlexTensor, w: &FlexTensor, eps: f32) -> (FlexTensor, Vec<f32>) {
+    let (x, w) = (contiguous_f32(x), contiguous_f32(w));
+    let dim = x.layout().shape()[1];
+    let mut y = FlexTensor::empty(x.layout().shape().clone(), DType::F32);
+    let mut r = vec![0f32; x.layout().shape()[0]];
+    let (out, weight): (&mut [f32], &[f32]) = (y.storage_mut(), w.storage());
+    out.par_chunks_mut(dim)
+        .zip(x.storage::<f32>().par_chunks(dim))
+        .zip(r.par_iter_mut())
+        .with_min_len(TASK.div_ceil(dim))
+        .for_each(|((y, x), r)| rows::rms_norm(x, weight, eps, y, r));
+    (y, r)
+}
+
+/// `(dx, dw)` from `dy`, in fixed blocks of rows whose `dw` parts are added in order, so the sum
+/// does not depend on the thread count.
+fn norm_rows_backward(x: &FlexTensor, w: &FlexTensor, r: &[f32], dy: FlexTensor) -> (FlexTensor, FlexTensor) {
+    let (x, w) = (contiguous_f32(x), contiguous_f32(w));
+    let dim = x.layout().shape()[1];
+    let block = TASK.div_ceil(dim);
+    let mut dx = contiguous_f32(&dy);
+    drop(dy);
+    let weight: &[f32] = w.storage();
+    let data: &mut [f32] = dx.storage_mut();
+    let parts: Vec<Vec<f32>> = data
+        .par_chunks_mut(dim * block)
+        .zip(x.storage::<f32>().par_chunks(dim * block).zip(r.par_chunks(block)))
+        .map(|(g, (x, r))| {
+            let mut dw = vec![0f32; dim];
+            for ((g, x), &r) in g.chunks_exact_mut(dim).zip(x.chunks_exact(dim)).zip(r) {
+                rows::rms_norm_backward(x, weight, r, g, &mut dw);
+            }
+            dw
+        })
+        .collect();
+    let mut dw = vec![0f32; dim];
+    for part in parts {
+        dw.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+    }
+    (dx, FlexTensor::from_data(burn::tensor::TensorData::new(dw, [dim])))
+}
+
+#[derive(Debug)]
+struct RmsNorm;
+
+impl Backward<Flex, 2> for RmsNorm {
+    type State = (FlexTensor, FlexTensor, Vec<f32>);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (x, w, r) = ops.state;
+        let (dx, dw) = norm_rows_backward(&x, &w, &r, grads.consume::<Flex>(&ops.node));
+        let [x_node, w_node] = ops.parents;
+        if let Some(node) = x_node {
+            grads.register::<Flex>(node.id, dx);
+        }
+        if let Some(node) = w_node {
+            grads.register::<Flex>(node.id, dw);
+        }
+    }
+}
+
+/// RMS norm recorded as one autodiff node, whose state is its inputs and each row's `r`.
+fn tracked_rms_norm<C: CheckpointStrategy>(x: AdTensor, w: AdTensor, eps: f32) -> AdTensor {
+    let prep = RmsNorm.prepare::<C>([x.node.clone(), w.node.clone()]).compute_bound().stateful();
+    let (y, r) = norm_rows(&x.primitive, &w.primitive, eps);
+    match prep {
+        OpsKind::Tracked(prep) => prep.finish((x.primitive, w.primitive, r), y),
         OpsKind::UnTracked(prep) => prep.finish(y),
     }
 }
@@ -349,6 +439,36 @@ mod tests {
         // The same two products and one sum per element, in the same order: the same bits.
         assert_close(&y, &y_ref, 0.0);
         assert_close(&dx, &dx_ref, 0.0);
+    }
+
+    /// The fused RMS norm against the generic formula: values and the gradients of input and
+    /// weight.
+    #[test]
+    fn fused_rms_norm_equals_burns() {
+        let device = Default::default();
+        let (n, dim, eps) = (700, 24, 1e-6);
+        let x = Tensor::<Ad, 2>::random([n, dim], Distribution::Normal(0.0, 3.0), &device);
+        let w = Tensor::<Ad, 1>::random([dim], Distribution::Normal(1.0, 0.5), &device);
+        let upstream = Tensor::<Ad, 2>::random([n, dim], Distribution::Normal(0.0, 1.0), &device);
+        let run = |fused: bool| {
+            let (xg, wg) = (x.clone().detach().require_grad(), w.clone().detach().require_grad());
+            let y = if fused {
+                rms_norm(xg.clone(), wg.clone(), eps).map_err(|_| "no fused kernel").expect("flex has one")
+            } else {
+                let inv = (xg.clone().square().mean_dim(1) + eps as f64).powf_scalar(-0.5);
+                xg.clone() * inv * wg.clone().unsqueeze()
+            };
+            let grads = (y.clone() * upstream.clone()).sum().backward();
+            (values(y), values(xg.grad(&grads).expect("grad")), values(wg.grad(&grads).expect("grad")))
+        };
+        let ((y, dx, dw), (y_ref, dx_ref, dw_ref)) = (run(true), run(false));
+        // y = x·r·w with |x·r| ≲ 4 and |w| ≲ 3, a few roundings each (r from a sum of `dim`
+        // squares); dx sums `dim` products of that size; dw sums `n` of them.
+        let eps32 = f32::EPSILON;
+        assert_close(&y, &y_ref, 12.0 * dim as f32 * eps32);
+        assert_close(&dx, &dx_ref, 12.0 * 4.0 * dim as f32 * eps32);
+        let scale = dw_ref.iter().fold(1f32, |m, v| m.max(v.abs()));
+        assert_close(&dw, &dw_ref, 4.0 * n as f32 * eps32 * scale);
     }
 
     /// The fused SwiGLU against burn's `silu(gate) · up`: values and both gradients.

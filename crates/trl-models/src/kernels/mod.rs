@@ -1,5 +1,5 @@
 //! Fused kernels for the element-wise hot spots of the `flex` CPU backend: the masked softmax of
-//! attention, rotary embeddings and the SwiGLU of the gated MLPs, each with a backward pass of
+//! attention, rotary embeddings, RMS norm and the SwiGLU of the gated MLPs, each with a backward pass of
 //! its own under autodiff.
 //!
 //! burn decomposes softmax into max, subtract, exp, sum and divide, and `silu(gate) · up` into
@@ -68,6 +68,24 @@ pub fn rope<B: Backend>(x: Tensor<B, 2>, cos: &Tensor<B, 2>, sin: &Tensor<B, 2>)
     }
     #[cfg(not(feature = "flex"))]
     {
+        Err(x)
+    }
+}
+
+/// RMS norm over the last dimension of flat `[rows, dim]` activations with an f32 weight `[dim]`,
+/// as Llama computes it in f32: `x · w / √(mean(x²) + eps)`. `Err` gives `x` back where there is
+/// no fused kernel.
+pub fn rms_norm<B: Backend>(x: Tensor<B, 2>, weight: Tensor<B, 1>, eps: f64) -> Result<Tensor<B, 2>, Tensor<B, 2>> {
+    if !fused::<B>(x.dtype()) || weight.dtype() != DType::F32 || weight.dims()[0] != x.dims()[1] {
+        return Err(x);
+    }
+    #[cfg(feature = "flex")]
+    {
+        flex::rms_norm(x, weight, eps as f32)
+    }
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = (weight, eps);
         Err(x)
     }
 }

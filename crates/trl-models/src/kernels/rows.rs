@@ -143,6 +143,33 @@ simd_fn! {
     }
 }
 
+simd_fn! {
+    /// RMS norm of one row: `y = x · r · w` with `r = 1 / √(mean(x²) + eps)`, which it returns.
+    fn rms_norm(x: &[f32], w: &[f32], eps: f32, y: &mut [f32], r: &mut f32) {
+        let inv = 1.0 / (lanes_dot(x, Some(x)) / x.len() as f32 + eps).sqrt();
+        for ((y, &x), &w) in y.iter_mut().zip(x).zip(w) {
+            *y = x * inv * w;
+        }
+        *r = inv;
+    }
+}
+
+simd_fn! {
+    /// RMS norm's backward pass for one row with its `r`, in place over `dy`:
+    /// `dx = r · (dy·w − x · r² · mean(dy·w·x))`; adds `dy · x · r` to `dw`.
+    fn rms_norm_backward(x: &[f32], w: &[f32], r: f32, dy: &mut [f32], dw: &mut [f32]) {
+        let mut lanes = [0f32; 8];
+        for (i, ((&g, &x), &w)) in dy.iter().zip(x).zip(w).enumerate() {
+            lanes[i % 8] += g * w * x;
+        }
+        let mean = lanes.iter().sum::<f32>() / x.len() as f32;
+        for (((g, dw), &x), &w) in dy.iter_mut().zip(dw.iter_mut()).zip(x).zip(w) {
+            *dw += *g * x * r;
+            *g = r * (*g * w - x * (r * r * mean));
+        }
+    }
+}
+
 /// `Σ xᵢ·yᵢ` (or `Σ xᵢ` without `y`) in 8 interleaved lanes, so it vectorises, then across them.
 #[inline(always)]
 fn lanes_dot(x: &[f32], y: Option<&[f32]>) -> f32 {
