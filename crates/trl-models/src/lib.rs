@@ -57,5 +57,6 @@ pub use backbone::{decode, ArchInfo, Backbone, CacheSlot};
 pub use batch::{Context, Padding, TokenBatch};
 pub use deberta_v2::DebertaV2Model;
 pub use error::{ModelError, Result};
+pub use kernels::{adamw, AdamWStep};
 pub use layers::{Activation, KvCache};
 pub use lora::{held_linear, Adapters, LoadedAdapter, LoraLayer};

@@ -12,6 +12,7 @@ use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
 use trl_core::StateDict;
+use trl_models::{adamw, AdamWStep};
 
 /// AdamW hyper-parameters (transformers' defaults).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -126,21 +127,20 @@ impl<AB: AutodiffBackend> ModuleMapper<AB> for Step<'_, AB> {
         let c = self.opt.config;
         let shape = tensor.shape();
         let n = shape.num_elements();
-        let p = tensor.inner().reshape([n]);
-        let g = grad.reshape([n]);
-        // torch: exp_avg.lerp_(grad, 1 - beta1); exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        let (m, v) = match self.opt.state.remove(&id) {
-            Some((m, v)) => {
-                (m.clone() + (g.clone() - m) * (1.0 - c.beta1), v * c.beta2 + g.clone() * g * (1.0 - c.beta2))
-            }
-            None => (g.clone() * (1.0 - c.beta1), g.clone() * g * (1.0 - c.beta2)),
-        };
         let t = self.opt.step as i32;
-        let bc1 = 1.0 - c.beta1.powi(t);
-        let bc2 = 1.0 - c.beta2.powi(t);
-        let p = if c.weight_decay != 0.0 && decays(&self.path) { p * (1.0 - self.lr * c.weight_decay) } else { p };
-        let denom = v.clone().sqrt() / bc2.sqrt() + c.eps;
-        let p = p - m.clone() / denom * (self.lr / bc1);
+        let (bc1, bc2) = (1.0 - c.beta1.powi(t), 1.0 - c.beta2.powi(t));
+        let decay = if c.weight_decay != 0.0 && decays(&self.path) { 1.0 - self.lr * c.weight_decay } else { 1.0 };
+        let h = AdamWStep {
+            beta2: c.beta2 as f32,
+            one_minus_beta1: (1.0 - c.beta1) as f32,
+            one_minus_beta2: (1.0 - c.beta2) as f32,
+            decay: decay as f32,
+            bias_correction2_sqrt: bc2.sqrt() as f32,
+            eps: c.eps as f32,
+            step_size: (self.lr / bc1) as f32,
+        };
+        let moments = self.opt.state.remove(&id);
+        let (p, m, v) = adamw(tensor.inner().reshape([n]), grad.reshape([n]), moments, &h);
         self.opt.state.insert(id, (m, v));
         let new = Tensor::<AB, D>::from_inner(p.reshape(shape)).require_grad();
         Param::from_mapped_value(id, new, mapper)

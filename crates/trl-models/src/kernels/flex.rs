@@ -11,26 +11,39 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::{Autodiff, Flex};
+use burn::tensor::ops::FloatTensor;
 use burn::tensor::{backend::Backend, Bool, DType, Tensor, TensorPrimitive};
 use rayon::prelude::*;
 
 use super::rows;
 
-type AdTensor = burn::tensor::ops::FloatTensor<Autodiff<Flex>>;
+type AdTensor = FloatTensor<Autodiff<Flex>>;
 
 /// Elements per parallel task: below about 16k a thread hand-off costs more than the work.
 const TASK: usize = 16_384;
 
-pub(super) fn known<B: Backend>() -> bool {
-    let backend = TypeId::of::<B>();
-    backend == TypeId::of::<Flex>()
-        || backend == TypeId::of::<Autodiff<Flex>>()
-        || backend == TypeId::of::<Autodiff<Flex, BalancedCheckpointing>>()
+/// How a backend `B` holds flex tensors: plainly, or under autodiff (with balanced checkpointing
+/// or without).
+enum Kind {
+    Plain,
+    Autodiff { balanced: bool },
 }
 
-/// Whether `B` is autodiff over flex with checkpointing strategy `C`.
-fn is_ad<B: Backend, C: CheckpointStrategy>() -> bool {
-    TypeId::of::<B>() == TypeId::of::<Autodiff<Flex, C>>()
+fn kind<B: Backend>() -> Option<Kind> {
+    let backend = TypeId::of::<B>();
+    if backend == TypeId::of::<Flex>() {
+        Some(Kind::Plain)
+    } else if backend == TypeId::of::<Autodiff<Flex>>() {
+        Some(Kind::Autodiff { balanced: false })
+    } else if backend == TypeId::of::<Autodiff<Flex, BalancedCheckpointing>>() {
+        Some(Kind::Autodiff { balanced: true })
+    } else {
+        None
+    }
+}
+
+pub(super) fn known<B: Backend>() -> bool {
+    kind::<B>().is_some()
 }
 
 pub(super) fn masked_softmax<B: Backend>(
@@ -40,40 +53,39 @@ pub(super) fn masked_softmax<B: Backend>(
     let Ok(mask) = cast::<_, FlexTensor>(mask.clone().into_primitive()) else {
         return Err(scores);
     };
-    if TypeId::of::<B>() == TypeId::of::<Flex>() {
-        return Ok(wrap(cast(softmax(cast(unwrap(scores)).expect("B is Flex"), &mask)).expect("B is Flex")));
-    }
-    if !known::<B>() {
-        return Err(scores);
-    }
-    let x: AdTensor = cast(unwrap(scores)).expect("B is autodiff over flex");
-    let y = if is_ad::<B, NoCheckpointing>() {
-        tracked_softmax::<NoCheckpointing>(x, mask)
-    } else {
-        tracked_softmax::<BalancedCheckpointing>(x, mask)
-    };
-    Ok(wrap(cast(y).expect("B is autodiff over flex")))
+    Ok(match kind::<B>() {
+        None => return Err(scores),
+        Some(Kind::Plain) => {
+            let [s] = plain::<B, 1>([unwrap(scores)]);
+            back(softmax(s, &mask))
+        }
+        Some(Kind::Autodiff { balanced }) => {
+            back(record(balanced, MaskedSoftmax, tracked::<B, 1>([unwrap(scores)]), |[s]| {
+                let y = softmax(s, &mask);
+                (y.clone(), y)
+            }))
+        }
+    })
 }
 
 pub(super) fn swiglu<B: Backend>(
     gate: Tensor<B, 2>,
     up: Tensor<B, 2>,
 ) -> Result<Tensor<B, 2>, (Tensor<B, 2>, Tensor<B, 2>)> {
-    if TypeId::of::<B>() == TypeId::of::<Flex>() {
-        let (g, u) = (cast(unwrap(gate)).expect("B is Flex"), cast(unwrap(up)).expect("B is Flex"));
-        return Ok(wrap(cast(swiglu_forward(&g, &u)).expect("B is Flex")));
-    }
-    if !known::<B>() {
+    let Some(kind) = kind::<B>() else {
         return Err((gate, up));
-    }
-    let g: AdTensor = cast(unwrap(gate)).expect("B is autodiff over flex");
-    let u: AdTensor = cast(unwrap(up)).expect("B is autodiff over flex");
-    let h = if is_ad::<B, NoCheckpointing>() {
-        tracked_swiglu::<NoCheckpointing>(g, u)
-    } else {
-        tracked_swiglu::<BalancedCheckpointing>(g, u)
     };
-    Ok(wrap(cast(h).expect("B is autodiff over flex")))
+    let inputs = [unwrap(gate), unwrap(up)];
+    Ok(match kind {
+        Kind::Plain => {
+            let [g, u] = plain::<B, 2>(inputs);
+            back(swiglu_forward(&g, &u))
+        }
+        Kind::Autodiff { balanced } => back(record(balanced, SwiGlu, tracked::<B, 2>(inputs), |[g, u]| {
+            let h = swiglu_forward(&g, &u);
+            ((g, u), h)
+        })),
+    })
 }
 
 pub(super) fn rope<B: Backend>(
@@ -81,41 +93,107 @@ pub(super) fn rope<B: Backend>(
     cos: &Tensor<B, 2>,
     sin: &Tensor<B, 2>,
 ) -> Result<Tensor<B, 2>, Tensor<B, 2>> {
-    if TypeId::of::<B>() == TypeId::of::<Flex>() {
-        let table = |t: &Tensor<B, 2>| cast::<_, FlexTensor>(unwrap(t.clone())).expect("B is Flex");
-        let (cos, sin) = (table(cos), table(sin));
-        return Ok(wrap(cast(rotate(cast(unwrap(x)).expect("B is Flex"), &cos, &sin, false)).expect("B is Flex")));
-    }
-    if !known::<B>() {
-        return Err(x);
-    }
-    let table = |t: &Tensor<B, 2>| cast::<_, AdTensor>(unwrap(t.clone())).expect("B is autodiff over flex").primitive;
-    let (cos, sin) = (table(cos), table(sin));
-    let x: AdTensor = cast(unwrap(x)).expect("B is autodiff over flex");
-    let y = if is_ad::<B, NoCheckpointing>() {
-        tracked_rope::<NoCheckpointing>(x, cos, sin)
-    } else {
-        tracked_rope::<BalancedCheckpointing>(x, cos, sin)
-    };
-    Ok(wrap(cast(y).expect("B is autodiff over flex")))
+    let tables = [unwrap(cos.clone()), unwrap(sin.clone())];
+    Ok(match kind::<B>() {
+        None => return Err(x),
+        Some(Kind::Plain) => {
+            let ([x], [cos, sin]) = (plain::<B, 1>([unwrap(x)]), plain::<B, 2>(tables));
+            back(rotate(x, &cos, &sin, false))
+        }
+        Some(Kind::Autodiff { balanced }) => {
+            let [cos, sin] = tracked::<B, 2>(tables).map(|t| t.primitive);
+            back(record(balanced, Rope, tracked::<B, 1>([unwrap(x)]), |[x]| {
+                let y = rotate(x, &cos, &sin, false);
+                ((cos, sin), y)
+            }))
+        }
+    })
 }
 
 pub(super) fn rms_norm<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 1>, eps: f32) -> Result<Tensor<B, 2>, Tensor<B, 2>> {
-    if TypeId::of::<B>() == TypeId::of::<Flex>() {
-        let (x, w) = (cast(unwrap(x)).expect("B is Flex"), cast(unwrap(w)).expect("B is Flex"));
-        return Ok(wrap(cast(norm_rows(&x, &w, eps).0).expect("B is Flex")));
+    Ok(match kind::<B>() {
+        None => return Err(x),
+        Some(Kind::Plain) => {
+            let [x, w] = plain::<B, 2>([unwrap(x), unwrap(w)]);
+            back(norm_rows(&x, &w, eps).0)
+        }
+        Some(Kind::Autodiff { balanced }) => {
+            back(record(balanced, RmsNorm, tracked::<B, 2>([unwrap(x), unwrap(w)]), |[x, w]| {
+                let (y, r) = norm_rows(&x, &w, eps);
+                ((x, w, r), y)
+            }))
+        }
+    })
+}
+
+type Moments<B> = Option<(Tensor<B, 1>, Tensor<B, 1>)>;
+
+#[allow(clippy::type_complexity)]
+pub(super) fn adamw<B: Backend>(
+    p: Tensor<B, 1>,
+    g: Tensor<B, 1>,
+    moments: Moments<B>,
+    h: &rows::AdamWStep,
+) -> Result<(Tensor<B, 1>, Tensor<B, 1>, Tensor<B, 1>), (Tensor<B, 1>, Tensor<B, 1>, Moments<B>)> {
+    if !matches!(kind::<B>(), Some(Kind::Plain)) {
+        return Err((p, g, moments));
     }
-    if !known::<B>() {
-        return Err(x);
-    }
-    let x: AdTensor = cast(unwrap(x)).expect("B is autodiff over flex");
-    let w: AdTensor = cast(unwrap(w)).expect("B is autodiff over flex");
-    let y = if is_ad::<B, NoCheckpointing>() {
-        tracked_rms_norm::<NoCheckpointing>(x, w, eps)
-    } else {
-        tracked_rms_norm::<BalancedCheckpointing>(x, w, eps)
+    let [mut p, g] = plain::<B, 2>([unwrap(p), unwrap(g)]).map(|t| contiguous_f32(&t));
+    let first = moments.is_none();
+    let [mut m, mut v] = match moments {
+        Some((m, v)) => plain::<B, 2>([unwrap(m), unwrap(v)]).map(|t| contiguous_f32(&t)),
+        None => [(); 2].map(|_| FlexTensor::zeros(p.layout().shape().clone(), DType::F32)),
     };
-    Ok(wrap(cast(y).expect("B is autodiff over flex")))
+    let (ps, ms, vs): (&mut [f32], &mut [f32], &mut [f32]) = (p.storage_mut(), m.storage_mut(), v.storage_mut());
+    ps.par_chunks_mut(TASK)
+        .zip(ms.par_chunks_mut(TASK))
+        .zip(vs.par_chunks_mut(TASK))
+        .zip(g.storage::<f32>().par_chunks(TASK))
+        .for_each(|(((p, m), v), g)| rows::adamw(p, g, m, v, h, first));
+    Ok((back(p), back(m), back(v)))
+}
+
+/// `B`'s primitives as flex tensors, where `B` is `Flex`.
+fn plain<B: Backend, const N: usize>(xs: [FloatTensor<B>; N]) -> [FlexTensor; N] {
+    xs.map(|x| cast(x).expect("B is Flex"))
+}
+
+/// `B`'s primitives as autodiff tensors, where `B` is autodiff over flex.
+fn tracked<B: Backend, const N: usize>(xs: [FloatTensor<B>; N]) -> [AdTensor; N] {
+    xs.map(|x| cast(x).expect("B is autodiff over flex"))
+}
+
+/// A flex or autodiff result as a tensor of `B`, whose primitive it is.
+fn back<B: Backend, P: std::fmt::Debug + 'static, const D: usize>(p: P) -> Tensor<B, D> {
+    wrap(cast(p).expect("the result has B's float primitive"))
+}
+
+/// `op`'s forward pass over `parents`, recorded as one autodiff node: `forward` gets the parents'
+/// flex tensors (they are no longer shared, so it may write in place) and returns the state the
+/// backward pass keeps, and the output.
+fn record<O: Backward<Flex, N>, const N: usize>(
+    balanced: bool,
+    op: O,
+    parents: [AdTensor; N],
+    forward: impl FnOnce([FlexTensor; N]) -> (O::State, FlexTensor),
+) -> AdTensor {
+    fn with<C: CheckpointStrategy, O: Backward<Flex, N>, const N: usize>(
+        op: O,
+        parents: [AdTensor; N],
+        forward: impl FnOnce([FlexTensor; N]) -> (O::State, FlexTensor),
+    ) -> AdTensor {
+        let prep = op.prepare::<C>(parents.each_ref().map(|p| p.node.clone())).compute_bound().stateful();
+        let (state, out) = forward(parents.map(|p| p.primitive));
+        match prep {
+            OpsKind::Tracked(prep) => prep.finish(state, out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        }
+    }
+    if balanced {
+        with::<BalancedCheckpointing, O, N>(op, parents, forward)
+    } else {
+        with::<NoCheckpointing, O, N>(op, parents, forward)
+    }
 }
 
 /// Moves `x` into `T` when `A` is `T` (the backend is known only by its `TypeId` here).
@@ -127,11 +205,11 @@ fn cast<A: 'static, T: 'static>(x: A) -> Result<T, A> {
     }
 }
 
-fn unwrap<B: Backend, const D: usize>(x: Tensor<B, D>) -> burn::tensor::ops::FloatTensor<B> {
+fn unwrap<B: Backend, const D: usize>(x: Tensor<B, D>) -> FloatTensor<B> {
     x.into_primitive().tensor()
 }
 
-fn wrap<B: Backend, const D: usize>(x: burn::tensor::ops::FloatTensor<B>) -> Tensor<B, D> {
+fn wrap<B: Backend, const D: usize>(x: FloatTensor<B>) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(x))
 }
 
@@ -221,16 +299,6 @@ impl Backward<Flex, 1> for Rope {
     }
 }
 
-/// RoPE recorded as one autodiff node, whose state is the tables (the rotation is linear).
-fn tracked_rope<C: CheckpointStrategy>(x: AdTensor, cos: FlexTensor, sin: FlexTensor) -> AdTensor {
-    let prep = Rope.prepare::<C>([x.node.clone()]).compute_bound().stateful();
-    let y = rotate(x.primitive, &cos, &sin, false);
-    match prep {
-        OpsKind::Tracked(prep) => prep.finish((cos, sin), y),
-        OpsKind::UnTracked(prep) => prep.finish(y),
-    }
-}
-
 /// RMS norm of every row: the output and each row's `1 / √(mean(x²) + eps)`.
 fn norm_rows(x: &FlexTensor, w: &FlexTensor, eps: f32) -> (FlexTensor, Vec<f32>) {
     let (x, w) = (contiguous_f32(x), contiguous_f32(w));
@@ -293,16 +361,6 @@ impl Backward<Flex, 2> for RmsNorm {
     }
 }
 
-/// RMS norm recorded as one autodiff node, whose state is its inputs and each row's `r`.
-fn tracked_rms_norm<C: CheckpointStrategy>(x: AdTensor, w: AdTensor, eps: f32) -> AdTensor {
-    let prep = RmsNorm.prepare::<C>([x.node.clone(), w.node.clone()]).compute_bound().stateful();
-    let (y, r) = norm_rows(&x.primitive, &w.primitive, eps);
-    match prep {
-        OpsKind::Tracked(prep) => prep.finish((x.primitive, w.primitive, r), y),
-        OpsKind::UnTracked(prep) => prep.finish(y),
-    }
-}
-
 #[derive(Debug)]
 struct MaskedSoftmax;
 
@@ -312,16 +370,6 @@ impl Backward<Flex, 1> for MaskedSoftmax {
     fn backward(self, ops: Ops<FlexTensor, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let y = ops.state;
         unary::<Flex, _>(ops.parents, ops.node, grads, |dy| softmax_backward(&y, dy));
-    }
-}
-
-/// The softmax recorded as one autodiff node, whose state is its output.
-fn tracked_softmax<C: CheckpointStrategy>(scores: AdTensor, mask: FlexTensor) -> AdTensor {
-    let prep = MaskedSoftmax.prepare::<C>([scores.node.clone()]).compute_bound().stateful();
-    let y = softmax(scores.primitive, &mask);
-    match prep {
-        OpsKind::Tracked(prep) => prep.finish(y.clone(), y),
-        OpsKind::UnTracked(prep) => prep.finish(y),
     }
 }
 
@@ -341,16 +389,6 @@ impl Backward<Flex, 2> for SwiGlu {
         if let Some(node) = up_node {
             grads.register::<Flex>(node.id, du);
         }
-    }
-}
-
-/// SwiGLU recorded as one autodiff node, whose state is its two inputs.
-fn tracked_swiglu<C: CheckpointStrategy>(gate: AdTensor, up: AdTensor) -> AdTensor {
-    let prep = SwiGlu.prepare::<C>([gate.node.clone(), up.node.clone()]).compute_bound().stateful();
-    let h = swiglu_forward(&gate.primitive, &up.primitive);
-    match prep {
-        OpsKind::Tracked(prep) => prep.finish((gate.primitive, up.primitive), h),
-        OpsKind::UnTracked(prep) => prep.finish(h),
     }
 }
 
@@ -469,6 +507,48 @@ mod tests {
         assert_close(&dx, &dx_ref, 12.0 * 4.0 * dim as f32 * eps32);
         let scale = dw_ref.iter().fold(1f32, |m, v| m.max(v.abs()));
         assert_close(&dw, &dw_ref, 4.0 * n as f32 * eps32 * scale);
+    }
+
+    /// The fused AdamW (on `Flex`) against the same update as tensor ops (which `Autodiff<Flex>`
+    /// runs, having no fused optimizer step): the same bits, first step and later ones, with and
+    /// without decay.
+    #[test]
+    fn fused_adamw_equals_the_tensor_ops() {
+        let device = Default::default();
+        let n = 40_000; // more than one parallel task
+        let data = |std: f64, seed: u64| {
+            <Flex as Backend>::seed(&device, seed);
+            Tensor::<Flex, 1>::random([n], Distribution::Normal(0.0, std), &device).into_data()
+        };
+        let (p0, grads) = (data(1.0, 1), [data(0.1, 2), data(0.3, 3), data(0.01, 4)]);
+        fn run<B: Backend>(p0: &TensorData, grads: &[TensorData], device: &B::Device) -> Vec<Vec<f32>> {
+            let mut p = Tensor::<B, 1>::from_data(p0.clone(), device);
+            let mut moments = None;
+            let mut out = Vec::new();
+            for (t, g) in grads.iter().enumerate() {
+                let t = t as i32 + 1;
+                let h = crate::kernels::AdamWStep {
+                    beta2: 0.999,
+                    one_minus_beta1: (1.0 - 0.9f64) as f32,
+                    one_minus_beta2: (1.0 - 0.999f64) as f32,
+                    decay: if t == 2 { 1.0 } else { (1.0 - 1e-3 * 0.01f64) as f32 },
+                    bias_correction2_sqrt: (1.0 - 0.999f64.powi(t)).sqrt() as f32,
+                    eps: 1e-8,
+                    step_size: (1e-3 / (1.0 - 0.9f64.powi(t))) as f32,
+                };
+                let (p1, m, v) = crate::kernels::adamw(p, Tensor::from_data(g.clone(), device), moments, &h);
+                out.extend([&p1, &m, &v].map(|x| x.to_data().to_vec::<f32>().expect("f32")));
+                (p, moments) = (p1, Some((m, v)));
+            }
+            out
+        }
+        let fused = run::<Flex>(&p0, &grads, &device);
+        let ops = run::<Ad>(&p0, &grads, &device);
+        assert_eq!(fused.len(), 9);
+        for (a, b) in fused.iter().zip(&ops) {
+            assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()), "fused AdamW differs from the ops");
+        }
+        assert_ne!(fused[0], fused[3], "the parameters move");
     }
 
     /// The fused SwiGLU against burn's `silu(gate) · up`: values and both gradients.

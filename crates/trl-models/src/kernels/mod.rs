@@ -1,6 +1,6 @@
 //! Fused kernels for the element-wise hot spots of the `flex` CPU backend: the masked softmax of
 //! attention, rotary embeddings, RMS norm and the SwiGLU of the gated MLPs, each with a backward pass of
-//! its own under autodiff.
+//! its own under autodiff, and the AdamW update.
 //!
 //! burn decomposes softmax into max, subtract, exp, sum and divide, and `silu(gate) · up` into
 //! sigmoid and two products; under autodiff each is a node (the mask fill another), and the
@@ -18,6 +18,8 @@ use burn::tensor::{backend::Backend, Bool, DType, Tensor};
 #[cfg(feature = "flex")]
 mod flex;
 mod rows;
+
+pub use rows::AdamWStep;
 
 /// `softmax(scores, masked to −∞ where mask is true)` over the last dimension, where `scores`
 /// is `[batch, heads, q, k]` and `mask` `[batch, 1, q, k]` (shared by the heads). A row with no
@@ -88,6 +90,35 @@ pub fn rms_norm<B: Backend>(x: Tensor<B, 2>, weight: Tensor<B, 1>, eps: f64) -> 
         let _ = (weight, eps);
         Err(x)
     }
+}
+
+/// One AdamW update of a flat f32 parameter `p` with gradient `g` and moments `(m, v)` (`None`
+/// before the first step), as torch's `AdamW` computes it: returns `(p, m, v)`. On flex one sweep
+/// updates all three in place; elsewhere the same arithmetic runs as tensor ops, with the same
+/// bits.
+pub fn adamw<B: Backend>(
+    p: Tensor<B, 1>,
+    g: Tensor<B, 1>,
+    moments: Option<(Tensor<B, 1>, Tensor<B, 1>)>,
+    h: &AdamWStep,
+) -> (Tensor<B, 1>, Tensor<B, 1>, Tensor<B, 1>) {
+    #[cfg(feature = "flex")]
+    let (p, g, moments) = match fused::<B>(p.dtype()) {
+        true => match flex::adamw(p, g, moments, h) {
+            Ok(updated) => return updated,
+            Err(back) => back,
+        },
+        false => (p, g, moments),
+    };
+    // torch: exp_avg.lerp_(grad, 1 - beta1); exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    let (m, v) = match moments {
+        Some((m, v)) => {
+            (m.clone() + (g.clone() - m) * h.one_minus_beta1, v * h.beta2 + g.clone() * g * h.one_minus_beta2)
+        }
+        None => (g.clone() * h.one_minus_beta1, g.clone() * g * h.one_minus_beta2),
+    };
+    let denom = v.clone().sqrt() / h.bias_correction2_sqrt + h.eps;
+    (p * h.decay - m.clone() / denom * h.step_size, m, v)
 }
 
 /// Whether this backend has the fused kernels for tensors of this dtype.
