@@ -133,7 +133,7 @@ pub(super) fn adamw<B: Backend>(
     p: Tensor<B, 1>,
     g: Tensor<B, 1>,
     moments: Moments<B>,
-    h: &rows::AdamWStep,
+    h: &super::AdamWStep,
 ) -> Result<(Tensor<B, 1>, Tensor<B, 1>, Tensor<B, 1>), (Tensor<B, 1>, Tensor<B, 1>, Moments<B>)> {
     if !matches!(kind::<B>(), Some(Kind::Plain)) {
         return Err((p, g, moments));

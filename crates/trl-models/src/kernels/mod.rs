@@ -17,9 +17,8 @@ use burn::tensor::{backend::Backend, Bool, DType, Tensor};
 
 #[cfg(feature = "flex")]
 mod flex;
+#[cfg(feature = "flex")]
 mod rows;
-
-pub use rows::AdamWStep;
 
 /// `softmax(scores, masked to −∞ where mask is true)` over the last dimension, where `scores`
 /// is `[batch, heads, q, k]` and `mask` `[batch, 1, q, k]` (shared by the heads). A row with no
@@ -90,6 +89,22 @@ pub fn rms_norm<B: Backend>(x: Tensor<B, 2>, weight: Tensor<B, 1>, eps: f64) -> 
         let _ = (weight, eps);
         Err(x)
     }
+}
+
+/// One AdamW step's constants, as the f32 factors the update multiplies by (see
+/// [`adamw`]).
+#[derive(Debug, Clone, Copy)]
+pub struct AdamWStep {
+    pub beta2: f32,
+    pub one_minus_beta1: f32,
+    pub one_minus_beta2: f32,
+    /// `1 − lr · weight_decay`, or 1 where the parameter does not decay.
+    pub decay: f32,
+    /// `√(1 − β₂ᵗ)`.
+    pub bias_correction2_sqrt: f32,
+    pub eps: f32,
+    /// `lr / (1 − β₁ᵗ)`.
+    pub step_size: f32,
 }
 
 /// One AdamW update of a flat f32 parameter `p` with gradient `g` and moments `(m, v)` (`None`

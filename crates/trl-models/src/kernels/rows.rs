@@ -170,25 +170,9 @@ simd_fn! {
     }
 }
 
-/// One AdamW step's constants, as the f32 factors the update multiplies by (see
-/// [`super::adamw`]).
-#[derive(Debug, Clone, Copy)]
-pub struct AdamWStep {
-    pub beta2: f32,
-    pub one_minus_beta1: f32,
-    pub one_minus_beta2: f32,
-    /// `1 − lr · weight_decay`, or 1 where the parameter does not decay.
-    pub decay: f32,
-    /// `√(1 − β₂ᵗ)`.
-    pub bias_correction2_sqrt: f32,
-    pub eps: f32,
-    /// `lr / (1 − β₁ᵗ)`.
-    pub step_size: f32,
-}
-
 simd_fn! {
     /// AdamW on a slice of one parameter, in place (`first`: the moments start at zero).
-    fn adamw(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: &AdamWStep, first: bool) {
+    fn adamw(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: &super::AdamWStep, first: bool) {
         for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
             let (m1, v1) = if first {
                 (g * h.one_minus_beta1, g * g * h.one_minus_beta2)
