@@ -319,10 +319,15 @@ pub(crate) struct Pool<B: AutodiffBackend> {
     workers: usize,
     /// The other nodes, when there are.
     link: Option<NodeLink>,
-    _turn: MutexGuard<'static, ()>,
 }
 
-static TURN: Mutex<()> = Mutex::new(());
+/// One data-parallel run at a time in a process, since burn's collective is global: the caller
+/// holds this until the scope of the run's [`Pool`] has joined every worker, so the next run
+/// cannot register while a worker of this one is still leaving the collective.
+pub(crate) fn turn() -> MutexGuard<'static, ()> {
+    static TURN: Mutex<()> = Mutex::new(());
+    TURN.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 fn collective_err(what: &str, e: impl std::fmt::Debug) -> RewardError {
     RewardError::Config(format!("data-parallel {what} failed: {e:?}"))
@@ -343,7 +348,6 @@ impl<B: AutodiffBackend> Pool<B> {
         pad_id: i64,
         cfg: &RewardConfig,
     ) -> Result<Self> {
-        let turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
         let local = devices.len();
         let first = nodes.map_or(0, |n| n.rank * local);
         let link = nodes.map(|n| NodeLink::connect(n, fingerprint)).transpose()?;
@@ -363,7 +367,7 @@ impl<B: AutodiffBackend> Pool<B> {
             collective::register::<B::InnerBackend>(PeerId::from(0usize), devices[0].clone(), config)
                 .map_err(|e| collective_err("registration", e))?;
         }
-        Ok(Self { to, errors, devices, first, workers, link, _turn: turn })
+        Ok(Self { to, errors, devices, first, workers, link })
     }
 
     /// The step's summed gradients and report over every worker: this node's part of
@@ -382,7 +386,10 @@ impl<B: AutodiffBackend> Pool<B> {
         let own_share = mine.next().expect("one share per worker");
         for ((tx, share), device) in self.to.iter().zip(mine).zip(&self.devices[1..]) {
             let replica = model.clone().fork(device);
-            tx.send(Msg::Step(Box::new(replica), share)).map_err(|_| collective_err("worker", "it stopped"))?;
+            tx.send(Msg::Step(Box::new(replica), share)).map_err(|_| match self.errors.try_recv() {
+                Ok((k, e)) => RewardError::Config(format!("data-parallel worker {k}: {e}")),
+                Err(_) => collective_err("worker", "it stopped"),
+            })?;
         }
         let own = share_grads(model, train, &own_share, pad_id, cfg);
         let bs = cfg.per_device_train_batch_size;

@@ -64,6 +64,7 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
         let devices = self.worker_devices(self.local_workers())?;
         let cfg = self.config.clone();
         let fingerprint = self.run_fingerprint(train);
+        let _turn = crate::parallel::turn();
         std::thread::scope(|s| {
             let pool = Pool::start(s, devices, workers, nodes.as_ref(), fingerprint, train, self.pad_id, &cfg)?;
             self.train_on(train, eval, dropped, on_event, Some(&pool))
