@@ -5,17 +5,31 @@ TRL 0.28's RewardTrainer with a PEFT LoraConfig (r 16, alpha 32, dropout 0.05, S
 default targets q_proj/v_proj), as `cargo xtask train --lora-r 16` trains it: float32 weights
 (`bf16=False`) and no gradient checkpointing (TRL's default turns it on; the bench runs trl-rs with
 `--gradient-checkpointing false` to match, and its `--bf16` row against this f32 one).
-Prints `bench: peak_rss_kb Y` on stderr; the bench times the process.
+Prints `bench: step_s S` (the median time between consecutive optimizer steps, from a callback at
+each step's end, as trl-rs reports its own) and `bench: peak_rss_kb Y` on stderr.
 Pinned: torch 2.15.0, transformers 5.24.0, trl 0.28.0, peft 0.21.2.
 """
 import resource
+import statistics
 import sys
+import time
 
 import torch
 from datasets import load_dataset
 from peft import LoraConfig
 from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerFast
+from transformers import TrainerCallback
 from trl import RewardConfig, RewardTrainer
+
+
+class StepEnds(TrainerCallback):
+    """The instant each optimizer step ends."""
+
+    def __init__(self):
+        self.ends = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.ends.append(time.perf_counter())
 
 
 def main(model_dir, train_file, out_dir, max_steps, batch_pairs, mode="lora"):
@@ -29,7 +43,13 @@ def main(model_dir, train_file, out_dir, max_steps, batch_pairs, mode="lora"):
     # "full": every weight trained with AdamW in f32, as `cargo xtask train` without --lora-*
     peft_config = LoraConfig(task_type="SEQ_CLS", r=16, lora_alpha=32, lora_dropout=0.05) if mode == "lora" else None
     data = load_dataset("json", data_files={"train": train_file})["train"]
-    RewardTrainer(model=model, args=args, processing_class=tok, train_dataset=data, peft_config=peft_config).train()
+    ends = StepEnds()
+    trainer = RewardTrainer(model=model, args=args, processing_class=tok, train_dataset=data, peft_config=peft_config)
+    trainer.add_callback(ends)
+    trainer.train()
+    gaps = [b - a for a, b in zip(ends.ends, ends.ends[1:])]
+    if gaps:
+        print(f"bench: step_s {statistics.median(gaps)}", file=sys.stderr)
     print(f"bench: peak_rss_kb {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}", file=sys.stderr)
 
 

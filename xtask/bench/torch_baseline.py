@@ -83,5 +83,6 @@ if __name__ == "__main__":
     torch.set_num_threads(int(torch.get_num_threads()))
     cases = json.load(open(sys.argv[1]))
     out = {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(DEVICE),
+           "cpu_capability": torch.backends.cpu.get_cpu_capability(),
            "results": [run(c) for c in cases]}
     print(json.dumps(out))

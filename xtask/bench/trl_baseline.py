@@ -59,7 +59,8 @@ def main(d):
     pairs = s["max_steps"] * s["per_device_train_batch_size"]
     print(json.dumps({
         "torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
-        "threads": torch.get_num_threads(), "train_seconds": wall, "pairs_per_sec": pairs / wall,
+        "threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "train_seconds": wall, "pairs_per_sec": pairs / wall,
         "eval_accuracy": accuracy, "train_rows": len(data["train"]), "eval_rows": len(data["eval"]),
     }))
 

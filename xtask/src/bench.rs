@@ -170,6 +170,19 @@ fn torch_device(on: DeviceArg) -> String {
     }
 }
 
+/// A command for the Python side. Where this build has no AVX-512 kernels on a CPU that has
+/// AVX-512 (how the bench gives the AVX2 figure on such a machine), torch is held to AVX2 as well:
+/// ATen's vector kernels (`ATEN_CPU_CAPABILITY`), MKL's gemm (`MKL_ENABLE_INSTRUCTIONS`) and
+/// oneDNN (`ONEDNN_MAX_CPU_ISA`), so that both sides run the same instruction set.
+pub(crate) fn python_command(python: &str) -> std::process::Command {
+    let mut c = std::process::Command::new(python);
+    let cpu = cpu_info();
+    if cpu["simd_level"] == "avx2+fma" && cpu["avx512f"] == true {
+        c.env("ATEN_CPU_CAPABILITY", "avx2").env("MKL_ENABLE_INSTRUCTIONS", "AVX2").env("ONEDNN_MAX_CPU_ISA", "AVX2");
+    }
+    c
+}
+
 /// Runs the PyTorch baseline script on the same configs; `None` when Python/torch is missing.
 fn torch_baseline(python: &str, selected: &[&Case], seconds: f64, on: DeviceArg) -> Option<Value> {
     if python == "none" || selected.is_empty() {
@@ -185,12 +198,7 @@ fn torch_baseline(python: &str, selected: &[&Case], seconds: f64, on: DeviceArg)
         .collect();
     let file = std::env::temp_dir().join(format!("trl-bench-cases-{}.json", std::process::id()));
     std::fs::write(&file, serde_json::to_string(&spec).ok()?).ok()?;
-    let out = std::process::Command::new(python)
-        .arg(&script)
-        .arg(&file)
-        .env("TORCH_DEVICE", torch_device(on))
-        .output()
-        .ok()?;
+    let out = python_command(python).arg(&script).arg(&file).env("TORCH_DEVICE", torch_device(on)).output().ok()?;
     let _ = std::fs::remove_file(&file);
     if !out.status.success() {
         eprintln!("baseline skipped: {}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or(""));
@@ -274,7 +282,7 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
         results.push(r);
     }
     let report = json!({"backend": backend::name(), "device": on.to_string(), "cpu": cpu, "threads": std::thread::available_parallelism().map(|n| n.get()).ok(),
-                        "baseline": baseline.as_ref().map(|b| json!({"torch": b.get("torch"), "threads": b.get("threads"), "device": b.get("device")})),
+                        "baseline": baseline.as_ref().map(|b| json!({"torch": b.get("torch"), "threads": b.get("threads"), "device": b.get("device"), "cpu_capability": b.get("cpu_capability")})),
                         "results": results});
     trl_core::atomic::write_json_atomic(&args.out, &report)?;
     println!("{}", serde_json::to_string_pretty(&report)?);

@@ -324,7 +324,12 @@ fn train_on<B: AutodiffBackend>(args: TrainArgs, mut cfg: RewardConfig, builtin:
     let tty = std::io::stderr().is_terminal();
     let pairs_per_step = trainer.config.per_device_train_batch_size * trainer.config.gradient_accumulation_steps;
     let mut progress = Progress::new(pairs_per_step);
+    // step end instants, for the bench's step time (only when it asks)
+    let (timed, mut step_ends) = (std::env::var_os(crate::bench::real::REPORT_ENV).is_some(), Vec::new());
     let summary = trainer.train(&train, &eval, dropped, &mut |ev| {
+        if let (true, Event::Step { .. }) = (timed, &ev) {
+            step_ends.push(std::time::Instant::now());
+        }
         report(ev, tty, &mut progress);
         ControlFlow::Continue(())
     })?;
@@ -342,6 +347,7 @@ fn train_on<B: AutodiffBackend>(args: TrainArgs, mut cfg: RewardConfig, builtin:
             output_dir.display()
         );
     }
+    crate::bench::real::report_step_time(&step_ends);
     crate::bench::real::report_peak_rss();
     Ok(())
 }

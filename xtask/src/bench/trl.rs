@@ -64,7 +64,7 @@ pub fn run(python: &str, device: &burn::tensor::Device<backend::Default>) -> Res
     } else {
         eprintln!("trl: TRL's RewardTrainer on the same job…");
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench/trl_baseline.py");
-        let out = std::process::Command::new(python).arg(&script).arg(&dir).output()?;
+        let out = super::python_command(python).arg(&script).arg(&dir).output()?;
         if out.status.success() {
             String::from_utf8_lossy(&out.stdout).lines().last().and_then(|l| serde_json::from_str::<Value>(l).ok())
         } else {
