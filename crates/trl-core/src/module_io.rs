@@ -369,7 +369,10 @@ pub fn param_ids<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, ParamId)>
 }
 
 /// The keys of float parameters that hold a NaN or an infinity (checked on the device; only
-/// one scalar per parameter comes back).
+/// one scalar per parameter comes back). A parameter's sum is finite when all its values are (a
+/// NaN stays NaN, an infinity stays infinite or meets its opposite in a NaN), and a sum needs no
+/// parameter-sized buffer; only where the sum is not finite (a bad value, or finite values whose
+/// sum overflows) does the exact check run.
 pub fn non_finite_params<B: Backend, M: Module<B>>(module: &M) -> Vec<String> {
     struct Check(Vec<(String, String)>, Vec<String>);
     impl<B: Backend> ModuleVisitor<B> for Check {
@@ -380,8 +383,11 @@ pub fn non_finite_params<B: Backend, M: Module<B>>(module: &M) -> Vec<String> {
             self.0.pop();
         }
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            // x - x is 0 for every finite x and NaN for NaN and ±inf, so the sum is NaN iff any is.
             let t = param.val();
+            if t.clone().sum().into_scalar().elem::<f64>().is_finite() {
+                return;
+            }
+            // x - x is 0 for every finite x and NaN for NaN and ±inf, so the sum is NaN iff any is.
             if t.clone().sub(t).sum().into_scalar().elem::<f64>().is_nan() {
                 self.1.push(key_of(&self.0));
             }
@@ -390,4 +396,36 @@ pub fn non_finite_params<B: Backend, M: Module<B>>(module: &M) -> Vec<String> {
     let mut v = Check(Vec::new(), Vec::new());
     module.visit(&mut v);
     v.1
+}
+
+#[cfg(all(test, feature = "flex"))]
+mod tests {
+    use super::*;
+    use burn::nn::{Linear, LinearConfig};
+
+    type F = burn::backend::Flex;
+
+    #[derive(Module, Debug)]
+    struct Two<B: Backend> {
+        a: Linear<B>,
+        b: Linear<B>,
+    }
+
+    fn two(a: [f32; 2], b: [f32; 2]) -> Two<F> {
+        let device = Default::default();
+        let lin = |v: [f32; 2]| {
+            let mut l = LinearConfig::new(2, 1).with_bias(false).init::<F>(&device);
+            l.weight = Param::from_tensor(Tensor::from_data(TensorData::new(v.to_vec(), [2, 1]), &device));
+            l
+        };
+        Two { a: lin(a), b: lin(b) }
+    }
+
+    #[test]
+    fn non_finite_params_are_found_and_an_overflowing_sum_is_not_one() {
+        assert!(non_finite_params(&two([1.0, -2.0], [3.0e38, 3.0e38])).is_empty(), "finite values whose sum overflows");
+        assert_eq!(non_finite_params(&two([f32::NAN, 1.0], [0.5, 0.25])), ["a.weight"]);
+        assert_eq!(non_finite_params(&two([1.0, 1.0], [f32::INFINITY, f32::NEG_INFINITY])), ["b.weight"]);
+        assert_eq!(non_finite_params(&two([f32::NEG_INFINITY, 0.0], [1.0, f32::NAN])), ["a.weight", "b.weight"]);
+    }
 }
