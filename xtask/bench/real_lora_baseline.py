@@ -17,8 +17,7 @@ import time
 import torch
 from datasets import load_dataset
 from peft import LoraConfig
-from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerFast
-from transformers import TrainerCallback
+from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerFast, TrainerCallback
 from trl import RewardConfig, RewardTrainer
 
 

@@ -162,11 +162,11 @@ pub fn run(python: &str, on: DeviceArg) -> Result<Value, Error> {
     eprintln!("real: LoRA training, ours…");
     // as the baseline runs: no gradient checkpointing; `bf16` adds mixed precision (and a
     // frozen base held in bf16)
-    let train_as = |steps: u64, lora: bool, bf16: bool| {
+    let train_as = |lora: bool, bf16: bool| {
         let mut c = Command::new(&exe);
         c.args(["train", "--model"]).arg(&dir).arg("--train-file").arg(dir.join("train.jsonl"));
         c.args(["--device", &on.to_string()]);
-        c.arg("--output-dir").arg(dir.join(format!("ours-{steps}-{lora}-{bf16}")));
+        c.arg("--output-dir").arg(dir.join(format!("ours-{lora}-{bf16}")));
         c.args(["--gradient-checkpointing", "false"]);
         if lora {
             c.args(["--lora-r", "16"]);
@@ -174,17 +174,16 @@ pub fn run(python: &str, on: DeviceArg) -> Result<Value, Error> {
         if bf16 {
             c.arg("--bf16");
         }
-        c.args(["--batch-size", &TRAIN_PAIRS.to_string(), "--max-steps", &steps.to_string()]);
+        c.args(["--batch-size", &TRAIN_PAIRS.to_string(), "--max-steps", &STEPS.to_string()]);
         c.args(["--max-length", "64", "--save-steps", "1000000", "--logging-steps", "1"]).env(REPORT_ENV, "1");
-        timed(c)
+        train_figures(timed(c)?)
     };
-    let train = |steps, lora| train_as(steps, lora, false);
-    let ours_lora = train_figures(train(STEPS, true)?)?;
+    let ours_lora = train_as(true, false)?;
     eprintln!("real: ours LoRA {ours_lora}");
-    let ours_lora_bf16 = train_figures(train_as(STEPS, true, true)?)?;
+    let ours_lora_bf16 = train_as(true, true)?;
     eprintln!("real: ours LoRA bf16 {ours_lora_bf16}");
     eprintln!("real: full fine-tuning, ours…");
-    let ours_full = train_figures(train(STEPS, false)?)?;
+    let ours_full = train_as(false, false)?;
     eprintln!("real: ours full {ours_full}");
     let theirs = (python != "none")
         .then(|| -> Result<Value, Error> {
@@ -198,16 +197,16 @@ pub fn run(python: &str, on: DeviceArg) -> Result<Value, Error> {
             eprintln!("real: transformers…");
             let scoring = figures(run("one.jsonl")?, run("many.jsonl")?);
             let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench/real_lora_baseline.py");
-            let train = |steps: u64, lora: bool| {
+            let train = |lora: bool| {
                 let mut c = super::python_command(python);
-                c.arg(&script).arg(&dir).arg(dir.join("train.jsonl")).arg(dir.join(format!("trl-{steps}-{lora}")));
-                c.arg(steps.to_string()).arg(TRAIN_PAIRS.to_string()).arg(if lora { "lora" } else { "full" });
-                timed(c)
+                c.arg(&script).arg(&dir).arg(dir.join("train.jsonl")).arg(dir.join(format!("trl-{lora}")));
+                c.arg(STEPS.to_string()).arg(TRAIN_PAIRS.to_string()).arg(if lora { "lora" } else { "full" });
+                train_figures(timed(c)?)
             };
             eprintln!("real: LoRA training, PEFT + TRL…");
-            let lora = train_figures(train(STEPS, true)?)?;
+            let lora = train(true)?;
             eprintln!("real: full fine-tuning, TRL…");
-            let full = train_figures(train(STEPS, false)?)?;
+            let full = train(false)?;
             Ok(json!({"scoring": scoring, "lora": lora, "full": full}))
         })
         .transpose()
