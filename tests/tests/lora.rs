@@ -358,8 +358,11 @@ fn train_value_head_policy_save_reload() {
     assert_eq!(source, VHeadSource::Restored);
     let got = back.forward(&b, None).unwrap();
     let (want_logits, want_values) = (to_vec(want.logits), to_vec(want.values));
-    assert_eq!(to_vec(got.logits), want_logits, "reloaded logits");
-    assert_eq!(to_vec(got.values), want_values, "reloaded values");
+    // A reloaded Linear (the adapters, the value head) holds its weight as a transposed view of
+    // the file's `[out, in]`, where training left a contiguous `[in, out]`: the gemm may sum the
+    // products in another order, so the reload agrees within f32 rounding, not bit for bit.
+    assert_close("reloaded logits", &to_vec(got.logits), &want_logits, Tol::forward("gpt2"));
+    assert_close("reloaded values", &to_vec(got.values), &want_values, Tol::forward("gpt2"));
     let plain = AnyCausalLm::<B>::from_pretrained(&base, &dev()).unwrap().0;
     assert_ne!(logits(&plain, &b), want_logits, "training changed the policy");
     if let Some(d) = export_dir("policy") {

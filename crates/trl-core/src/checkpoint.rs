@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{DType, TensorData};
+use burn::tensor::{AllocationProperty, Bytes, DType, TensorData};
 use safetensors::{Dtype, SafeTensors};
 
 use crate::atomic::{write_atomic_with, write_json_atomic};
@@ -45,11 +45,15 @@ pub fn load_dir(dir: &Path) -> Result<StateDict> {
     Ok(sd)
 }
 
-/// [`load_dir`] for a state dict that goes straight into a model: each safetensors tensor is
-/// read from its file when first used (burn's file-backed bytes), so a loader that frees each
-/// tensor once converted never holds more of the checkpoint than the tensor at hand. The
-/// files must stay as they are until every tensor has been read: reading one that was
-/// replaced or truncated meanwhile fails (as an mmap reader would).
+/// [`load_dir`] for a state dict that goes straight into a model: each safetensors tensor's
+/// bytes stay in the memory-mapped file (zero-copy; the page cache holds them, not fresh heap
+/// memory), so a model whose weights need no conversion holds them in the mapped file itself,
+/// and a loader that frees each tensor once converted never holds more of the checkpoint than
+/// the tensor at hand. A tensor that is written to is copied first (copy-on-write).
+///
+/// The mapped files must not be changed in place while the model lives (replacing them with a
+/// rename, as every Hugging Face and trl-rs writer does, is safe: the mapping keeps the old
+/// file). `TRL_MMAP=0` reads the tensors into memory instead.
 pub fn load_dir_lazily(dir: &Path) -> Result<StateDict> {
     let mut sd = StateDict::new();
     for f in weight_files(dir)? {
@@ -156,15 +160,16 @@ pub fn load_safetensors(path: &Path) -> Result<StateDict> {
     read_safetensors(path, false)
 }
 
-/// Reads a `.safetensors` file through a memory map; with `lazily`, only its header, each
-/// tensor's bytes being read from the file when first used ([`load_dir_lazily`]).
+/// Reads a `.safetensors` file through a memory map; with `lazily`, each tensor's bytes are
+/// left in the map ([`load_dir_lazily`]), where they are aligned for its dtype.
 fn read_safetensors(path: &Path, lazily: bool) -> Result<StateDict> {
     let file = std::fs::File::open(path).map_err(io_err(path))?;
-    // SAFETY: the map is read-only and dropped before this function returns; a concurrent
-    // truncation by another process is the only hazard, as for every mmap reader.
-    let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err(path))?;
-    let st = SafeTensors::deserialize(&mmap)
+    // SAFETY: the map is read-only; a concurrent in-place change of the file by another
+    // process is the only hazard, as for every mmap reader (see `load_dir_lazily`).
+    let map = std::sync::Arc::new(unsafe { memmap2::Mmap::map(&file) }.map_err(io_err(path))?);
+    let st = SafeTensors::deserialize(&map)
         .map_err(|e| Error::Safetensors { path: path.to_path_buf(), reason: e.to_string() })?;
+    let in_place = lazily && mapping_allowed();
     let mut sd = StateDict::new();
     for (name, view) in st.iter() {
         let dtype = dtype_from_safetensors(view.dtype()).ok_or_else(|| Error::UnsupportedDtype {
@@ -172,20 +177,58 @@ fn read_safetensors(path: &Path, lazily: bool) -> Result<StateDict> {
             key: name.to_string(),
             dtype: format!("{:?}", view.dtype()),
         })?;
+        let bytes = view.data();
         let data = if view.dtype() == Dtype::BOOL {
             // a bool byte other than 0/1 is undefined behaviour once read as `bool`; torch reads it as true
-            let bytes = view.data().iter().map(|&b| (b != 0) as u8).collect();
+            let bytes = bytes.iter().map(|&b| (b != 0) as u8).collect();
             TensorData::from_bytes_vec(bytes, view.shape().to_vec(), dtype)
-        } else if !lazily {
-            TensorData::from_bytes_vec(view.data().to_vec(), view.shape().to_vec(), dtype)
         } else {
-            let offset = view.data().as_ptr() as usize - mmap.as_ptr() as usize;
-            let bytes = burn::tensor::Bytes::from_file(path, view.data().len() as u64, offset as u64);
-            TensorData::from_bytes(bytes, view.shape().to_vec(), dtype)
+            let at = bytes.as_ptr() as usize - map.as_ptr() as usize;
+            if in_place && at.is_multiple_of(dtype.size()) {
+                // the map's start is page-aligned, so `at` tells the alignment
+                let mapped = Mapped { map: map.clone(), at, len: bytes.len() };
+                let shared = Bytes::from_shared(bytes::Bytes::from_owner(mapped), AllocationProperty::File);
+                TensorData::from_bytes(shared, view.shape().to_vec(), dtype)
+            } else {
+                TensorData::from_bytes_vec(bytes.to_vec(), view.shape().to_vec(), dtype)
+            }
         };
         sd.insert(name, data);
     }
     Ok(sd)
+}
+
+/// One tensor's bytes in a memory-mapped file, owned by the tensor that holds them.
+struct Mapped {
+    map: std::sync::Arc<memmap2::Mmap>,
+    at: usize,
+    len: usize,
+}
+
+impl AsRef<[u8]> for Mapped {
+    fn as_ref(&self) -> &[u8] {
+        &self.map[self.at..self.at + self.len]
+    }
+}
+
+impl Drop for Mapped {
+    /// The pages wholly inside these bytes leave the process's resident set (the page cache
+    /// keeps them): a tensor converted on load (to f32, to int8) then leaves no trace in RSS.
+    fn drop(&mut self) {
+        const PAGE: usize = 4096; // where pages are larger, the call fails unaligned and does nothing
+        let (start, end) = (self.at.next_multiple_of(PAGE), (self.at + self.len) / PAGE * PAGE);
+        if end > start {
+            // SAFETY: a read-only mapping of a file: a page dropped here reads back from the file
+            // if touched again, and no other tensor's bytes lie in these pages.
+            let _ = unsafe { self.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start) };
+        }
+    }
+}
+
+/// Whether weights may stay in their mapped files: yes, unless `TRL_MMAP=0` (read once).
+fn mapping_allowed() -> bool {
+    static ALLOWED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ALLOWED.get_or_init(|| std::env::var("TRL_MMAP").map_or(true, |v| v != "0"))
 }
 
 /// Writes tensors to one `.safetensors` file (atomically), with `{"format": "pt"}` metadata

@@ -3,7 +3,8 @@
 //! A module's field names mirror the Hugging Face parameter path, so the path burn reports for
 //! a parameter (`h.0.attn.c_attn.weight`) *is* the checkpoint key. The one systematic change is
 //! PyTorch `nn.Linear`'s weight, stored `[out, in]` by PyTorch and `[in, out]` by burn's
-//! `Linear`: it is transposed on the way in and out. Everything else is taken as stored.
+//! `Linear`: it is held as stored and used through a transposed view (no copy), and transposed
+//! on the way out. Everything else is taken as stored.
 
 use std::borrow::Cow;
 use std::collections::BTreeSet;
@@ -122,7 +123,9 @@ impl<B: Backend> ModuleMapper<B> for Loader<'_> {
             return param;
         }
         let dtype = data.dtype;
-        let Some((values, bad)) = crate::convert::into_dtype(data, transpose, target.dtype()) else {
+        // a Linear weight stays `[out, in]` as stored (so a mapped checkpoint's bytes are used
+        // where they lie) and becomes burn's `[in, out]` as a transposed view
+        let Some((values, bad)) = crate::convert::into_dtype(data, false, target.dtype()) else {
             self.report.unusable.push((key, format!("has dtype {} that cannot be read", dtype_name(dtype))));
             return param;
         };
@@ -139,6 +142,9 @@ impl<B: Backend> ModuleMapper<B> for Loader<'_> {
         }
         let options = TensorCreationOptions::new(param.lazy_device()).with_dtype(target.dtype());
         let mut tensor = Tensor::<B, D>::from_data(values, options);
+        if transpose {
+            tensor = tensor.transpose();
+        }
         if D == 2 && Loader::is_projection_weight(&self.path) && (self.int8)(&key) {
             tensor = crate::dtype::quantize_int8(tensor);
         }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::{DType, TensorData};
 use trl_core::checkpoint::{
-    load_dir, load_file, load_safetensors, save_weights, weight_files, DEFAULT_MAX_SHARD_SIZE, SAFE_INDEX, SAFE_WEIGHTS,
+    load_dir, load_dir_lazily, load_file, load_safetensors, save_weights, weight_files, DEFAULT_MAX_SHARD_SIZE, SAFE_INDEX, SAFE_WEIGHTS,
 };
 use trl_core::pickle::load_bin;
 use trl_core::source::{HubCache, HubId};
@@ -146,6 +146,54 @@ fn gpt2_bf16_matches_its_reference_and_the_f32_source() {
 // ---------------------------------------------------------------------------------------------
 // save → load
 // ---------------------------------------------------------------------------------------------
+
+/// `load_dir_lazily` leaves each tensor in the mapped file (aligned for its dtype, no copy); a
+/// Linear weight goes into the model as a transposed view of those bytes and computes `x·Wᵀ + b`;
+/// and a write to a loaded parameter copies it first, so the file is never changed.
+#[cfg(feature = "flex")]
+#[test]
+fn mapped_weights_load_in_place_and_a_write_copies_them_first() {
+    use burn::module::Module;
+    use burn::prelude::Tensor;
+    use burn::tensor::AllocationProperty;
+    type B = burn::backend::Flex;
+    let dir = tempfile::tempdir().unwrap();
+    let (d_in, d_out) = (5, 3);
+    let w: Vec<f32> = (0..d_out * d_in).map(|i| i as f32 * 0.25 - 1.0).collect(); // [out, in]
+    let b = vec![0.5f32, -0.5, 1.5];
+    let mut sd = StateDict::new();
+    sd.insert("weight", TensorData::new(w.clone(), [d_out, d_in]));
+    sd.insert("bias", TensorData::new(b.clone(), [d_out]));
+    save_weights(&sd, dir.path(), DEFAULT_MAX_SHARD_SIZE).unwrap();
+    let file = dir.path().join(SAFE_WEIGHTS);
+    let on_disk = std::fs::read(&file).unwrap();
+
+    let lazy = load_dir_lazily(dir.path()).unwrap();
+    assert!(lazy.tensors.values().all(|t| matches!(t.bytes.property(), AllocationProperty::File)));
+    assert_same(&lazy, &sd);
+    let device = Default::default();
+    let linear = burn::nn::LinearConfig::new(d_in, d_out).init::<B>(&device);
+    let (mut linear, _) = trl_core::load_module_owned(
+        linear,
+        lazy,
+        trl_core::Strictness::Strict,
+        trl_core::WeightDtype::F32,
+        &|_| false,
+    )
+    .unwrap();
+    // row j of the identity gives column j of W plus b
+    let y = linear.forward(Tensor::<B, 2>::eye(d_in, &device)).into_data().to_vec::<f32>().unwrap();
+    let want: Vec<f32> = (0..d_in).flat_map(|j| (0..d_out).map(|o| w[o * d_in + j] + b[o]).collect::<Vec<_>>()).collect();
+    assert_eq!(y, want);
+    // the model's own state dict gives the checkpoint back
+    assert_same(&trl_core::module_state_dict(&linear), &sd);
+    // the bias is the only owner of its bytes here, so burn may write in place: it copies first
+    let bias = linear.bias.take().unwrap().into_value().add_scalar(1.0);
+    assert_eq!(bias.into_data().to_vec::<f32>().unwrap(), b.iter().map(|x| x + 1.0).collect::<Vec<_>>());
+    let weight = linear.weight.into_value().mul_scalar(2.0);
+    assert_eq!(weight.transpose().into_data().to_vec::<f32>().unwrap(), w.iter().map(|x| x * 2.0).collect::<Vec<_>>());
+    assert!(std::fs::read(&file).unwrap() == on_disk, "the mapped file was written to");
+}
 
 #[test]
 fn round_trip_single_file_is_bit_exact() {

@@ -153,6 +153,13 @@ pub fn in_dtype<B: Backend, const D: usize>(w: Tensor<B, D>, dtype: burn::tensor
         return w;
     }
     let device = w.device();
+    let w = match dtype {
+        DType::F32 => match crate::kernels::widen(w) {
+            Ok(wide) => return wide,
+            Err(w) => w,
+        },
+        _ => w,
+    };
     if dtype == DType::F32 && trl_core::dtype::on_host::<B>(&device) {
         if let Some(wide) = trl_core::dtype::widen_on_host(&w.to_data()) {
             return Tensor::from_data(wide, &device);

@@ -126,6 +126,63 @@ pub(super) fn rms_norm<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 1>, eps: f32) -
     })
 }
 
+pub(super) fn widen<B: Backend, const D: usize>(w: Tensor<B, D>) -> Result<Tensor<B, D>, Tensor<B, D>> {
+    match kind::<B>() {
+        None => Err(w),
+        Some(Kind::Plain) => {
+            let [t] = plain::<B, 1>([unwrap(w)]);
+            widened(&t).map(back).ok_or_else(|| back(t))
+        }
+        Some(Kind::Autodiff { .. }) => {
+            let [t] = tracked::<B, 1>([unwrap(w)]);
+            widened(&t.primitive).map(|f| back(AdTensor::new(f))).ok_or_else(|| back(t))
+        }
+    }
+}
+
+/// A bf16/f16 tensor that views its whole buffer in some order of its dimensions, as f32 in the
+/// same layout: the buffer widened element by element.
+fn widened(t: &FlexTensor) -> Option<FlexTensor> {
+    let layout = t.layout();
+    let n = layout.num_elements();
+    if layout.start_offset() != 0 || t.bytes().len() != 2 * n || !reorders_whole_buffer(layout) {
+        return None;
+    }
+    let mut out = vec![0f32; n];
+    match t.dtype() {
+        DType::BF16 => {
+            let src: &[burn::tensor::bf16] = t.storage();
+            out.par_chunks_mut(TASK).zip(src.par_chunks(TASK)).for_each(|(o, s)| {
+                // a bf16 is the high half of the f32 with the same value
+                o.iter_mut().zip(s).for_each(|(o, s)| *o = f32::from_bits((s.to_bits() as u32) << 16));
+            });
+        }
+        DType::F16 => {
+            let src: &[burn::tensor::f16] = t.storage();
+            out.par_chunks_mut(TASK).zip(src.par_chunks(TASK)).for_each(|(o, s)| {
+                o.iter_mut().zip(s).for_each(|(o, s)| *o = s.to_f32());
+            });
+        }
+        _ => return None,
+    }
+    Some(FlexTensor::new(burn::tensor::Bytes::from_elems(out), layout.clone(), DType::F32))
+}
+
+/// Whether `layout`'s strides, taken in increasing order, are those of a contiguous tensor: the
+/// view is its buffer's elements, each once, in some order of the dimensions.
+fn reorders_whole_buffer(layout: &burn::backend::flex::Layout) -> bool {
+    let dims = layout.shape();
+    let mut by_stride: Vec<(isize, usize)> =
+        layout.strides().iter().zip(dims.iter()).filter(|(_, &d)| d > 1).map(|(&s, &d)| (s, d)).collect();
+    by_stride.sort_unstable();
+    let mut expected = 1isize;
+    by_stride.iter().all(|&(s, d)| {
+        let ok = s == expected;
+        expected *= d as isize;
+        ok
+    })
+}
+
 type Moments<B> = Option<(Tensor<B, 1>, Tensor<B, 1>)>;
 
 #[allow(clippy::type_complexity)]

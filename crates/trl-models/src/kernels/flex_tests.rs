@@ -183,3 +183,25 @@ fn fused_swiglu_equals_burns() {
     assert_close(&dg, &dg_ref, 4.0 * bound);
     assert_close(&du, &du_ref, bound);
 }
+
+/// Widening a half-precision weight gives burn's cast, bit for bit, and keeps the layout: a
+/// transposed view (how a Linear holds its checkpoint's `[out, in]` weight) stays one, plain and
+/// under autodiff. A view of part of its buffer is given back for the generic path.
+#[test]
+fn widen_keeps_the_layout_and_equals_the_cast() {
+    let device = Default::default();
+    let x = Tensor::<Flex, 2>::random([7, 5], Distribution::Normal(0.0, 3.0), &device);
+    for dtype in [DType::BF16, DType::F16] {
+        let held = x.clone().cast(dtype);
+        let view = held.clone().transpose();
+        let want = values(view.clone().cast(DType::F32));
+        let wide = super::widen(view).expect("flex widens a transposed view");
+        assert_eq!(wide.dtype(), DType::F32);
+        let [p] = plain::<Flex, 1>([unwrap(wide.clone())]);
+        assert!(!p.is_contiguous(), "the transposed layout is kept");
+        assert_eq!(values(wide), want);
+        let tracked = Tensor::<Ad, 2>::from_data(x.to_data(), &device).cast(dtype).transpose();
+        assert_eq!(values(super::widen(tracked).expect("and under autodiff")), want);
+        assert!(super::widen(held.slice([0..3, 0..5])).is_err());
+    }
+}

@@ -91,6 +91,25 @@ pub fn rms_norm<B: Backend>(x: Tensor<B, 2>, weight: Tensor<B, 1>, eps: f64) -> 
     }
 }
 
+/// `w`, held in bf16 or f16, as f32 with its layout kept: a weight held as a transposed view of
+/// its checkpoint's `[out, in]` stays one, so the widening is one sweep in storage order on every
+/// core (no gather, no intermediate copy). The result is not tracked by autodiff: this is for
+/// frozen weights. `Err` gives `w` back where there is no kernel (another backend or dtype, a
+/// weight that takes gradients, or a view that is not a reordering of its whole buffer).
+pub fn widen<B: Backend, const D: usize>(w: Tensor<B, D>) -> Result<Tensor<B, D>, Tensor<B, D>> {
+    if !matches!(w.dtype(), DType::BF16 | DType::F16) || w.is_require_grad() || !enabled() {
+        return Err(w);
+    }
+    #[cfg(feature = "flex")]
+    {
+        flex::widen(w)
+    }
+    #[cfg(not(feature = "flex"))]
+    {
+        Err(w)
+    }
+}
+
 /// One AdamW step's constants, as the f32 factors the update multiplies by (see
 /// [`adamw`]).
 #[derive(Debug, Clone, Copy)]
