@@ -153,7 +153,6 @@ fn gpt2_bf16_matches_its_reference_and_the_f32_source() {
 #[cfg(feature = "flex")]
 #[test]
 fn mapped_weights_load_in_place_and_a_write_copies_them_first() {
-    use burn::module::Module;
     use burn::prelude::Tensor;
     use burn::tensor::AllocationProperty;
     type B = burn::backend::Flex;
