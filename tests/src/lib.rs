@@ -66,7 +66,14 @@ pub fn batch(sd: &StateDict, case: &str) -> TokenBatch {
         .get(&format!("{case}.attention_mask"))
         .map(|_| ints(sd, &format!("{case}.attention_mask")).0)
         .unwrap_or_else(|| vec![1; ids.len()]);
-    TokenBatch { input_ids: ids, attention_mask: mask, batch: shape[0], seq: shape[1], position_ids: None }
+    TokenBatch {
+        input_ids: ids,
+        attention_mask: mask,
+        batch: shape[0],
+        seq: shape[1],
+        position_ids: None,
+        shared: None,
+    }
 }
 
 pub fn to_vec<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {

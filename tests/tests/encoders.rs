@@ -90,7 +90,7 @@ fn deberta_rewards_and_hidden_states_match_transformers() {
 fn batch_of(exp: &trl_core::StateDict, kind: &str) -> TokenBatch {
     let (input_ids, shape) = ints(exp, &format!("{kind}.input_ids"));
     let (attention_mask, _) = ints(exp, &format!("{kind}.attention_mask"));
-    TokenBatch { input_ids, attention_mask, batch: shape[0], seq: shape[1], position_ids: None }
+    TokenBatch { input_ids, attention_mask, batch: shape[0], seq: shape[1], position_ids: None, shared: None }
 }
 
 /// `--dtype bf16` holds the encoder's matrices in bf16 (the head stays as loaded) and computes

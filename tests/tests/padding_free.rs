@@ -119,3 +119,74 @@ fn picks_must_be_real_tokens() {
 fn dev() -> burn::tensor::Device<B> {
     Default::default()
 }
+
+/// Preference pairs whose prompts are shared to different lengths (none, part, all of the
+/// shorter sequence, the whole of one sequence), chosen rows then rejected rows.
+fn prompted_pairs() -> (Vec<Vec<i64>>, Vec<Vec<i64>>) {
+    let seq = |seed: usize, n: usize| -> Vec<i64> { (0..n).map(|i| 2 + ((seed * 31 + i * 7) % 90) as i64).collect() };
+    let cases = [(0, 4, 6), (5, 3, 2), (9, 1, 8), (12, 5, 0), (3, 6, 3)];
+    let mut chosen = Vec::new();
+    let mut rejected = Vec::new();
+    for (k, &(prompt, a, b)) in cases.iter().enumerate() {
+        let p = seq(k, prompt);
+        chosen.push([p.clone(), seq(k + 40, a)].concat());
+        rejected.push([p, seq(k + 80, b)].concat());
+    }
+    // the rejected sequence of pair 3 is its prompt alone: a prefix of the chosen one
+    (chosen, rejected)
+}
+
+/// The prompt-once pass ([`trl_models::SharedPairs`]) against the padded batch of both
+/// sequences: rewards, the Bradley–Terry loss and every parameter's gradient.
+#[test]
+fn shared_prompt_rewards_loss_and_gradients_match_the_padded_pass() {
+    let (chosen, rejected) = prompted_pairs();
+    let n = chosen.len();
+    let rows: Vec<Vec<i64>> = chosen.iter().chain(&rejected).cloned().collect();
+    let padded_batch = TokenBatch::pad(&rows, 1, trl_models::Padding::Right, None).unwrap();
+    for arch in ARCHS {
+        let name = format!("{arch}-rm");
+        let (model, _, _) =
+            ForSequenceClassification::<AB>::from_pretrained(&fixture(&name), None, &Default::default()).unwrap();
+        let run = |shared: bool| {
+            let [c, r] = if shared {
+                model.forward_pairs(&chosen, &rejected).unwrap().expect("the fixtures have a pad id")
+            } else {
+                let r = model.forward(&padded_batch, true).unwrap().rewards;
+                [r.clone().narrow(0, 0, n), r.narrow(0, n, n)]
+            };
+            let (c, r) = (c.reshape([n]), r.reshape([n]));
+            let f = |t: Tensor<AB, 1>| t.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+            let rewards = [f(c.clone()), f(r.clone())].concat();
+            let loss = bradley_terry(c, r, None, Some(0.01));
+            let value = f(loss.clone())[0];
+            let grads = loss.backward();
+            let mut v = Grads::<AB> { grads: &grads, out: Vec::new() };
+            model.visit(&mut v);
+            (rewards, value, v.out)
+        };
+        let ((rewards, loss, grads), (want_rewards, want_loss, want_grads)) = (run(true), run(false));
+        let fwd = Tol::forward(&name);
+        assert_close(&format!("{name} shared-prompt rewards"), &rewards, &want_rewards, fwd);
+        assert_close(&format!("{name} shared-prompt loss"), &[loss], &[want_loss], fwd);
+        let tol = Tol { rel: 2.0 * fwd.rel + Tol::chain(padded_batch.batch * padded_batch.seq).rel };
+        assert_eq!(grads.len(), want_grads.len());
+        for (i, ((shape, g), (_, w))) in grads.iter().zip(&want_grads).enumerate() {
+            assert_close(&format!("{name} shared-prompt grad of parameter {i} {shape}"), g, w, tol);
+        }
+    }
+}
+
+/// Pairs with no prompt in common are not packed into one row each: attention over a row of
+/// both sequences costs twice that of two rows, and nothing is saved.
+#[test]
+fn pairs_without_a_common_prompt_keep_the_padded_pass() {
+    let seq = |seed: i64| -> Vec<i64> { (0..20).map(|i| 2 + (seed * 13 + i * 5) % 90).collect() };
+    let (chosen, rejected): (Vec<_>, Vec<_>) = (0..4).map(|k| (seq(k), seq(k + 50))).unzip();
+    assert!(chosen.iter().zip(&rejected).all(|(c, r)| c[0] != r[0]));
+    let (model, _, _) = ForSequenceClassification::<B>::from_pretrained(&fixture("llama-rm"), None, &dev()).unwrap();
+    assert!(model.forward_pairs(&chosen, &rejected).unwrap().is_none());
+    // with a prompt of 12 tokens in common they are
+    let rejected: Vec<Vec<i64>> = chosen.iter().zip(&rejected).map(|(c, r)| [&c[..12], &r[12..]].concat()).collect();
+    assert!(model.forward_pairs(&chosen, &rejected).unwrap().is_some());
+}

@@ -433,6 +433,23 @@ fn score_sorted(model: &Scorer, items: &[Item], pad: i64, per_batch: usize) -> R
     let mut rewards = vec![Vec::new(); items.len()];
     let mut done = 0;
     for chunk in order.chunks(per_batch) {
+        // pairs of a causal model: each pair's prompt once (`forward_pairs`)
+        if let (Scorer::Causal(m), true) = (model, chunk.iter().all(|&i| items[i].ids.len() == 2)) {
+            let side = |k: usize| chunk.iter().map(|&i| items[i].ids[k].clone()).collect::<Vec<_>>();
+            if let Some([c, r]) =
+                trl_models::prefix_sharing().then(|| m.forward_pairs(&side(0), &side(1))).transpose()?.flatten()
+            {
+                let read = |t: burn::tensor::Tensor<B, 2>| t.into_data().convert::<f32>().to_vec::<f32>();
+                let (c, r) = (read(c), read(r));
+                let (c, r) = (c.map_err(|e| format!("reading the rewards: {e:?}"))?, r.map_err(|e| format!("{e:?}"))?);
+                let labels = c.len() / chunk.len();
+                for (k, &i) in chunk.iter().enumerate() {
+                    rewards[i] = [&c[k * labels..(k + 1) * labels], &r[k * labels..(k + 1) * labels]].concat();
+                }
+                done += chunk.len();
+                continue;
+            }
+        }
         let ids: Vec<Vec<i64>> = chunk.iter().flat_map(|&i| items[i].ids.iter().cloned()).collect();
         let batch = TokenBatch::pad(&ids, pad, Padding::Right, None)?;
         let sources: Vec<Vec<i64>> = chunk.iter().flat_map(|&i| items[i].sources.iter().cloned()).collect();

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::{DType, TensorData};
 use trl_core::checkpoint::{
-    load_dir, load_dir_lazily, load_file, load_safetensors, save_weights, weight_files, DEFAULT_MAX_SHARD_SIZE, SAFE_INDEX, SAFE_WEIGHTS,
+    load_dir, load_dir_lazily, load_file, load_safetensors, save_weights, weight_files, DEFAULT_MAX_SHARD_SIZE,
+    SAFE_INDEX, SAFE_WEIGHTS,
 };
 use trl_core::pickle::load_bin;
 use trl_core::source::{HubCache, HubId};
@@ -172,17 +173,13 @@ fn mapped_weights_load_in_place_and_a_write_copies_them_first() {
     assert_same(&lazy, &sd);
     let device = Default::default();
     let linear = burn::nn::LinearConfig::new(d_in, d_out).init::<B>(&device);
-    let (mut linear, _) = trl_core::load_module_owned(
-        linear,
-        lazy,
-        trl_core::Strictness::Strict,
-        trl_core::WeightDtype::F32,
-        &|_| false,
-    )
-    .unwrap();
+    let (mut linear, _) =
+        trl_core::load_module_owned(linear, lazy, trl_core::Strictness::Strict, trl_core::WeightDtype::F32, &|_| false)
+            .unwrap();
     // row j of the identity gives column j of W plus b
     let y = linear.forward(Tensor::<B, 2>::eye(d_in, &device)).into_data().to_vec::<f32>().unwrap();
-    let want: Vec<f32> = (0..d_in).flat_map(|j| (0..d_out).map(|o| w[o * d_in + j] + b[o]).collect::<Vec<_>>()).collect();
+    let want: Vec<f32> =
+        (0..d_in).flat_map(|j| (0..d_out).map(|o| w[o * d_in + j] + b[o]).collect::<Vec<_>>()).collect();
     assert_eq!(y, want);
     // the model's own state dict gives the checkpoint back
     assert_same(&trl_core::module_state_dict(&linear), &sd);

@@ -26,7 +26,7 @@ fn push_column(batch: &mut TokenBatch, ids: &[i64]) {
         mask.extend_from_slice(&batch.attention_mask[r * t..(r + 1) * t]);
         mask.push(1);
     }
-    *batch = TokenBatch { input_ids, attention_mask: mask, batch: b, seq: t + 1, position_ids: None };
+    *batch = TokenBatch { input_ids, attention_mask: mask, batch: b, seq: t + 1, position_ids: None, shared: None };
 }
 
 impl<B: Backend, M: NextTokenLogits<B>> NextTokenLogits<B> for Uncached<M> {

@@ -74,6 +74,22 @@ pub fn is_seq_cls(cfg: &HfConfig) -> bool {
     cfg.architectures().iter().any(|a| a.ends_with("ForSequenceClassification"))
 }
 
+/// Whether one row per pair ([`trl_models::SharedPairs`]) costs less than the padded batch of
+/// both sequences. Norms, projections and MLPs run on real tokens only in both layouts (about
+/// `26·H²` flops a token and layer); attention runs on every (query, key) slot of a row (`4·H`,
+/// counted twice for its masking and softmax). A pair with little prompt in common can cost more
+/// as one row of both sequences (attention grows with the square of the row) than as two rows.
+fn shared_pays(pairs: &[(&[i64], &[i64])], shared: &trl_models::SharedPairs, hidden: usize) -> bool {
+    let rows = shared.batch.shared.as_deref().unwrap_or_default();
+    let tokens: usize = pairs.iter().map(|(c, r)| c.len() + r.len()).sum();
+    let common: usize = rows.iter().map(|r| r.shared).sum();
+    let longest = pairs.iter().map(|(c, r)| c.len().max(r.len())).max().unwrap_or(0);
+    let per_token = 3 * hidden as u128; // 26·H² / (2 · 4·H), in attention-slot units
+    let padded = tokens as u128 * per_token + 2 * (pairs.len() * longest * longest) as u128;
+    let one_row = (tokens - common) as u128 * per_token + (pairs.len() * shared.batch.seq * shared.batch.seq) as u128;
+    one_row < padded
+}
+
 impl<B: Backend> ForSequenceClassification<B> {
     /// A reward model with a fresh `score` (N(0, initializer_range), as transformers) on `backbone`.
     pub fn with_fresh_score(
@@ -198,6 +214,43 @@ impl<B: Backend> ForSequenceClassification<B> {
         let rewards = self.score.forward(pooled);
         let scores = all_scores.then(|| self.score.forward(out.hidden));
         Ok(RewardOutput { rewards, scores })
+    }
+
+    /// The rewards of preference pairs (`[n, num_labels]` for the chosen rows, then the
+    /// rejected), each pair's common token prefix (its prompt) computed once ([`SharedPairs`]):
+    /// equal to [`Self::forward`]'s rewards of the padded `chosen ++ rejected` batch within f32
+    /// rounding, for about half the prompt tokens' work. `None` where that does not hold or does
+    /// not pay: no `pad_token_id` (a batch of several rows is then refused anyway), or a row
+    /// longer than the model's positions (each sequence may still fit), or pairs sharing too
+    /// little prompt for one row each to cost less than two (`shared_pays`).
+    pub fn forward_pairs(&self, chosen: &[Vec<i64>], rejected: &[Vec<i64>]) -> Result<Option<[Tensor<B, 2>; 2]>> {
+        let Some(pad) = self.pad_token_id else { return Ok(None) };
+        if chosen.len() != rejected.len() {
+            return Err(HeadError::Input(format!("{} chosen rows for {} rejected", chosen.len(), rejected.len())));
+        }
+        let pairs: Vec<(&[i64], &[i64])> = chosen.iter().zip(rejected).map(|(c, r)| (&c[..], &r[..])).collect();
+        let shared = trl_models::SharedPairs::new(&pairs, pad)?;
+        if shared.batch.seq > self.backbone.max_positions()
+            || !shared_pays(&pairs, &shared, self.backbone.hidden_size())
+        {
+            return Ok(None);
+        }
+        // where `forward` reads each sequence: its last token that is not the pad id
+        let pooled = |ids: &[i64]| ids.iter().rposition(|&t| t != pad).unwrap_or(0);
+        let picks: Vec<(usize, usize)> = [false, true]
+            .into_iter()
+            .flat_map(|second| {
+                let shared = &shared;
+                pairs
+                    .iter()
+                    .enumerate()
+                    .map(move |(i, (c, r))| shared.slot(i, second, pooled(if second { r } else { c })))
+            })
+            .collect();
+        let pooled = self.backbone.forward_picked(&shared.batch, &picks)?;
+        let rewards = self.score.forward(pooled);
+        let n = pairs.len();
+        Ok(Some([rewards.clone().narrow(0, 0, n), rewards.narrow(0, n, n)]))
     }
 
     /// Backbone keys plus `score.weight` `[num_labels, H]`.

@@ -19,6 +19,9 @@ pub struct TokenBatch {
     /// Explicit position ids; when `None` they come from the mask (`cumsum(mask) - 1`, pads 0),
     /// as transformers' `generate` does, so left padding works for absolute positions too.
     pub position_ids: Option<Vec<i64>>,
+    /// Rows that each hold a pair of sequences sharing a prefix ([`SharedPairs`]); `None` for
+    /// one sequence a row.
+    pub shared: Option<Vec<SharedRow>>,
 }
 
 /// Which side padding goes on.
@@ -57,13 +60,13 @@ impl TokenBatch {
                 attention_mask.extend(std::iter::repeat_n(0, pad));
             }
         }
-        Ok(Self { input_ids, attention_mask, batch: rows.len(), seq, position_ids: None })
+        Ok(Self { input_ids, attention_mask, batch: rows.len(), seq, position_ids: None, shared: None })
     }
 
     /// A batch with every token real (no padding).
     pub fn unpadded(input_ids: Vec<i64>, batch: usize, seq: usize) -> Self {
         let attention_mask = vec![1; input_ids.len()];
-        Self { input_ids, attention_mask, batch, seq, position_ids: None }
+        Self { input_ids, attention_mask, batch, seq, position_ids: None, shared: None }
     }
 
     /// Index of the rightmost real token of each row (where a reward is read).
@@ -86,6 +89,117 @@ impl TokenBatch {
     }
 }
 
+impl<B: Backend> Context<B> {
+    /// The context of a batch of [`SharedPairs`] rows: the first sequence of a row is causal
+    /// over itself; a token of the second sees the shared prefix and the second sequence up to
+    /// itself; windows count positions.
+    fn for_shared(batch: &TokenBatch, shared: &[SharedRow], window: Option<usize>, device: &B::Device) -> Self {
+        let (b, t) = (batch.batch, batch.seq);
+        let positions = batch.position_ids.clone().expect("shared rows carry their positions");
+        let mut mask = Vec::with_capacity(b * t * t);
+        for (r, row) in shared.iter().enumerate() {
+            let pos = &positions[r * t..(r + 1) * t];
+            let real = &batch.attention_mask[r * t..(r + 1) * t];
+            for i in 0..t {
+                let second = i >= row.split;
+                mask.extend((0..t).map(|j| {
+                    let hidden = j > i
+                        || real[j] == 0
+                        || (second && (row.shared..row.split).contains(&j))
+                        || window.is_some_and(|w| pos[j] + w as i64 <= pos[i]);
+                    hidden && j != i
+                }));
+            }
+        }
+        let mask = Tensor::from_data(TensorData::new(mask, [b, 1, t, t]), device);
+        Self {
+            mask,
+            positions,
+            batch: b,
+            q_len: t,
+            kv_len: t,
+            tokens: None,
+            branched: true,
+            memo: RefCell::new(Vec::new()),
+        }
+    }
+}
+
+/// How a row of a [`SharedPairs`] batch holds its two sequences: the first in slots
+/// `0..split`, the second's tokens after its first `shared` (the prefix both share, read from
+/// the first sequence's slots `0..shared`) in slots `split..`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SharedRow {
+    pub split: usize,
+    pub shared: usize,
+}
+
+/// Preference pairs packed one pair to a row, the common token prefix of the two sequences
+/// (the prompt) held once: `chosen ++ rejected[shared..]`, with the positions each token has in
+/// its own sequence and a mask that keeps the two continuations apart. In a causal model the
+/// prefix's hidden states are the same in both sequences, so every token's hidden state equals
+/// the one it has in its own sequence, and a pair costs its prefix once.
+#[derive(Debug, Clone)]
+pub struct SharedPairs {
+    pub batch: TokenBatch,
+}
+
+impl SharedPairs {
+    /// `pairs` of token rows, right padded with `pad_id`.
+    pub fn new(pairs: &[(&[i64], &[i64])], pad_id: i64) -> Result<Self> {
+        if pairs.is_empty() {
+            return Err(ModelError::Input("empty batch: no pairs given".into()));
+        }
+        // rows counted as in the padded batch of both sequences (the first sequences, then the
+        // second), so that both passes name the same row
+        if let Some(i) = pairs.iter().position(|(a, b)| a.is_empty() || b.is_empty()) {
+            let (row, side) = if pairs[i].0.is_empty() { (i, "first") } else { (pairs.len() + i, "second") };
+            return Err(ModelError::Input(format!("row {row} has no tokens (the {side} sequence of pair {i})")));
+        }
+        let rows: Vec<SharedRow> = pairs
+            .iter()
+            .map(|(a, b)| SharedRow { split: a.len(), shared: a.iter().zip(*b).take_while(|(x, y)| x == y).count() })
+            .collect();
+        let seq = pairs.iter().zip(&rows).map(|((a, b), r)| a.len() + b.len() - r.shared).max().unwrap_or(0);
+        let n = pairs.len() * seq;
+        let (mut input_ids, mut attention_mask, mut position_ids) =
+            (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+        for ((a, b), r) in pairs.iter().zip(&rows) {
+            let len = a.len() + b.len() - r.shared;
+            input_ids.extend(a.iter().chain(&b[r.shared..]).copied().chain(std::iter::repeat_n(pad_id, seq - len)));
+            attention_mask.extend(std::iter::repeat_n(1, len).chain(std::iter::repeat_n(0, seq - len)));
+            let second = r.shared as i64..b.len() as i64;
+            position_ids.extend((0..a.len() as i64).chain(second).chain(std::iter::repeat_n(0, seq - len)));
+        }
+        let batch = TokenBatch {
+            input_ids,
+            attention_mask,
+            batch: pairs.len(),
+            seq,
+            position_ids: Some(position_ids),
+            shared: Some(rows),
+        };
+        Ok(Self { batch })
+    }
+
+    /// The slot (row, position in the row) of token `t` of the first (`second == false`) or
+    /// the second sequence of pair `i`.
+    pub fn slot(&self, i: usize, second: bool, t: usize) -> (usize, usize) {
+        let row = self.batch.shared.as_ref().expect("shared rows")[i];
+        match second && t >= row.shared {
+            true => (i, row.split + t - row.shared),
+            false => (i, t),
+        }
+    }
+}
+
+/// Whether preference pairs are scored with their prompt once ([`SharedPairs`]): yes, unless
+/// `TRL_SHARED_PREFIX=0` (read once) asks for the padded batch of both sequences.
+pub fn prefix_sharing() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("TRL_SHARED_PREFIX").map_or(true, |v| v != "0"))
+}
+
 /// What every layer of one forward pass shares.
 ///
 /// Besides mask and positions it memoises, per head count, the tensors that lay activations
@@ -103,6 +217,9 @@ pub struct Context<B: Backend> {
     /// every slot (the padded layout), `Some` for the real tokens only (padding-free: norms,
     /// projections and MLPs never see a pad; attention still runs per row, padded).
     tokens: Option<Vec<usize>>,
+    /// Rows that hold two sequences sharing a prefix ([`SharedPairs`]): windows are then
+    /// measured in positions, not slots.
+    branched: bool,
     memo: RefCell<Vec<(Memo, Memoised<B>)>>,
 }
 
@@ -167,7 +284,7 @@ impl<B: Backend> Context<B> {
             }
         }
         let mask = Tensor::from_data(TensorData::new(mask, [batch, 1, q_len, kv_len]), device);
-        Self { mask, positions, batch, q_len, kv_len, tokens: None, memo: RefCell::new(Vec::new()) }
+        Self { mask, positions, batch, q_len, kv_len, tokens: None, branched: false, memo: RefCell::new(Vec::new()) }
     }
 
     /// The same context with the keys `window` or more slots before each query blocked too:
@@ -176,15 +293,28 @@ impl<B: Backend> Context<B> {
     pub fn windowed(&self, window: usize) -> Self {
         let (b, q, kv) = (self.batch, self.q_len, self.kv_len);
         let past = kv - q;
-        let band: Vec<bool> = (0..q).flat_map(|i| (0..kv).map(move |j| j + window <= past + i)).collect();
-        let band = Tensor::<B, 4, Bool>::from_data(TensorData::new(band, [1, 1, q, kv]), &self.mask.device());
+        let band = if self.branched {
+            // uncached rows of two sequences: the distance is in positions
+            let p = &self.positions;
+            let band: Vec<bool> = (0..b)
+                .flat_map(|r| {
+                    (0..q).flat_map(move |i| (0..kv).map(move |j| p[r * q + j] + window as i64 <= p[r * q + i]))
+                })
+                .collect();
+            Tensor::<B, 4, Bool>::from_data(TensorData::new(band, [b, 1, q, kv]), &self.mask.device())
+        } else {
+            let band: Vec<bool> = (0..q).flat_map(|i| (0..kv).map(move |j| j + window <= past + i)).collect();
+            Tensor::<B, 4, Bool>::from_data(TensorData::new(band, [1, 1, q, kv]), &self.mask.device())
+                .expand([b, 1, q, kv])
+        };
         Self {
-            mask: self.mask.clone().bool_or(band.expand([b, 1, q, kv])),
+            mask: self.mask.clone().bool_or(band),
             positions: self.positions.clone(),
             batch: b,
             q_len: q,
             kv_len: kv,
             tokens: self.tokens.clone(),
+            branched: self.branched,
             memo: RefCell::new(Vec::new()),
         }
     }
@@ -199,6 +329,7 @@ impl<B: Backend> Context<B> {
             q_len: self.q_len,
             kv_len: self.kv_len,
             tokens: self.tokens.clone(),
+            branched: self.branched,
             memo: RefCell::new(Vec::new()),
         }
     }
@@ -325,6 +456,9 @@ impl<B: Backend> Context<B> {
 
     /// The context of a whole (uncached) batch.
     pub fn for_batch(batch: &TokenBatch, sliding_window: Option<usize>, device: &B::Device) -> Self {
+        if let Some(shared) = &batch.shared {
+            return Self::for_shared(batch, shared, sliding_window, device);
+        }
         Self::new(
             &batch.attention_mask,
             batch.batch,

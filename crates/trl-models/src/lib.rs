@@ -54,7 +54,7 @@ pub mod t5;
 
 pub use any::{arch_info, supported, AnyCausalLm, LmOutput, ARCHITECTURES};
 pub use backbone::{decode, ArchInfo, Backbone, CacheSlot};
-pub use batch::{Context, Padding, TokenBatch};
+pub use batch::{prefix_sharing, Context, Padding, SharedPairs, SharedRow, TokenBatch};
 pub use deberta_v2::DebertaV2Model;
 pub use error::{ModelError, Result};
 pub use kernels::{adamw, AdamWStep};

@@ -105,18 +105,34 @@ pub(crate) fn score<B: Backend>(
     pad_id: i64,
     config: &RewardConfig,
 ) -> Result<Scored<B>> {
-    let (batch, margins) = collate(pairs, pad_id, config.pad_to_multiple_of)?;
     let n = pairs.len();
-    let out = trl_models::autocast::scope(config.half_dtype().map(|d| d.dtype()), || model.forward(&batch, false))?;
-    let r = out.rewards.slice([0..2 * n, 0..1]).reshape([2 * n]);
-    let device = r.device();
+    let half = config.half_dtype().map(|d| d.dtype());
+    let margins =
+        pairs.iter().any(|p| p.margin.is_some()).then(|| pairs.iter().map(|p| p.margin.unwrap_or(0.0)).collect());
+    // the prompt once per pair where that gives the same rewards: with dropout off (one draw for
+    // the shared prefix would stand for two) and no padding asked for
+    let shared = match config.disable_dropout && config.pad_to_multiple_of.is_none() && trl_models::prefix_sharing() {
+        true => {
+            let side = |f: fn(&TokenizedPair) -> &Vec<i64>| pairs.iter().map(|p| f(p).clone()).collect::<Vec<_>>();
+            let (chosen, rejected) = (side(|p| &p.chosen), side(|p| &p.rejected));
+            trl_models::autocast::scope(half, || model.forward_pairs(&chosen, &rejected))?
+        }
+        false => None,
+    };
+    let [chosen, rejected] = match shared {
+        Some(r) => r.map(|r| r.slice([0..n, 0..1]).reshape([n])),
+        None => {
+            let (batch, _) = collate(pairs, pad_id, config.pad_to_multiple_of)?;
+            let out = trl_models::autocast::scope(half, || model.forward(&batch, false))?;
+            let r = out.rewards.slice([0..2 * n, 0..1]).reshape([2 * n]);
+            [r.clone().narrow(0, 0, n), r.narrow(0, n, n)]
+        }
+    };
+    let device = chosen.device();
     let margin = margins.map(|m| Tensor::from_data(TensorData::new(m, [n]), &device));
-    Ok(Scored {
-        chosen: r.clone().narrow(0, 0, n),
-        rejected: r.narrow(0, n, n),
-        margin,
-        tokens: batch.num_tokens() as u64,
-    })
+    // the tokens of the padded batch that are not padding, as TRL counts them
+    let tokens = pairs.iter().map(|p| (p.chosen.len() + p.rejected.len()) as u64).sum();
+    Ok(Scored { chosen, rejected, margin, tokens })
 }
 
 /// The name of the adapter the trainer attaches (PEFT's default).
