@@ -66,14 +66,12 @@ pub fn batch(sd: &StateDict, case: &str) -> TokenBatch {
         .get(&format!("{case}.attention_mask"))
         .map(|_| ints(sd, &format!("{case}.attention_mask")).0)
         .unwrap_or_else(|| vec![1; ids.len()]);
-    TokenBatch {
-        input_ids: ids,
-        attention_mask: mask,
-        batch: shape[0],
-        seq: shape[1],
-        position_ids: None,
-        shared: None,
-    }
+    batch_of(ids, mask, &shape)
+}
+
+/// A batch of `shape` `[batch, seq]` rows with the given mask (positions from the mask).
+pub fn batch_of(input_ids: Vec<i64>, attention_mask: Vec<i64>, shape: &[usize]) -> TokenBatch {
+    TokenBatch { input_ids, attention_mask, batch: shape[0], seq: shape[1], position_ids: None, shared: None }
 }
 
 pub fn to_vec<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {

@@ -63,7 +63,7 @@ fn deberta_rewards_and_hidden_states_match_transformers() {
         let exp = expected(name);
         let tol = Tol::deberta(name);
         for kind in ["text", "pair"] {
-            let batch = batch_of(&exp, kind);
+            let batch = batch(&exp, kind);
             let hidden = to_vec(model.deberta.forward(&batch).unwrap());
             let (want, shape) = floats(&exp, &format!("{kind}.hidden"));
             let d = shape[2];
@@ -78,19 +78,13 @@ fn deberta_rewards_and_hidden_states_match_transformers() {
         // each pair alone, unpadded, gives what transformers gives it alone
         let (want, _) = floats(&exp, "pair.single_logits");
         let labels = model.num_labels();
-        let batch = batch_of(&exp, "pair");
+        let batch = batch(&exp, "pair");
         for (i, row) in rows(&batch.input_ids, &batch.attention_mask, batch.seq).into_iter().enumerate() {
             let one = TokenBatch::pad(&[row], 0, Padding::Right, None).unwrap();
             let got = to_vec(model.forward(&one).unwrap());
             assert_close(&format!("{name} pair {i} alone"), &got, &want[i * labels..(i + 1) * labels], tol);
         }
     }
-}
-
-fn batch_of(exp: &trl_core::StateDict, kind: &str) -> TokenBatch {
-    let (input_ids, shape) = ints(exp, &format!("{kind}.input_ids"));
-    let (attention_mask, _) = ints(exp, &format!("{kind}.attention_mask"));
-    TokenBatch { input_ids, attention_mask, batch: shape[0], seq: shape[1], position_ids: None, shared: None }
 }
 
 /// `--dtype bf16` holds the encoder's matrices in bf16 (the head stays as loaded) and computes
@@ -100,7 +94,7 @@ fn batch_of(exp: &trl_core::StateDict, kind: &str) -> TokenBatch {
 fn deberta_holds_bf16_and_int8_weights() {
     let name = "deberta_v2-rm";
     let exp = expected(name);
-    let batch = batch_of(&exp, "pair");
+    let batch = batch(&exp, "pair");
     let (want, _) = floats(&exp, "pair.logits");
     let bf16 = load(name, Holding { dtype: DtypeArg::Fixed(WeightDtype::Bf16), quantize: Quantize::None });
     assert_eq!(bf16.deberta.weight_dtype(), DType::BF16);

@@ -39,14 +39,7 @@ impl NoDropout for Seq2SeqLmWithValueHead<B> {
 fn decoder_batch(exp: &trl_core::StateDict, side: &str) -> TokenBatch {
     let (ids, shape) = ints(exp, &format!("{side}.decoder_input_ids"));
     let (mask, _) = ints(exp, &format!("{side}.decoder_attention_mask"));
-    TokenBatch {
-        input_ids: ids,
-        attention_mask: mask,
-        batch: shape[0],
-        seq: shape[1],
-        position_ids: None,
-        shared: None,
-    }
+    batch_of(ids, mask, &shape)
 }
 
 #[test]
