@@ -48,6 +48,14 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
+    // Where the model runs on the main thread, that thread is one of rayon's workers (the pool
+    // keeps one thread a core): a parallel op started from it runs its first part in place, where
+    // it would otherwise hand the whole op to a pool thread and sleep until woken (on small models
+    // that hand-off took a fifth of the time). Not for `serve`, whose main thread waits on the
+    // network while request threads run the model: it would hold a worker that never works.
+    if !matches!(cli.command, Command::Serve(_)) {
+        let _ = rayon::ThreadPoolBuilder::new().use_current_thread().build_global();
+    }
     let result = match cli.command {
         Command::Train(args) => train::run(*args),
         Command::Forward(args) => forward::run(args),
