@@ -150,7 +150,7 @@ fn shared_prompt_rewards_loss_and_gradients_match_the_padded_pass() {
             ForSequenceClassification::<AB>::from_pretrained(&fixture(&name), None, &Default::default()).unwrap();
         let run = |shared: bool| {
             let [c, r] = if shared {
-                model.forward_pairs(&chosen, &rejected).unwrap().expect("the fixtures have a pad id")
+                model.forward_pairs(&zipped(&chosen, &rejected)).unwrap().expect("the fixtures have a pad id")
             } else {
                 let r = model.forward(&padded_batch, true).unwrap().rewards;
                 [r.clone().narrow(0, 0, n), r.narrow(0, n, n)]
@@ -185,8 +185,13 @@ fn pairs_without_a_common_prompt_keep_the_padded_pass() {
     let (chosen, rejected): (Vec<_>, Vec<_>) = (0..4).map(|k| (seq(k), seq(k + 50))).unzip();
     assert!(chosen.iter().zip(&rejected).all(|(c, r)| c[0] != r[0]));
     let (model, _, _) = ForSequenceClassification::<B>::from_pretrained(&fixture("llama-rm"), None, &dev()).unwrap();
-    assert!(model.forward_pairs(&chosen, &rejected).unwrap().is_none());
+    assert!(model.forward_pairs(&zipped(&chosen, &rejected)).unwrap().is_none());
     // with a prompt of 12 tokens in common they are
     let rejected: Vec<Vec<i64>> = chosen.iter().zip(&rejected).map(|(c, r)| [&c[..12], &r[12..]].concat()).collect();
-    assert!(model.forward_pairs(&chosen, &rejected).unwrap().is_some());
+    assert!(model.forward_pairs(&zipped(&chosen, &rejected)).unwrap().is_some());
+}
+
+/// `(chosen, rejected)` pairs of the two sides' rows.
+fn zipped<'a>(chosen: &'a [Vec<i64>], rejected: &'a [Vec<i64>]) -> Vec<(&'a [i64], &'a [i64])> {
+    chosen.iter().zip(rejected).map(|(c, r)| (&c[..], &r[..])).collect()
 }

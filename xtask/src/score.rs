@@ -433,35 +433,37 @@ fn score_sorted(model: &Scorer, items: &[Item], pad: i64, per_batch: usize) -> R
     let mut rewards = vec![Vec::new(); items.len()];
     let mut done = 0;
     for chunk in order.chunks(per_batch) {
-        // pairs of a causal model: each pair's prompt once (`forward_pairs`)
-        if let (Scorer::Causal(m), true) = (model, chunk.iter().all(|&i| items[i].ids.len() == 2)) {
-            let side = |k: usize| chunk.iter().map(|&i| items[i].ids[k].clone()).collect::<Vec<_>>();
-            if let Some([c, r]) =
-                trl_models::prefix_sharing().then(|| m.forward_pairs(&side(0), &side(1))).transpose()?.flatten()
-            {
-                let read = |t: burn::tensor::Tensor<B, 2>| t.into_data().convert::<f32>().to_vec::<f32>();
-                let (c, r) = (read(c), read(r));
-                let (c, r) = (c.map_err(|e| format!("reading the rewards: {e:?}"))?, r.map_err(|e| format!("{e:?}"))?);
-                let labels = c.len() / chunk.len();
-                for (k, &i) in chunk.iter().enumerate() {
-                    rewards[i] = [&c[k * labels..(k + 1) * labels], &r[k * labels..(k + 1) * labels]].concat();
-                }
-                done += chunk.len();
-                continue;
+        // pairs of a causal model: each pair's prompt once (`forward_pairs`), laid out as the
+        // padded pass gives them (each item's sequences in turn)
+        let shared = match model {
+            Scorer::Causal(m) if trl_models::prefix_sharing() && chunk.iter().all(|&i| items[i].ids.len() == 2) => {
+                let pairs: Vec<(&[i64], &[i64])> =
+                    chunk.iter().map(|&i| (&items[i].ids[0][..], &items[i].ids[1][..])).collect();
+                m.forward_pairs(&pairs)?.map(|[c, r]| {
+                    let [n, labels] = c.dims();
+                    burn::tensor::Tensor::stack::<3>(vec![c, r], 1).reshape([2 * n, labels])
+                })
             }
-        }
-        let ids: Vec<Vec<i64>> = chunk.iter().flat_map(|&i| items[i].ids.iter().cloned()).collect();
-        let batch = TokenBatch::pad(&ids, pad, Padding::Right, None)?;
-        let sources: Vec<Vec<i64>> = chunk.iter().flat_map(|&i| items[i].sources.iter().cloned()).collect();
-        let sources =
-            if sources.is_empty() { None } else { Some(TokenBatch::pad(&sources, pad, Padding::Right, None)?) };
-        let flat = model
-            .rewards(&batch, sources.as_ref())?
+            _ => None,
+        };
+        let rewards_of_chunk = match shared {
+            Some(r) => r,
+            None => {
+                let ids: Vec<Vec<i64>> = chunk.iter().flat_map(|&i| items[i].ids.iter().cloned()).collect();
+                let batch = TokenBatch::pad(&ids, pad, Padding::Right, None)?;
+                let sources: Vec<Vec<i64>> = chunk.iter().flat_map(|&i| items[i].sources.iter().cloned()).collect();
+                let sources =
+                    if sources.is_empty() { None } else { Some(TokenBatch::pad(&sources, pad, Padding::Right, None)?) };
+                model.rewards(&batch, sources.as_ref())?
+            }
+        };
+        let flat = rewards_of_chunk
             .into_data()
             .convert::<f32>()
             .to_vec::<f32>()
             .map_err(|e| format!("reading the rewards: {e}"))?;
-        let labels = flat.len() / ids.len();
+        let sequences: usize = chunk.iter().map(|&i| items[i].ids.len()).sum();
+        let labels = flat.len() / sequences;
         let mut k = 0;
         for &i in chunk {
             let n = items[i].ids.len() * labels;

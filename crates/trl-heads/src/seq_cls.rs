@@ -216,22 +216,17 @@ impl<B: Backend> ForSequenceClassification<B> {
         Ok(RewardOutput { rewards, scores })
     }
 
-    /// The rewards of preference pairs (`[n, num_labels]` for the chosen rows, then the
-    /// rejected), each pair's common token prefix (its prompt) computed once ([`SharedPairs`]):
+    /// The rewards of `(chosen, rejected)` token rows (`[n, num_labels]` for the chosen rows,
+    /// then the rejected), each pair's common token prefix (its prompt) computed once ([`SharedPairs`]):
     /// equal to [`Self::forward`]'s rewards of the padded `chosen ++ rejected` batch within f32
     /// rounding, for about half the prompt tokens' work. `None` where that does not hold or does
     /// not pay: no `pad_token_id` (a batch of several rows is then refused anyway), or a row
     /// longer than the model's positions (each sequence may still fit), or pairs sharing too
     /// little prompt for one row each to cost less than two (`shared_pays`).
-    pub fn forward_pairs(&self, chosen: &[Vec<i64>], rejected: &[Vec<i64>]) -> Result<Option<[Tensor<B, 2>; 2]>> {
+    pub fn forward_pairs(&self, pairs: &[(&[i64], &[i64])]) -> Result<Option<[Tensor<B, 2>; 2]>> {
         let Some(pad) = self.pad_token_id else { return Ok(None) };
-        if chosen.len() != rejected.len() {
-            return Err(HeadError::Input(format!("{} chosen rows for {} rejected", chosen.len(), rejected.len())));
-        }
-        let pairs: Vec<(&[i64], &[i64])> = chosen.iter().zip(rejected).map(|(c, r)| (&c[..], &r[..])).collect();
-        let shared = trl_models::SharedPairs::new(&pairs, pad)?;
-        if shared.batch.seq > self.backbone.max_positions()
-            || !shared_pays(&pairs, &shared, self.backbone.hidden_size())
+        let shared = trl_models::SharedPairs::new(pairs, pad)?;
+        if shared.batch.seq > self.backbone.max_positions() || !shared_pays(pairs, &shared, self.backbone.hidden_size())
         {
             return Ok(None);
         }

@@ -15,9 +15,12 @@ pub fn collate(
     let rows: Vec<Vec<i64>> =
         pairs.iter().map(|p| p.chosen.clone()).chain(pairs.iter().map(|p| p.rejected.clone())).collect();
     let batch = TokenBatch::pad(&rows, pad_id, Padding::Right, pad_to_multiple_of).map_err(RewardError::Model)?;
-    let margins =
-        pairs.iter().any(|p| p.margin.is_some()).then(|| pairs.iter().map(|p| p.margin.unwrap_or(0.0)).collect());
-    Ok((batch, margins))
+    Ok((batch, margins(pairs)))
+}
+
+/// The pairs' margins (0 where a pair has none), when any pair has one.
+pub fn margins(pairs: &[&TokenizedPair]) -> Option<Vec<f32>> {
+    pairs.iter().any(|p| p.margin.is_some()).then(|| pairs.iter().map(|p| p.margin.unwrap_or(0.0)).collect())
 }
 
 /// SplitMix64: a small seeded generator whose whole state is one `u64`.

@@ -32,7 +32,7 @@ use trl_core::checkpoint;
 use trl_core::{HfConfig, Tokenizer};
 use trl_heads::ForSequenceClassification;
 
-use crate::collate::collate;
+use crate::collate::{collate, margins};
 use crate::config::RewardConfig;
 use crate::data::TokenizedPair;
 use crate::error::{Result, RewardError};
@@ -107,15 +107,12 @@ pub(crate) fn score<B: Backend>(
 ) -> Result<Scored<B>> {
     let n = pairs.len();
     let half = config.half_dtype().map(|d| d.dtype());
-    let margins =
-        pairs.iter().any(|p| p.margin.is_some()).then(|| pairs.iter().map(|p| p.margin.unwrap_or(0.0)).collect());
     // the prompt once per pair where that gives the same rewards: with dropout off (one draw for
     // the shared prefix would stand for two) and no padding asked for
     let shared = match config.disable_dropout && config.pad_to_multiple_of.is_none() && trl_models::prefix_sharing() {
         true => {
-            let side = |f: fn(&TokenizedPair) -> &Vec<i64>| pairs.iter().map(|p| f(p).clone()).collect::<Vec<_>>();
-            let (chosen, rejected) = (side(|p| &p.chosen), side(|p| &p.rejected));
-            trl_models::autocast::scope(half, || model.forward_pairs(&chosen, &rejected))?
+            let rows: Vec<(&[i64], &[i64])> = pairs.iter().map(|p| (&p.chosen[..], &p.rejected[..])).collect();
+            trl_models::autocast::scope(half, || model.forward_pairs(&rows))?
         }
         false => None,
     };
@@ -129,7 +126,7 @@ pub(crate) fn score<B: Backend>(
         }
     };
     let device = chosen.device();
-    let margin = margins.map(|m| Tensor::from_data(TensorData::new(m, [n]), &device));
+    let margin = margins(pairs).map(|m| Tensor::from_data(TensorData::new(m, [n]), &device));
     // the tokens of the padded batch that are not padding, as TRL counts them
     let tokens = pairs.iter().map(|p| (p.chosen.len() + p.rejected.len()) as u64).sum();
     Ok(Scored { chosen, rejected, margin, tokens })
