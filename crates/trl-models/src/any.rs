@@ -227,14 +227,15 @@ impl<B: Backend> AnyCausalLm<B> {
     ) -> Result<Tensor<B, 3>> {
         self.check_positions(ctx)?;
         let [b, t] = ids.dims();
-        let hidden = dispatch!(self, m => decode(m, ids, ctx, cache, None));
+        let hidden = dispatch!(self, m => decode(m, ids, ctx, cache, None, None));
         let d = hidden.dims()[1];
         Ok(hidden.reshape([b, t, d]))
     }
 
     /// Last hidden state at `(row, position)` pairs of an uncached forward pass, `[picks, hidden]`,
-    /// computed padding-free: only real tokens go through norms, projections and MLPs. Equal to
-    /// reading those rows of [`Self::forward`]'s hidden state; each pick must be a real token.
+    /// computed padding-free: only real tokens go through norms, projections and MLPs, and the
+    /// last block past attention only the picked ones. Equal to reading those rows of
+    /// [`Self::forward`]'s hidden state; each pick must be a real token.
     pub fn forward_picked(&self, batch: &TokenBatch, picks: &[(usize, usize)]) -> Result<Tensor<B, 2>> {
         let device = self.device();
         let ctx = self.context(batch, &device)?.without_padding(&batch.attention_mask);
@@ -243,17 +244,14 @@ impl<B: Backend> AnyCausalLm<B> {
             .map(|&(b, t)| {
                 let slot = b.checked_mul(batch.seq).and_then(|s| s.checked_add(t)).filter(|_| t < batch.seq);
                 let row = slot.and_then(|s| ctx.activation_row(s));
-                row.map(|r| r as i64).ok_or_else(|| {
+                row.ok_or_else(|| {
                     ModelError::Input(format!(
                         "row {b}, position {t} is not a real token of the batch (attention_mask 0 or out of range)"
                     ))
                 })
             })
-            .collect::<Result<Vec<i64>>>()?;
-        let hidden = dispatch!(self, m => decode(m, batch.ids_tensor(&device), &ctx, None, None));
-        let n = rows.len();
-        let at = hidden.device();
-        Ok(hidden.select(0, Tensor::from_data(TensorData::new(rows, [n]), &at)))
+            .collect::<Result<Vec<usize>>>()?;
+        Ok(dispatch!(self, m => decode(m, batch.ids_tensor(&device), &ctx, None, None, Some(&rows))))
     }
 
     /// Every hidden state of an uncached forward pass, as transformers' `hidden_states` with
@@ -264,7 +262,7 @@ impl<B: Backend> AnyCausalLm<B> {
         let ctx = self.context(batch, &device)?;
         let ids = batch.ids_tensor(&device);
         let mut all = Vec::with_capacity(self.num_layers() + 1);
-        dispatch!(self, m => decode(m, ids, &ctx, None, Some(&mut all)));
+        dispatch!(self, m => decode(m, ids, &ctx, None, Some(&mut all), None));
         Ok(all)
     }
 

@@ -87,7 +87,7 @@ pub trait Backbone<B: Backend>: Module<B> + Sized {
                 let [b, t, h] = hidden.dims();
                 let weight = in_dtype(self.embedding(), hidden.dtype());
                 let vocab = weight.dims()[0];
-                hidden.reshape([b * t, h]).matmul(weight.transpose()).reshape([b, t, vocab])
+                crate::kernels::matmul(hidden.reshape([b * t, h]), weight.transpose()).reshape([b, t, vocab])
             }
         };
         match self.final_logit_softcap() {
@@ -130,14 +130,19 @@ pub trait Backbone<B: Backend>: Module<B> + Sized {
 /// [`Context::without_padding`]), for `ids` `[batch, q_len]` under `ctx`, extending `cache`
 /// when given. With `hidden_states` (padded layout only), every block's input and the final
 /// output are pushed there as `[batch, q_len, hidden]`, as transformers' `output_hidden_states`
-/// (embeddings first, the last one after the norm).
+/// (embeddings first, the last one after the norm). With `picks`, only those activation rows of
+/// the last hidden state come back, in that order, and the last block computes only them past
+/// attention (its queries' outputs, residual and MLP): what a reward read at one token per
+/// sequence needs.
 pub fn decode<B: Backend, M: Backbone<B>>(
     model: &M,
     ids: Tensor<B, 2, Int>,
     ctx: &Context<B>,
     mut cache: Option<&mut KvCache<B>>,
     mut hidden_states: Option<&mut Vec<Tensor<B, 3>>>,
+    picks: Option<&[usize]>,
 ) -> Tensor<B, 2> {
+    debug_assert!(picks.is_none() || hidden_states.is_none(), "every hidden state is whole");
     let [b, t] = ids.dims();
     let tables = model.tables(ctx);
     // a model placed over several devices (`crate::placement`): the activations, the
@@ -162,11 +167,27 @@ pub fn decode<B: Backend, M: Backbone<B>>(
             let t = model.tables(&c);
             moved = Some((d.clone(), c, t));
         }
+        // the last block computes only the picked rows past attention
+        let picking = |c: &Context<B>| picks.filter(|_| i + 1 == model.num_layers()).map(|rows| c.picking(rows));
         x = match (here, &moved) {
-            (Some(d), Some((_, c, t))) => model.block(i, x.to_device(d), c, t, slot),
-            (None, Some(_)) => model.block(i, x.to_device(&home), ctx, &tables, slot),
-            _ => model.block(i, x, ctx, &tables, slot),
+            (Some(d), Some((_, c, t))) => {
+                let p = picking(c);
+                model.block(i, x.to_device(d), p.as_ref().unwrap_or(c), t, slot)
+            }
+            (None, Some(_)) => {
+                let p = picking(ctx);
+                model.block(i, x.to_device(&home), p.as_ref().unwrap_or(ctx), &tables, slot)
+            }
+            _ => {
+                let p = picking(ctx);
+                model.block(i, x, p.as_ref().unwrap_or(ctx), &tables, slot)
+            }
         };
+    }
+    if let Some(rows) = picks.filter(|_| model.num_layers() == 0) {
+        let n = rows.len();
+        let rows = rows.iter().map(|&r| r as i64).collect();
+        x = x.clone().select(0, Tensor::from_data(TensorData::new(rows, [n]), &x.device()));
     }
     let out = model.final_norm(x);
     if let Some(all) = hidden_states {

@@ -120,6 +120,7 @@ impl<B: Backend> Context<B> {
             kv_len: t,
             tokens: None,
             branched: true,
+            picked: None,
             memo: RefCell::new(Vec::new()),
         }
     }
@@ -220,6 +221,9 @@ pub struct Context<B: Backend> {
     /// Rows that hold two sequences sharing a prefix ([`SharedPairs`]): windows are then
     /// measured in positions, not slots.
     branched: bool,
+    /// The activation rows a block's output keeps ([`Context::picking`]), in order: the last
+    /// block of a pass whose caller reads only these rows computes only them after attention.
+    picked: Option<Vec<usize>>,
     memo: RefCell<Vec<(Memo, Memoised<B>)>>,
 }
 
@@ -230,6 +234,7 @@ enum Memo {
     FromHeads { heads: usize },
     Mask { heads: usize },
     Tokens,
+    Picked,
 }
 
 #[derive(Clone)]
@@ -284,7 +289,17 @@ impl<B: Backend> Context<B> {
             }
         }
         let mask = Tensor::from_data(TensorData::new(mask, [batch, 1, q_len, kv_len]), device);
-        Self { mask, positions, batch, q_len, kv_len, tokens: None, branched: false, memo: RefCell::new(Vec::new()) }
+        Self {
+            mask,
+            positions,
+            batch,
+            q_len,
+            kv_len,
+            tokens: None,
+            branched: false,
+            picked: None,
+            memo: RefCell::new(Vec::new()),
+        }
     }
 
     /// The same context with the keys `window` or more slots before each query blocked too:
@@ -315,6 +330,7 @@ impl<B: Backend> Context<B> {
             kv_len: kv,
             tokens: self.tokens.clone(),
             branched: self.branched,
+            picked: self.picked.clone(),
             memo: RefCell::new(Vec::new()),
         }
     }
@@ -330,6 +346,7 @@ impl<B: Backend> Context<B> {
             kv_len: self.kv_len,
             tokens: self.tokens.clone(),
             branched: self.branched,
+            picked: self.picked.clone(),
             memo: RefCell::new(Vec::new()),
         }
     }
@@ -342,6 +359,43 @@ impl<B: Backend> Context<B> {
         self.tokens = Some(attention_mask.iter().enumerate().filter(|(_, &m)| m != 0).map(|(i, _)| i).collect());
         self.memo.borrow_mut().clear();
         self
+    }
+
+    /// The same context for a block whose output keeps only activation rows `rows` (in that
+    /// order): attention still reads every row's key and value, but only these rows' outputs
+    /// come back ([`attend`](crate::layers::attend)), and the block computes its residual and
+    /// MLP on them alone ([`Context::kept`]).
+    pub fn picking(&self, rows: &[usize]) -> Self {
+        let memo = self.memo.borrow().iter().filter(|(k, _)| !matches!(k, Memo::FromHeads { .. })).cloned().collect();
+        Self {
+            mask: self.mask.clone(),
+            positions: self.positions.clone(),
+            batch: self.batch,
+            q_len: self.q_len,
+            kv_len: self.kv_len,
+            tokens: self.tokens.clone(),
+            branched: self.branched,
+            picked: Some(rows.to_vec()),
+            memo: RefCell::new(memo),
+        }
+    }
+
+    /// The rows [`Context::picking`] keeps, if any.
+    pub fn picked(&self) -> Option<&[usize]> {
+        self.picked.as_deref()
+    }
+
+    /// `x`'s rows that a block's output keeps: all of them, or the picked ones.
+    pub fn kept(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        match &self.picked {
+            Some(rows) => x.select(0, self.index(Memo::Picked, || rows.iter().map(|&r| r as i64).collect())),
+            None => x,
+        }
+    }
+
+    /// Rows of a block's output: the activations' rows, or the picked ones.
+    pub fn output_rows(&self) -> usize {
+        self.picked.as_ref().map_or(self.num_tokens(), Vec::len)
     }
 
     /// Number of rows of the flat activations.
@@ -431,11 +485,15 @@ impl<B: Backend> Context<B> {
     }
 
     /// The inverse layout: padded head-major `(batch, heads, q_len)` rows back to token-major
-    /// rows of the activations' tokens.
+    /// rows of the activations' tokens (the picked ones, where [`Context::picking`]).
     pub fn from_heads_index(&self, heads: usize) -> Tensor<B, 1, Int> {
         self.index(Memo::FromHeads { heads }, || {
             let t = self.q_len;
-            let slots = self.token_slots();
+            let all = self.token_slots();
+            let slots: Vec<usize> = match &self.picked {
+                Some(rows) => rows.iter().map(|&r| all[r]).collect(),
+                None => all.into_owned(),
+            };
             slots.iter().flat_map(|&s| (0..heads).map(move |h| (((s / t) * heads + h) * t + s % t) as i64)).collect()
         })
     }

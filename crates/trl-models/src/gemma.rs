@@ -285,7 +285,7 @@ impl<B: Backend> GemmaDecoderLayer<B> {
         }
         let heads = (a.num_heads, a.num_kv_heads);
         let out = attend_capped(rope.apply(q), rope.apply(k), v, heads, ctx, cache, s.scale, s.attn_softcap);
-        let x = x + self.post_attention_layernorm.forward(a.o_proj.forward(out));
+        let x = ctx.kept(x) + self.post_attention_layernorm.forward(a.o_proj.forward(out));
         let h = self.pre_feedforward_layernorm.forward(x.clone());
         let m = &self.mlp;
         let y = m.down_proj.forward(m.act.apply(m.gate_proj.forward(h.clone())) * m.up_proj.forward(h));
@@ -422,8 +422,10 @@ impl<B: Backend> Backbone<B> for GemmaForCausalLM<B> {
         cache: Option<&mut CacheSlot<B>>,
     ) -> Tensor<B, 2> {
         let layer = &self.model.layers[i];
+        // the windowed context of a block that keeps only some rows keeps them too
+        let picked = t.windowed.as_ref().zip(ctx.picked()).filter(|_| layer.sliding).map(|(w, rows)| w.picking(rows));
         let (ctx, rope) = match layer.sliding {
-            true => (t.windowed.as_ref().unwrap_or(ctx), &t.local),
+            true => (picked.as_ref().or(t.windowed.as_ref()).unwrap_or(ctx), &t.local),
             false => (ctx, &t.global),
         };
         layer.forward(x, ctx, rope, &self.settings, cache)

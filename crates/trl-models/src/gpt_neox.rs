@@ -147,7 +147,7 @@ impl<B: Backend> GptNeoXLayer<B> {
         let v = part(2);
         let scale = 1.0 / (hd as f64).sqrt();
         let out = attend(rotate(part(0)), rotate(part(1)), v, (heads, heads), ctx, cache, scale);
-        let attn = a.dense.forward(out);
+        let (attn, x) = (a.dense.forward(out), ctx.kept(x));
         let mlp = |h: Tensor<B, 2>| self.mlp.dense_4h_to_h.forward(self.mlp.act.apply(self.mlp.dense_h_to_4h.forward(h)));
         if self.use_parallel_residual {
             let m = mlp(self.post_attention_layernorm.forward(x.clone()));

@@ -293,7 +293,7 @@ impl<B: Backend> KvCache<B> {
 /// for the new tokens (every `batch * q_len` slot, or only the real ones: [`Context::without_padding`]); `(heads, kv_heads)` their head counts. Activations are moved to the kernel's head-major layout with one row
 /// gather each (which also repeats KV heads for grouped-query attention) and back with one
 /// more. With a cache slot, new keys/values are appended to it first. Returns flat
-/// `[tokens, heads * head_dim]`.
+/// `[tokens, heads * head_dim]`, or only the picked tokens' rows ([`Context::picking`]).
 pub fn attend<B: Backend>(
     q: Tensor<B, 2>,
     k: Tensor<B, 2>,
@@ -351,16 +351,16 @@ pub fn attend_capped<B: Backend>(
         // so plain softmax is exact and takes fewer ops on `[batch, heads, q_len, kv_len]`. On
         // flex, two batched matmuls around the fused masked softmax beat flex's attention, whose
         // softmax is scalar (docs/performance.md).
-        let mut scores = (q * scale).matmul(k.swap_dims(2, 3));
+        let mut scores = crate::kernels::matmul(q * scale, k.swap_dims(2, 3));
         if let Some(cap) = softcap {
             scores = (scores / cap).tanh() * cap;
         }
         let probs = crate::kernels::masked_softmax(scores, &ctx.mask)
             .unwrap_or_else(|scores| softmax(scores.mask_fill(ctx.mask_for_heads(heads), f32::NEG_INFINITY), 3));
-        probs.matmul(v)
+        crate::kernels::matmul(probs, v)
     } else {
         let options = AttentionModuleOptions { scale: Some(scale), softcap, is_causal: false };
         attention(q, k, v, Some(ctx.mask.clone()), None, options)
     };
-    out.reshape([b * heads * t, d]).select(0, ctx.from_heads_index(heads)).reshape([n, heads * d])
+    out.reshape([b * heads * t, d]).select(0, ctx.from_heads_index(heads)).reshape([ctx.output_rows(), heads * d])
 }

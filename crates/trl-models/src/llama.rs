@@ -290,7 +290,7 @@ impl<B: Backend> LlamaDecoderLayer<B> {
         let head_dim = q.dims()[1] / a.num_heads;
         let scale = 1.0 / (head_dim as f64).sqrt();
         let out = attend(rope.apply(q), rope.apply(k), v, (a.num_heads, a.num_kv_heads), ctx, cache, scale);
-        let x = x + a.o_proj.forward(out);
+        let x = ctx.kept(x) + a.o_proj.forward(out);
         let h = self.post_attention_layernorm.forward(x.clone());
         let m = &self.mlp;
         x + m.down_proj.forward(crate::kernels::swiglu(m.gate_proj.forward(h.clone()), m.up_proj.forward(h)))

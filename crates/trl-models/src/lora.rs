@@ -138,7 +138,7 @@ pub fn held_linear<B: Backend, const D: usize>(
                 None => y,
             }
         }
-        _ => burn::tensor::module::linear(x, in_dtype(weight, dtype), bias),
+        _ => crate::kernels::linear(x, in_dtype(weight, dtype), bias),
     }
 }
 

@@ -180,7 +180,7 @@ impl<B: Backend> Phi3DecoderLayer<B> {
         let v = qkv.slice([0..n, k_end..width]);
         let scale = 1.0 / (hd as f64).sqrt();
         let out = attend(q, k, v, (a.num_heads, a.num_kv_heads), ctx, cache, scale);
-        let x = x + a.o_proj.forward(out);
+        let x = ctx.kept(x) + a.o_proj.forward(out);
         let m = &self.mlp;
         let gate_up = m.gate_up_proj.forward(self.post_attention_layernorm.forward(x.clone()));
         let i = gate_up.dims()[1] / 2;

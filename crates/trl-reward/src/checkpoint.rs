@@ -67,7 +67,7 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
         let state = serde_json::from_str(&text)
             .map_err(|e| RewardError::Data { path: state_path.clone(), reason: e.to_string() })?;
         let sd = checkpoint::load_safetensors(&dir.join(OPTIMIZER_FILE))?;
-        self.model = model;
+        self.model = crate::optim::laid_out_as_trained(model);
         self.state = state;
         self.optimizer.load_state_dict(&sd, &param_ids(&self.model), self.state.global_step, &device);
         Ok(self.changed_settings(dir))

@@ -9,6 +9,7 @@ use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::{BalancedCheckpointing, CheckpointStrategy, NoCheckpointing};
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
+use burn::backend::autodiff::NodeId;
 use burn::backend::flex::FlexTensor;
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::ops::FloatTensor;
@@ -124,6 +125,93 @@ pub(super) fn rms_norm<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 1>, eps: f32) -
             }))
         }
     })
+}
+
+/// `a · b` (batched over equal leading dimensions) through [`super::gemm`]: `Err` gives the
+/// operands back for burn's matmul (another backend, or a layout the kernel does not take).
+/// Under autodiff the operands are kept as burn's matmul keeps them, through the checkpointer
+/// (so balanced checkpointing recomputes them where it would).
+#[allow(clippy::type_complexity)]
+pub(super) fn matmul<B: Backend, const D: usize>(
+    a: Tensor<B, D>,
+    b: Tensor<B, D>,
+) -> Result<Tensor<B, D>, (Tensor<B, D>, Tensor<B, D>)> {
+    let fits = |t: &FloatTensor<B>| match kind::<B>() {
+        Some(Kind::Plain) => cast::<_, FlexTensor>(t.clone()).is_ok_and(|t| views(&t, false).is_some()),
+        Some(Kind::Autodiff { .. }) => cast::<_, AdTensor>(t.clone()).is_ok_and(|t| views(&t.primitive, false).is_some()),
+        None => false,
+    };
+    let inputs = [unwrap(a), unwrap(b)];
+    if !inputs.iter().all(fits) {
+        let [a, b] = inputs;
+        return Err((wrap(a), wrap(b)));
+    }
+    Ok(match kind::<B>() {
+        Some(Kind::Plain) => {
+            let [a, b] = plain::<B, 2>(inputs);
+            back(product((&a, false), (&b, false)))
+        }
+        Some(Kind::Autodiff { balanced: true }) => back(matmul_node::<BalancedCheckpointing>(tracked::<B, 2>(inputs))),
+        _ => back(matmul_node::<NoCheckpointing>(tracked::<B, 2>(inputs))),
+    })
+}
+
+/// The autodiff node of `a · b`: each operand checkpointed where the other takes a gradient.
+fn matmul_node<C: CheckpointStrategy>([a, b]: [AdTensor; 2]) -> AdTensor {
+    let (a_grad, b_grad) = (a.is_tracked(), b.is_tracked());
+    match Matmul.prepare::<C>([a.node.clone(), b.node.clone()]).compute_bound().stateful() {
+        OpsKind::Tracked(mut prep) => {
+            let state = (b_grad.then(|| prep.checkpoint(&a)), a_grad.then(|| prep.checkpoint(&b)));
+            prep.finish(state, product((&a.primitive, false), (&b.primitive, false)))
+        }
+        OpsKind::UnTracked(prep) => prep.finish(product((&a.primitive, false), (&b.primitive, false))),
+    }
+}
+
+/// An f32 flex tensor of rank 2 or more as one [`super::gemm::View`] per matrix (its last two
+/// dimensions; transposed when asked); `None` for other dtypes or negative strides.
+fn views(t: &FlexTensor, transposed: bool) -> Option<Vec<super::gemm::View<'_>>> {
+    let layout = t.layout();
+    let (shape, strides) = (layout.shape(), layout.strides());
+    let rank = strides.len();
+    if t.dtype() != DType::F32 || rank < 2 || strides.iter().any(|&s| s < 0) {
+        return None;
+    }
+    let (rs, cs) = (strides[rank - 2] as usize, strides[rank - 1] as usize);
+    let (rs, cs) = if transposed { (cs, rs) } else { (rs, cs) };
+    let data = t.storage();
+    let mut offsets = vec![layout.start_offset()];
+    for d in 0..rank - 2 {
+        let stride = strides[d] as usize;
+        offsets = offsets.iter().flat_map(|&o| (0..shape[d]).map(move |i| o + i * stride)).collect();
+    }
+    Some(offsets.into_iter().map(|offset| super::gemm::View { data, offset, rs, cs }).collect())
+}
+
+/// `a · b` of f32 flex tensors with equal leading dimensions, each read as stored or with its
+/// last two dimensions transposed.
+fn product((a, at): (&FlexTensor, bool), (b, bt): (&FlexTensor, bool)) -> FlexTensor {
+    let rank = a.layout().num_dims();
+    let matrix = |t: &FlexTensor, tr: bool| {
+        let s = t.layout().shape();
+        let (r, c) = (s[rank - 2], s[rank - 1]);
+        if tr {
+            (c, r)
+        } else {
+            (r, c)
+        }
+    };
+    let ((m, k), (_, n)) = (matrix(a, at), matrix(b, bt));
+    let mut shape: Vec<usize> = a.layout().shape()[..rank - 2].to_vec();
+    shape.extend([m, n]);
+    let c = views(a, at).zip(views(b, bt)).and_then(|(va, vb)| super::gemm::sgemm(m, k, n, &va, &vb));
+    match c {
+        Some(c) => FlexTensor::from_data(burn::tensor::TensorData::new(c, shape)),
+        None => {
+            let t = |x: &FlexTensor, tr: bool| if tr { x.transpose(rank - 2, rank - 1) } else { x.clone() };
+            <Flex as burn::tensor::ops::FloatTensorOps<Flex>>::float_matmul(t(a, at), t(b, bt))
+        }
+    }
 }
 
 pub(super) fn widen<B: Backend, const D: usize>(w: Tensor<B, D>) -> Result<Tensor<B, D>, Tensor<B, D>> {
@@ -414,6 +502,28 @@ impl Backward<Flex, 2> for RmsNorm {
         }
         if let Some(node) = w_node {
             grads.register::<Flex>(node.id, dw);
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Matmul;
+
+impl Backward<Flex, 2> for Matmul {
+    /// `a`, kept where `b` takes a gradient, and `b`, where `a` does.
+    type State = (Option<NodeId>, Option<NodeId>);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+        let (a, b) = ops.state;
+        let a = a.map(|id| checkpointer.retrieve_node_output::<FlexTensor>(id));
+        let b = b.map(|id| checkpointer.retrieve_node_output::<FlexTensor>(id));
+        let dc = grads.consume::<Flex>(&ops.node);
+        let [a_node, b_node] = ops.parents;
+        if let (Some(node), Some(b)) = (a_node, b) {
+            grads.register::<Flex>(node.id, product((&dc, false), (&b, true)));
+        }
+        if let (Some(node), Some(a)) = (b_node, a) {
+            grads.register::<Flex>(node.id, product((&a, true), (&dc, false)));
         }
     }
 }

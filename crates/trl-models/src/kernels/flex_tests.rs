@@ -205,3 +205,61 @@ fn widen_keeps_the_layout_and_equals_the_cast() {
         assert!(super::widen(held.slice([0..3, 0..5])).is_err());
     }
 }
+
+/// The AVX2 product (where this CPU and build take it) against burn's matmul: values and both
+/// gradients, with the right operand a transposed view (as weights held `[out, in]` are read),
+/// and a frozen right operand (LoRA's base weights), whose gradient is not computed.
+#[test]
+fn product_equals_burns_matmul() {
+    let device = Default::default();
+    let (m, k, n) = (70, 300, 37);
+    let a = Tensor::<Ad, 2>::random([m, k], Distribution::Normal(0.0, 1.0), &device);
+    let w = Tensor::<Ad, 2>::random([n, k], Distribution::Normal(0.0, 1.0), &device);
+    let upstream = Tensor::<Ad, 2>::random([m, n], Distribution::Normal(0.0, 1.0), &device);
+    let run = |ours: bool, frozen: bool| {
+        let (x, wt) = (a.clone().detach().require_grad(), w.clone().detach());
+        let wt = if frozen { wt } else { wt.require_grad() };
+        let y = if ours { crate::kernels::matmul(x.clone(), wt.clone().transpose()) } else { x.clone().matmul(wt.clone().transpose()) };
+        let grads = (y.clone() * upstream.clone()).sum().backward();
+        (values(y), values(x.grad(&grads).expect("x requires grad")), wt.grad(&grads).map(values))
+    };
+    // each value is a sum of k products of N(0,1) terms (up to |a·b| ≈ 16 here), rounded at
+    // most k times by either side: k · 16 · ε bounds the difference; the gradients sum m or n
+    // such products
+    let eps = f32::EPSILON;
+    for frozen in [false, true] {
+        let ((y, dx, dw), (y_ref, dx_ref, dw_ref)) = (run(true, frozen), run(false, frozen));
+        assert_close(&y, &y_ref, k as f32 * 16.0 * eps);
+        assert_close(&dx, &dx_ref, n as f32 * 16.0 * eps);
+        assert_eq!(dw.is_some(), !frozen);
+        if let (Some(dw), Some(dw_ref)) = (dw, dw_ref) {
+            assert_close(&dw, &dw_ref, m as f32 * 16.0 * eps);
+        }
+    }
+    // plain (inference) flex as well
+    let (pa, pw) = (Tensor::<Flex, 2>::from_data(a.to_data(), &device), Tensor::<Flex, 2>::from_data(w.to_data(), &device));
+    assert_close(&values(crate::kernels::matmul(pa.clone(), pw.clone().transpose())), &values(pa.matmul(pw.transpose())), k as f32 * 16.0 * eps);
+}
+
+/// Batched, as attention runs it: `q · kᵀ` with `kᵀ` a view of the keys, values and both
+/// gradients against burn's matmul.
+#[test]
+fn batched_product_equals_burns_matmul() {
+    let device = Default::default();
+    let (b, h, q, t, d) = (2, 3, 5, 70, 16);
+    let qs = Tensor::<Ad, 4>::random([b, h, q, d], Distribution::Normal(0.0, 1.0), &device);
+    let ks = Tensor::<Ad, 4>::random([b, h, t, d], Distribution::Normal(0.0, 1.0), &device);
+    let upstream = Tensor::<Ad, 4>::random([b, h, q, t], Distribution::Normal(0.0, 1.0), &device);
+    let run = |ours: bool| {
+        let (x, k) = (qs.clone().detach().require_grad(), ks.clone().detach().require_grad());
+        let kt = k.clone().swap_dims(2, 3);
+        let y = if ours { crate::kernels::matmul(x.clone(), kt) } else { x.clone().matmul(kt) };
+        let grads = (y.clone() * upstream.clone()).sum().backward();
+        (values(y), values(x.grad(&grads).expect("q requires grad")), values(k.grad(&grads).expect("k requires grad")))
+    };
+    let ((y, dq, dk), (y_ref, dq_ref, dk_ref)) = (run(true), run(false));
+    let eps = f32::EPSILON;
+    assert_close(&y, &y_ref, d as f32 * 16.0 * eps);
+    assert_close(&dq, &dq_ref, t as f32 * 16.0 * eps);
+    assert_close(&dk, &dk_ref, q as f32 * 16.0 * eps);
+}

@@ -18,6 +18,8 @@ use burn::tensor::{backend::Backend, Bool, DType, Tensor};
 #[cfg(feature = "flex")]
 mod flex;
 #[cfg(feature = "flex")]
+mod gemm;
+#[cfg(feature = "flex")]
 mod rows;
 
 /// `softmax(scores, masked to −∞ where mask is true)` over the last dimension, where `scores`
@@ -54,6 +56,44 @@ pub fn swiglu<B: Backend>(gate: Tensor<B, 2>, up: Tensor<B, 2>) -> Tensor<B, 2> 
         false => (gate, up),
     };
     silu(gate) * up
+}
+
+/// `a · b` for `a` `[.., m, k]` and `b` `[.., k, n]` with the same leading dimensions: on flex
+/// f32 with AVX2 and no AVX-512 kernels, the AVX2 product of [`gemm`] (forward and backward),
+/// read straight from strided views such as transposed weights or keys; burn's matmul elsewhere.
+pub fn matmul<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> Tensor<B, D> {
+    #[cfg(feature = "flex")]
+    let (a, b) = match D >= 2
+        && fused::<B>(a.dtype())
+        && b.dtype() == DType::F32
+        && a.dims()[..D - 2] == b.dims()[..D - 2]
+        && gemm::available()
+    {
+        true => match flex::matmul(a, b) {
+            Ok(c) => return c,
+            Err(back) => back,
+        },
+        false => (a, b),
+    };
+    a.matmul(b)
+}
+
+/// `x · w + bias` over the last dimension of `x` (`w` `[in, out]`, as burn's `linear`), through
+/// [`matmul`] where it has its own product; burn's `linear` elsewhere.
+pub fn linear<B: Backend, const D: usize>(x: Tensor<B, D>, w: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Tensor<B, D> {
+    #[cfg(feature = "flex")]
+    if D >= 2 && fused::<B>(x.dtype()) && w.dtype() == DType::F32 && gemm::available() {
+        let mut dims = x.dims();
+        let [d_in, d_out] = w.dims();
+        let y = matmul(x.reshape([dims.iter().product::<usize>() / d_in.max(1), d_in]), w);
+        let y = match bias {
+            Some(b) => y + b.unsqueeze(),
+            None => y,
+        };
+        dims[D - 1] = d_out;
+        return y.reshape(dims);
+    }
+    burn::tensor::module::linear(x, w, bias)
 }
 
 /// RoPE on flat `[tokens, heads · dim]` activations with `[tokens, dim]` tables (see
