@@ -1,6 +1,8 @@
-//! The padding-free forward pass (`AnyCausalLm::forward_picked`, used for rewards) against
-//! the padded one and against transformers: rewards, the Bradley–Terry loss and every
-//! parameter's gradient agree within f32 arithmetic's bound.
+//! The padding-free forward pass (`AnyCausalLm::forward_picked`, used for rewards: real tokens
+//! only, and the last block past attention on the read tokens only) against the padded one and
+//! against transformers: rewards, the Bradley–Terry loss and every parameter's gradient agree
+//! within f32 arithmetic's bound, on each decoder family (Gemma 2's last block is a sliding-window
+//! one, GPT-NeoX's residual is parallel).
 
 use burn::backend::Autodiff;
 use burn::module::{Module, ModuleVisitor, Param};
@@ -14,7 +16,7 @@ use trl_tests::*;
 
 type AB = Autodiff<B>;
 
-const ARCHS: [&str; 3] = ["gpt2", "llama", "qwen2"];
+const ARCHS: [&str; 6] = ["gpt2", "llama", "qwen2", "gemma2", "gemma3_text", "gpt_neox"];
 
 /// Rows of very different lengths (so most of the padded batch is padding), `side`-padded.
 fn uneven(side: trl_models::Padding) -> TokenBatch {
@@ -103,6 +105,25 @@ fn padding_free_loss_and_gradients_match_the_padded_pass() {
                 assert_close(&format!("{name} {side:?} grad of parameter {i} {shape}"), g, w, tol);
             }
         }
+    }
+}
+
+/// A last block that attends through a sliding window (Gemma 2's layer types reversed, so the
+/// fixtures' full-attention last block becomes a windowed one): reading the picked tokens only
+/// equals the padded pass there too. Random weights; both passes are ours.
+#[test]
+fn a_windowed_last_block_keeps_its_window_when_picking() {
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("gemma2-rm").join("config.json")).unwrap()).unwrap();
+    config["layer_types"] = serde_json::json!(["full_attention", "sliding_attention"]);
+    let hf = trl_core::HfConfig::from_value(config).unwrap();
+    let backbone = trl_models::AnyCausalLm::<B>::init(&hf, &dev()).unwrap();
+    let model = ForSequenceClassification::with_fresh_score(backbone, &hf, 1, &dev()).unwrap();
+    for side in [trl_models::Padding::Right, trl_models::Padding::Left] {
+        let b = uneven(side);
+        let free = to_vec(model.forward(&b, false).unwrap().rewards);
+        let padded = to_vec(model.forward(&b, true).unwrap().rewards);
+        assert_close(&format!("gemma2 windowed last block {side:?}"), &free, &padded, Tol::forward("gemma2-rm"));
     }
 }
 
