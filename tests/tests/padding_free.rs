@@ -16,7 +16,7 @@ use trl_tests::*;
 
 type AB = Autodiff<B>;
 
-const ARCHS: [&str; 6] = ["gpt2", "llama", "qwen2", "gemma2", "gemma3_text", "gpt_neox"];
+const ARCHS: [&str; 7] = ["gpt2", "llama", "qwen2", "gemma2", "gemma3_text", "gpt_neox", "phi3"];
 
 /// Rows of very different lengths (so most of the padded batch is padding), `side`-padded.
 fn uneven(side: trl_models::Padding) -> TokenBatch {

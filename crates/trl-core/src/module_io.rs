@@ -355,6 +355,34 @@ pub fn set_require_grad_where<B: Backend, M: Module<B>>(module: M, trainable: im
     module.map(&mut Freeze(Vec::new(), &trainable))
 }
 
+/// Holds each float parameter for which `which(key, requires_grad)` holds contiguously in its
+/// logical layout
+/// (a weight read from a checkpoint may be a view, such as a `[out, in]` matrix read as
+/// `[in, out]`): as a freshly initialised or trained one is held, so that a matmul sums in the
+/// same order for both. Ids and `require_grad` are kept.
+pub fn contiguous_where<B: Backend, M: Module<B>>(module: M, which: impl Fn(&str, bool) -> bool) -> M {
+    struct Lay<'a>(Vec<(String, String)>, &'a dyn Fn(&str, bool) -> bool);
+    impl<B: Backend> ModuleMapper<B> for Lay<'_> {
+        fn enter_module(&mut self, name: &str, c: &str) {
+            self.0.push((name.to_string(), c.to_string()));
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.0.pop();
+        }
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            if !(self.1)(&key_of(&self.0), param.is_require_grad()) {
+                return param;
+            }
+            let (id, tensor, mapper) = param.consume();
+            let (shape, grad) = (tensor.shape(), tensor.is_require_grad());
+            // through a flat view, which a non-contiguous layout copies into logical order
+            let laid = tensor.detach().reshape([shape.num_elements()]).reshape(shape).detach();
+            Param::from_mapped_value(id, if grad { laid.require_grad() } else { laid }, mapper)
+        }
+    }
+    module.map(&mut Lay(Vec::new(), &which))
+}
+
 /// The ids of every float parameter of `module`, by key (for freezing or per-group optimisers).
 pub fn param_ids<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, ParamId)> {
     struct Ids(Vec<(String, String)>, Vec<(String, ParamId)>);

@@ -184,7 +184,10 @@ impl<B: Backend> AnyCausalLm<B> {
             }
             Err(e) => return Err(e.into()),
         };
-        *self = model;
+        // the adapter's matrices laid out as training holds them, so that a loaded adapter gives
+        // the trained one's numbers bit for bit
+        let lora = [format!(".lora_A.{slot}."), format!(".lora_B.{slot}.")];
+        *self = trl_core::module_io::contiguous_where(model, |k, _| lora.iter().any(|l| k.contains(l.as_str())));
         let missing: Vec<String> = report
             .missing
             .iter()

@@ -235,6 +235,9 @@ enum Memo {
     Mask { heads: usize },
     Tokens,
     Picked,
+    PickedToHeads { heads: usize },
+    PickedFromHeads { heads: usize },
+    PickedMask,
 }
 
 #[derive(Clone)]
@@ -363,10 +366,12 @@ impl<B: Backend> Context<B> {
 
     /// The same context for a block whose output keeps only activation rows `rows` (in that
     /// order): attention still reads every row's key and value, but only these rows' outputs
-    /// come back ([`attend`](crate::layers::attend)), and the block computes its residual and
-    /// MLP on them alone ([`Context::kept`]).
+    /// come back ([`attend`](crate::layers::attend)), from their queries alone where the block
+    /// projects only those, and the block computes its residual and MLP on them alone
+    /// ([`Context::kept`]).
     pub fn picking(&self, rows: &[usize]) -> Self {
-        let memo = self.memo.borrow().iter().filter(|(k, _)| !matches!(k, Memo::FromHeads { .. })).cloned().collect();
+        let kept = |k: &Memo| matches!(k, Memo::ToHeads { .. } | Memo::FromHeads { .. } | Memo::Mask { .. } | Memo::Tokens);
+        let memo = self.memo.borrow().iter().filter(|(k, _)| kept(k)).cloned().collect();
         Self {
             mask: self.mask.clone(),
             positions: self.positions.clone(),
@@ -485,17 +490,85 @@ impl<B: Backend> Context<B> {
     }
 
     /// The inverse layout: padded head-major `(batch, heads, q_len)` rows back to token-major
-    /// rows of the activations' tokens (the picked ones, where [`Context::picking`]).
+    /// rows of the activations' tokens.
     pub fn from_heads_index(&self, heads: usize) -> Tensor<B, 1, Int> {
         self.index(Memo::FromHeads { heads }, || {
             let t = self.q_len;
-            let all = self.token_slots();
-            let slots: Vec<usize> = match &self.picked {
-                Some(rows) => rows.iter().map(|&r| all[r]).collect(),
-                None => all.into_owned(),
-            };
+            let slots = self.token_slots();
             slots.iter().flat_map(|&s| (0..heads).map(move |h| (((s / t) * heads + h) * t + s % t) as i64)).collect()
         })
+    }
+
+    /// Where each picked row's query sits in the picked queries' head-major layout
+    /// `(batch, heads, per_row)`: its batch row, query slot and place among its batch row's
+    /// picks; and `per_row`, the most picks of one batch row (at least 1).
+    fn picked_layout(&self) -> (Vec<(usize, usize, usize)>, usize) {
+        let (rows, slots) = (self.picked.as_deref().unwrap_or(&[]), self.token_slots());
+        let mut count = vec![0usize; self.batch];
+        let layout = rows
+            .iter()
+            .map(|&r| {
+                let (b, t) = (slots[r] / self.q_len, slots[r] % self.q_len);
+                count[b] += 1;
+                (b, t, count[b] - 1)
+            })
+            .collect();
+        (layout, count.into_iter().max().unwrap_or(0).max(1))
+    }
+
+    /// Queries per batch row of the picked queries' layout ([`Context::picking`]).
+    pub fn picked_per_row(&self) -> usize {
+        self.picked_layout().1
+    }
+
+    /// For each place `(batch, per_row)` of the picked queries' layout, the pick there: its index
+    /// among the picks, or for an empty place another pick of that batch row, or the first
+    /// (whose output is dropped), and its query slot (a row with no pick reads slot 0, whose own
+    /// key is always visible).
+    fn picked_places(&self) -> Vec<(usize, usize)> {
+        let (layout, per_row) = self.picked_layout();
+        let mut at = vec![None; self.batch * per_row];
+        for (p, &(b, t, j)) in layout.iter().enumerate() {
+            at[b * per_row + j] = Some((p, t));
+        }
+        (0..self.batch * per_row).map(|i| at[i].or(at[i - i % per_row]).unwrap_or((0, 0))).collect()
+    }
+
+    /// Rows of the picked queries, flat `[picks * heads, head_dim]`, laid out head-major
+    /// `(batch, heads, per_row)`.
+    pub fn picked_to_heads_index(&self, heads: usize) -> Tensor<B, 1, Int> {
+        self.index(Memo::PickedToHeads { heads }, || {
+            let (places, per_row) = (self.picked_places(), self.picked_per_row());
+            let mut idx = Vec::with_capacity(places.len() * heads);
+            for b in 0..self.batch {
+                for h in 0..heads {
+                    idx.extend((0..per_row).map(|j| (places[b * per_row + j].0 * heads + h) as i64));
+                }
+            }
+            idx
+        })
+    }
+
+    /// The inverse: head-major `(batch, heads, per_row)` rows back to the picks' order.
+    pub fn picked_from_heads_index(&self, heads: usize) -> Tensor<B, 1, Int> {
+        self.index(Memo::PickedFromHeads { heads }, || {
+            let (layout, per_row) = self.picked_layout();
+            layout.iter().flat_map(|&(b, _, j)| (0..heads).map(move |h| ((b * heads + h) * per_row + j) as i64)).collect()
+        })
+    }
+
+    /// The mask of the picked queries, `[batch, 1, per_row, kv_len]`.
+    pub fn picked_mask(&self) -> Tensor<B, 4, Bool> {
+        let Memoised::Mask(m) = self.memoised(Memo::PickedMask, || {
+            let [b, _, q, k] = self.mask.dims();
+            let (places, per_row) = (self.picked_places(), self.picked_per_row());
+            let rows: Vec<i64> = places.iter().enumerate().map(|(i, &(_, t))| ((i / per_row) * q + t) as i64).collect();
+            let rows = Tensor::from_data(TensorData::new(rows, [b * per_row]), &self.mask.device());
+            Memoised::Mask(self.mask.clone().reshape([b * q, k]).select(0, rows).reshape([b, 1, per_row, k]))
+        }) else {
+            unreachable!("memo keys are typed")
+        };
+        m
     }
 
     /// The mask expanded over `heads` and laid out contiguously (for kernels that do not

@@ -272,7 +272,8 @@ impl<B: Backend> GemmaDecoderLayer<B> {
     ) -> Tensor<B, 2> {
         let a = &self.self_attn;
         let h = self.input_layernorm.forward(x.clone());
-        let mut q = a.q_proj.forward(h.clone());
+        // a block that keeps only some rows (`Context::picking`) needs only their queries
+        let mut q = a.q_proj.forward(ctx.kept(h.clone()));
         let mut k = a.k_proj.forward(h.clone());
         let v = a.v_proj.forward(h);
         if let (Some(qn), Some(kn)) = (&a.q_norm, &a.k_norm) {
@@ -284,7 +285,8 @@ impl<B: Backend> GemmaDecoderLayer<B> {
             k = per_head(kn, k, a.num_kv_heads);
         }
         let heads = (a.num_heads, a.num_kv_heads);
-        let out = attend_capped(rope.apply(q), rope.apply(k), v, heads, ctx, cache, s.scale, s.attn_softcap);
+        let q = rope.kept(ctx).as_ref().unwrap_or(rope).apply(q);
+        let out = attend_capped(q, rope.apply(k), v, heads, ctx, cache, s.scale, s.attn_softcap);
         let x = ctx.kept(x) + self.post_attention_layernorm.forward(a.o_proj.forward(out));
         let h = self.pre_feedforward_layernorm.forward(x.clone());
         let m = &self.mlp;

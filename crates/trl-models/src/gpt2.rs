@@ -184,7 +184,8 @@ impl<B: Backend> Gpt2Block<B> {
         let heads = self.attn.n_head;
         let qkv = self.attn.c_attn.forward(self.ln_1.forward(x.clone()));
         let part = |i: usize| qkv.clone().slice([0..n, i * d..(i + 1) * d]);
-        let a = attend(part(0), part(1), part(2), (heads, heads), ctx, cache, self.attn.scale);
+        // a block that keeps only some rows (`Context::picking`) needs only their queries
+        let a = attend(ctx.kept(part(0)), part(1), part(2), (heads, heads), ctx, cache, self.attn.scale);
         let x = ctx.kept(x) + self.attn.c_proj.forward(a);
         let m = self.mlp.c_proj.forward(self.mlp.act.apply(self.mlp.c_fc.forward(self.ln_2.forward(x.clone()))));
         x + m

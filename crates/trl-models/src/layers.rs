@@ -213,6 +213,13 @@ impl<B: Backend> RopeTables<B> {
         })
     }
 
+    /// The tables of the rows a block keeps ([`Context::picking`]), for the picked queries;
+    /// `None` where the block keeps every row.
+    pub fn kept(&self, ctx: &Context<B>) -> Option<Self> {
+        ctx.picked()?;
+        Some(Self { cos: ctx.kept(self.cos.clone()), sin: ctx.kept(self.sin.clone()), wide: RefCell::new(Vec::new()) })
+    }
+
     fn widened(&self, width: usize) -> RopeWidth<B> {
         if let Some(r) = self.wide.borrow().iter().find(|r| r.width == width) {
             return r.clone();
@@ -293,7 +300,8 @@ impl<B: Backend> KvCache<B> {
 /// for the new tokens (every `batch * q_len` slot, or only the real ones: [`Context::without_padding`]); `(heads, kv_heads)` their head counts. Activations are moved to the kernel's head-major layout with one row
 /// gather each (which also repeats KV heads for grouped-query attention) and back with one
 /// more. With a cache slot, new keys/values are appended to it first. Returns flat
-/// `[tokens, heads * head_dim]`, or only the picked tokens' rows ([`Context::picking`]).
+/// `[tokens, heads * head_dim]`. Under a picking context ([`Context::picking`]) `q` holds only the
+/// picked rows' queries, in the picks' order, and so does the result.
 pub fn attend<B: Backend>(
     q: Tensor<B, 2>,
     k: Tensor<B, 2>,
@@ -320,12 +328,26 @@ pub fn attend_capped<B: Backend>(
     softcap: Option<f64>,
 ) -> Tensor<B, 2> {
     let (b, t, d) = (ctx.batch, ctx.q_len, q.dims()[1] / heads);
-    let n = q.dims()[0];
+    let n = k.dims()[0];
     let to_heads = |x: Tensor<B, 2>, h: usize, groups: usize| {
         x.reshape([n * h, d]).select(0, ctx.to_heads_index(h, groups)).reshape([b, h * groups, t, d])
     };
     let groups = heads / kv_heads;
-    let q = to_heads(q, heads, 1);
+    // a block that keeps only the picked rows projects only their queries
+    let picked = ctx.picked().filter(|_| cache.is_none());
+    debug_assert!(picked.is_none_or(|rows| q.dims()[0] == rows.len()), "a picking block passes the picked queries");
+    let (q, q_len) = match picked {
+        Some(rows) => {
+            let per_row = ctx.picked_per_row();
+            let q = q.reshape([rows.len() * heads, d]).select(0, ctx.picked_to_heads_index(heads));
+            (q.reshape([b, heads, per_row, d]), per_row)
+        }
+        None => (to_heads(q, heads, 1), t),
+    };
+    let mask = match picked {
+        Some(_) => ctx.picked_mask(),
+        None => ctx.mask.clone(),
+    };
     let (k, v) = match cache {
         None => (to_heads(k, kv_heads, groups), to_heads(v, kv_heads, groups)),
         Some(slot) => {
@@ -355,12 +377,21 @@ pub fn attend_capped<B: Backend>(
         if let Some(cap) = softcap {
             scores = (scores / cap).tanh() * cap;
         }
-        let probs = crate::kernels::masked_softmax(scores, &ctx.mask)
-            .unwrap_or_else(|scores| softmax(scores.mask_fill(ctx.mask_for_heads(heads), f32::NEG_INFINITY), 3));
+        let probs = crate::kernels::masked_softmax(scores, &mask).unwrap_or_else(|scores| {
+            let mask = match picked {
+                Some(_) => mask.clone().expand([b, heads, q_len, mask.dims()[3]]),
+                None => ctx.mask_for_heads(heads),
+            };
+            softmax(scores.mask_fill(mask, f32::NEG_INFINITY), 3)
+        });
         crate::kernels::matmul(probs, v)
     } else {
         let options = AttentionModuleOptions { scale: Some(scale), softcap, is_causal: false };
-        attention(q, k, v, Some(ctx.mask.clone()), None, options)
+        attention(q, k, v, Some(mask), None, options)
     };
-    out.reshape([b * heads * t, d]).select(0, ctx.from_heads_index(heads)).reshape([ctx.output_rows(), heads * d])
+    let back = match picked {
+        Some(_) => ctx.picked_from_heads_index(heads),
+        None => ctx.from_heads_index(heads),
+    };
+    out.reshape([b * heads * q_len, d]).select(0, back).reshape([ctx.output_rows(), heads * d])
 }

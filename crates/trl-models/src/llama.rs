@@ -276,7 +276,8 @@ impl<B: Backend> LlamaDecoderLayer<B> {
     ) -> Tensor<B, 2> {
         let a = &self.self_attn;
         let h = self.input_layernorm.forward(x.clone());
-        let mut q = a.q_proj.forward(h.clone());
+        // a block that keeps only some rows (`Context::picking`) needs only their queries
+        let mut q = a.q_proj.forward(ctx.kept(h.clone()));
         let mut k = a.k_proj.forward(h.clone());
         let v = a.v_proj.forward(h);
         if let (Some(qn), Some(kn)) = (&a.q_norm, &a.k_norm) {
@@ -289,7 +290,8 @@ impl<B: Backend> LlamaDecoderLayer<B> {
         }
         let head_dim = q.dims()[1] / a.num_heads;
         let scale = 1.0 / (head_dim as f64).sqrt();
-        let out = attend(rope.apply(q), rope.apply(k), v, (a.num_heads, a.num_kv_heads), ctx, cache, scale);
+        let q = rope.kept(ctx).as_ref().unwrap_or(rope).apply(q);
+        let out = attend(q, rope.apply(k), v, (a.num_heads, a.num_kv_heads), ctx, cache, scale);
         let x = ctx.kept(x) + a.o_proj.forward(out);
         let h = self.post_attention_layernorm.forward(x.clone());
         let m = &self.mlp;

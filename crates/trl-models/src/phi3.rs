@@ -175,7 +175,9 @@ impl<B: Backend> Phi3DecoderLayer<B> {
         let [n, width] = qkv.dims();
         let hd = width / (a.num_heads + 2 * a.num_kv_heads);
         let (q_end, k_end) = (a.num_heads * hd, (a.num_heads + a.num_kv_heads) * hd);
-        let q = rope.apply_partial(qkv.clone().slice([0..n, 0..q_end]), a.num_heads, a.rotary_ndims);
+        // a block that keeps only some rows (`Context::picking`) needs only their queries
+        let q = ctx.kept(qkv.clone().slice([0..n, 0..q_end]));
+        let q = rope.kept(ctx).as_ref().unwrap_or(rope).apply_partial(q, a.num_heads, a.rotary_ndims);
         let k = rope.apply_partial(qkv.clone().slice([0..n, q_end..k_end]), a.num_kv_heads, a.rotary_ndims);
         let v = qkv.slice([0..n, k_end..width]);
         let scale = 1.0 / (hd as f64).sqrt();
@@ -183,9 +185,11 @@ impl<B: Backend> Phi3DecoderLayer<B> {
         let x = ctx.kept(x) + a.o_proj.forward(out);
         let m = &self.mlp;
         let gate_up = m.gate_up_proj.forward(self.post_attention_layernorm.forward(x.clone()));
-        let i = gate_up.dims()[1] / 2;
-        let gate = gate_up.clone().slice([0..n, 0..i]);
-        let up = gate_up.slice([0..n, i..2 * i]);
+        // the kept rows' (`x`'s), fewer than `n` in a last block that picks
+        let [rows, width] = gate_up.dims();
+        let i = width / 2;
+        let gate = gate_up.clone().slice([0..rows, 0..i]);
+        let up = gate_up.slice([0..rows, i..2 * i]);
         x + m.down_proj.forward(up * m.act.apply(gate))
     }
 }

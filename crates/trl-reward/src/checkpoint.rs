@@ -67,7 +67,9 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
         let state = serde_json::from_str(&text)
             .map_err(|e| RewardError::Data { path: state_path.clone(), reason: e.to_string() })?;
         let sd = checkpoint::load_safetensors(&dir.join(OPTIMIZER_FILE))?;
-        self.model = crate::optim::laid_out_as_trained(model);
+        // trainable weights laid out as training leaves them: a view read from the checkpoint
+        // would sum in another order in a small matmul, and the resumed run drift by roundings
+        self.model = trl_core::module_io::contiguous_where(model, |_, trainable| trainable);
         self.state = state;
         self.optimizer.load_state_dict(&sd, &param_ids(&self.model), self.state.global_step, &device);
         Ok(self.changed_settings(dir))

@@ -147,28 +147,6 @@ impl<AB: AutodiffBackend> ModuleMapper<AB> for Step<'_, AB> {
     }
 }
 
-/// `module` with each trainable parameter held contiguously in its logical layout, as a fresh
-/// one is and as every optimizer step leaves it. Weights read from a checkpoint can be views
-/// (a `[out, in]` matrix read as `[in, out]`), and a matmul may sum in another order over another
-/// layout: a resumed run then drifts from the uninterrupted one by roundings.
-pub(crate) fn laid_out_as_trained<AB: AutodiffBackend, M: AutodiffModule<AB>>(module: M) -> M {
-    struct Lay;
-    impl<AB: AutodiffBackend> ModuleMapper<AB> for Lay {
-        fn map_float<const D: usize>(&mut self, param: Param<Tensor<AB, D>>) -> Param<Tensor<AB, D>> {
-            if !param.is_require_grad() {
-                return param;
-            }
-            let (id, tensor, mapper) = param.consume();
-            let shape = tensor.shape();
-            let n = shape.num_elements();
-            // through a flat view, which a non-contiguous layout copies into logical order
-            let new = Tensor::<AB, D>::from_inner(tensor.inner().reshape([n]).reshape(shape)).require_grad();
-            Param::from_mapped_value(id, new, mapper)
-        }
-    }
-    module.map(&mut Lay)
-}
-
 /// Global L2 norm of all gradients, and scales them so it is at most `max_norm`
 /// (`clip_grad_norm_`: coefficient `max_norm / (norm + 1e-6)`, clamped to 1). Returns the norm
 /// before clipping.

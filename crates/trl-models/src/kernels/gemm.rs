@@ -195,6 +195,12 @@ fn scratch<R>(slot: &'static std::thread::LocalKey<std::cell::RefCell<Vec<f32>>>
     })
 }
 
+/// `TRL_GEMM_PACK_A=1` packs A always (to measure what reading it in place buys).
+fn pack_a_always() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("TRL_GEMM_PACK_A").is_ok_and(|v| v == "1"))
+}
+
 thread_local! {
     static PACKED_A: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     static PACKED_B: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -255,28 +261,37 @@ unsafe fn blocks(m: usize, k: usize, n: usize, a: View, packed_b: &[f32], out: O
             return;
         }
         let rows = mc.min(m - i0);
-        scratch(&PACKED_A, rows.div_ceil(MR) * MR * KC.min(k), |packed_a| {
+        // A is read in place where that is faster than packing it (measured, docs/performance.md):
+        // short rows that are runs in memory, or few rows whose columns are
+        let direct = ((a.cs == 1 && k < KC) || (a.rs == 1 && m <= 128)) && !pack_a_always();
+        scratch(&PACKED_A, if direct { 0 } else { rows.div_ceil(MR) * MR * KC.min(k) }, |packed_a| {
             for pc in 0..kblocks {
                 let kc = KC.min(k - pc * KC);
-                pack_a(&a, i0, rows, pc * KC, kc, packed_a);
+                if !direct {
+                    pack_a(&a, i0, rows, pc * KC, kc, packed_a);
+                }
                 let bp = packed_b[pc * KC * strips * NR..].as_ptr();
                 for s in 0..strips {
                     let w = NR.min(n - s * NR);
                     for t in 0..rows.div_ceil(MR) {
                         let h = MR.min(rows - t * MR);
-                        // SAFETY: the tile `(i0 + t·MR, s·NR)`, `h × w`, lies inside `c`, and
-                        // the packed strips hold `kc` steps each.
-                        unsafe {
-                            tile(
-                                kc,
-                                packed_a.as_ptr().add(t * MR * kc),
-                                bp.add(s * kc * NR),
-                                out.at((i0 + t * MR) * n + s * NR),
-                                n,
-                                (h, w),
-                                pc > 0,
-                            )
+                        // the strip's rows of A (the last one repeated past `h`) and their step
+                        let lhs = match direct {
+                            true => {
+                                let first = a.offset + (i0 + t * MR) * a.rs + pc * KC * a.cs;
+                                let at = |i: usize| a.data[first + i.min(h - 1) * a.rs..].as_ptr();
+                                (std::array::from_fn(at), a.cs)
+                            }
+                            false => {
+                                let strip = packed_a[t * MR * kc..].as_ptr();
+                                // SAFETY: the strip holds `kc · MR` elements.
+                                (std::array::from_fn(|i| unsafe { strip.add(i) }), MR)
+                            }
                         };
+                        // SAFETY: the tile `(i0 + t·MR, s·NR)`, `h × w`, lies inside `c`; each
+                        // row of `lhs` holds `kc` steps (the views hold their matrices), and the
+                        // packed strip of B `kc · NR` elements.
+                        unsafe { tile(kc, lhs, bp.add(s * kc * NR), out.at((i0 + t * MR) * n + s * NR), n, (h, w), pc > 0) };
                     }
                 }
             }
@@ -289,14 +304,25 @@ unsafe fn blocks(m: usize, k: usize, n: usize, a: View, packed_b: &[f32], out: O
     }
 }
 
-/// One `h × w` tile of C (`h <= MR`, `w <= NR`, row stride `ldc`) from `kc` steps of packed
-/// A and B: stored, or added to what is there when `add`.
+/// One `h × w` tile of C (`h <= MR`, `w <= NR`, row stride `ldc`) from `kc` steps of A's rows
+/// (`rows[i]`, each step `step_a` elements on) and packed B: stored, or added to what is there
+/// when `add`.
 ///
 /// # Safety
-/// AVX2 and FMA are present; `ap` holds `kc · MR` and `bp` `kc · NR` elements; the tile lies in C.
+/// AVX2 and FMA are present; each row holds `kc` steps and `bp` `kc · NR` elements; the tile
+/// lies in C.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile(kc: usize, ap: *const f32, bp: *const f32, c: *mut f32, ldc: usize, (h, w): (usize, usize), add: bool) {
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile(
+    kc: usize,
+    (rows, step_a): ([*const f32; MR], usize),
+    bp: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    (h, w): (usize, usize),
+    add: bool,
+) {
     for i in 0..h {
         _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc) as *const i8);
         _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc + w - 1) as *const i8);
@@ -306,7 +332,7 @@ unsafe fn tile(kc: usize, ap: *const f32, bp: *const f32, c: *mut f32, ldc: usiz
         let b0 = _mm256_loadu_ps(bp.add(p * NR));
         let b1 = _mm256_loadu_ps(bp.add(p * NR + 8));
         for (i, acc) in r.iter_mut().enumerate() {
-            let a = _mm256_broadcast_ss(&*ap.add(p * MR + i));
+            let a = _mm256_broadcast_ss(&*rows[i].add(p * step_a));
             acc[0] = _mm256_fmadd_ps(a, b0, acc[0]);
             acc[1] = _mm256_fmadd_ps(a, b1, acc[1]);
         }

@@ -64,7 +64,12 @@ fn sigmoid(x: f32) -> f32 {
 
 simd_fn! {
     /// Softmax of one row in place; `masked[i] != 0` hides key `i`. No visible key: zeros.
+    /// Keys past the last visible one (a causal row's future) are zeroed without an `exp`.
     fn softmax(row: &mut [f32], masked: &[u8]) {
+        let end = masked.iter().rposition(|&m| m == 0).map_or(0, |last| last + 1);
+        let (row, hidden) = row.split_at_mut(end);
+        hidden.fill(0.0);
+        let masked = &masked[..end];
         let mut lanes = [f32::NEG_INFINITY; 8];
         let (xs, x_tail) = row.as_chunks::<8>();
         let (ms, m_tail) = masked.as_chunks::<8>();
