@@ -370,7 +370,8 @@ impl<B: Backend> Context<B> {
     /// projects only those, and the block computes its residual and MLP on them alone
     /// ([`Context::kept`]).
     pub fn picking(&self, rows: &[usize]) -> Self {
-        let kept = |k: &Memo| matches!(k, Memo::ToHeads { .. } | Memo::FromHeads { .. } | Memo::Mask { .. } | Memo::Tokens);
+        let kept =
+            |k: &Memo| matches!(k, Memo::ToHeads { .. } | Memo::FromHeads { .. } | Memo::Mask { .. } | Memo::Tokens);
         let memo = self.memo.borrow().iter().filter(|(k, _)| kept(k)).cloned().collect();
         Self {
             mask: self.mask.clone(),
@@ -553,7 +554,10 @@ impl<B: Backend> Context<B> {
     pub fn picked_from_heads_index(&self, heads: usize) -> Tensor<B, 1, Int> {
         self.index(Memo::PickedFromHeads { heads }, || {
             let (layout, per_row) = self.picked_layout();
-            layout.iter().flat_map(|&(b, _, j)| (0..heads).map(move |h| ((b * heads + h) * per_row + j) as i64)).collect()
+            layout
+                .iter()
+                .flat_map(|&(b, _, j)| (0..heads).map(move |h| ((b * heads + h) * per_row + j) as i64))
+                .collect()
         })
     }
 

@@ -138,7 +138,9 @@ pub(super) fn matmul<B: Backend, const D: usize>(
 ) -> Result<Tensor<B, D>, (Tensor<B, D>, Tensor<B, D>)> {
     let fits = |t: &FloatTensor<B>| match kind::<B>() {
         Some(Kind::Plain) => cast::<_, FlexTensor>(t.clone()).is_ok_and(|t| views(&t, false).is_some()),
-        Some(Kind::Autodiff { .. }) => cast::<_, AdTensor>(t.clone()).is_ok_and(|t| views(&t.primitive, false).is_some()),
+        Some(Kind::Autodiff { .. }) => {
+            cast::<_, AdTensor>(t.clone()).is_ok_and(|t| views(&t.primitive, false).is_some())
+        }
         None => false,
     };
     let inputs = [unwrap(a), unwrap(b)];

@@ -219,7 +219,11 @@ fn product_equals_burns_matmul() {
     let run = |ours: bool, frozen: bool| {
         let (x, wt) = (a.clone().detach().require_grad(), w.clone().detach());
         let wt = if frozen { wt } else { wt.require_grad() };
-        let y = if ours { crate::kernels::matmul(x.clone(), wt.clone().transpose()) } else { x.clone().matmul(wt.clone().transpose()) };
+        let y = if ours {
+            crate::kernels::matmul(x.clone(), wt.clone().transpose())
+        } else {
+            x.clone().matmul(wt.clone().transpose())
+        };
         let grads = (y.clone() * upstream.clone()).sum().backward();
         (values(y), values(x.grad(&grads).expect("x requires grad")), wt.grad(&grads).map(values))
     };
@@ -237,8 +241,13 @@ fn product_equals_burns_matmul() {
         }
     }
     // plain (inference) flex as well
-    let (pa, pw) = (Tensor::<Flex, 2>::from_data(a.to_data(), &device), Tensor::<Flex, 2>::from_data(w.to_data(), &device));
-    assert_close(&values(crate::kernels::matmul(pa.clone(), pw.clone().transpose())), &values(pa.matmul(pw.transpose())), k as f32 * 16.0 * eps);
+    let (pa, pw) =
+        (Tensor::<Flex, 2>::from_data(a.to_data(), &device), Tensor::<Flex, 2>::from_data(w.to_data(), &device));
+    assert_close(
+        &values(crate::kernels::matmul(pa.clone(), pw.clone().transpose())),
+        &values(pa.matmul(pw.transpose())),
+        k as f32 * 16.0 * eps,
+    );
 }
 
 /// Batched, as attention runs it: `q · kᵀ` with `kᵀ` a view of the keys, values and both

@@ -158,7 +158,8 @@ fn pack_a(a: &View, i0: usize, mc: usize, p0: usize, kc: usize, dst: &mut [f32])
             }
         } else if a.cs == 1 {
             // the last, partial strip
-            let rows: [&[f32]; MR] = std::array::from_fn(|i| if i < h { &a.data[start(i)..start(i) + kc] } else { &[] });
+            let rows: [&[f32]; MR] =
+                std::array::from_fn(|i| if i < h { &a.data[start(i)..start(i) + kc] } else { &[] });
             for (p, col) in strip.chunks_exact_mut(MR).enumerate() {
                 for (i, x) in col.iter_mut().enumerate() {
                     *x = rows[i].get(p).copied().unwrap_or(0.0);
@@ -182,7 +183,11 @@ fn pack_a(a: &View, i0: usize, mc: usize, p0: usize, kc: usize, dst: &mut [f32])
 
 /// A scratch buffer of at least `len` elements, reused by each thread (packing writes every
 /// element it reads back, padding included, so old contents do not matter).
-fn scratch<R>(slot: &'static std::thread::LocalKey<std::cell::RefCell<Vec<f32>>>, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+fn scratch<R>(
+    slot: &'static std::thread::LocalKey<std::cell::RefCell<Vec<f32>>>,
+    len: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
     slot.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buf) => {
             if buf.len() < len {
@@ -291,7 +296,9 @@ unsafe fn blocks(m: usize, k: usize, n: usize, a: View, packed_b: &[f32], out: O
                         // SAFETY: the tile `(i0 + t·MR, s·NR)`, `h × w`, lies inside `c`; each
                         // row of `lhs` holds `kc` steps (the views hold their matrices), and the
                         // packed strip of B `kc · NR` elements.
-                        unsafe { tile(kc, lhs, bp.add(s * kc * NR), out.at((i0 + t * MR) * n + s * NR), n, (h, w), pc > 0) };
+                        unsafe {
+                            tile(kc, lhs, bp.add(s * kc * NR), out.at((i0 + t * MR) * n + s * NR), n, (h, w), pc > 0)
+                        };
                     }
                 }
             }
@@ -386,9 +393,14 @@ mod tests {
             return;
         }
         for &(m, k, n) in &[(1, 1, 1), (7, 3, 17), (6, 256, 16), (130, 300, 33), (250, 513, 40), (13, 0, 5)] {
-            let data: Vec<f32> = (0..(m + 3) * (k + 3) + n * (k + 3)).map(|i| ((i * 7919 % 211) as f32 / 105.0) - 1.0).collect();
+            let data: Vec<f32> =
+                (0..(m + 3) * (k + 3) + n * (k + 3)).map(|i| ((i * 7919 % 211) as f32 / 105.0) - 1.0).collect();
             for (a_t, b_t) in [(false, false), (true, false), (false, true), (true, true)] {
-                let a = if a_t { View { data: &data, offset: 2, rs: 1, cs: m } } else { View { data: &data, offset: 2, rs: k, cs: 1 } };
+                let a = if a_t {
+                    View { data: &data, offset: 2, rs: 1, cs: m }
+                } else {
+                    View { data: &data, offset: 2, rs: k, cs: 1 }
+                };
                 let b = if b_t {
                     View { data: &data, offset: 5, rs: 1, cs: k.max(1) }
                 } else {
@@ -399,7 +411,8 @@ mod tests {
                     for j in 0..n {
                         let (mut exact, mut mag) = (0f64, 0f64);
                         for p in 0..k {
-                            let x = a.data[a.offset + i * a.rs + p * a.cs] as f64 * b.data[b.offset + p * b.rs + j * b.cs] as f64;
+                            let x = a.data[a.offset + i * a.rs + p * a.cs] as f64
+                                * b.data[b.offset + p * b.rs + j * b.cs] as f64;
                             exact += x;
                             mag += x.abs();
                         }

@@ -80,7 +80,11 @@ pub fn matmul<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> T
 
 /// `x · w + bias` over the last dimension of `x` (`w` `[in, out]`, as burn's `linear`), through
 /// [`matmul`] where it has its own product; burn's `linear` elsewhere.
-pub fn linear<B: Backend, const D: usize>(x: Tensor<B, D>, w: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Tensor<B, D> {
+pub fn linear<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    w: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+) -> Tensor<B, D> {
     #[cfg(feature = "flex")]
     if D >= 2 && fused::<B>(x.dtype()) && w.dtype() == DType::F32 && gemm::available() {
         let mut dims = x.dims();
