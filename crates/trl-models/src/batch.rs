@@ -325,33 +325,28 @@ impl<B: Backend> Context<B> {
             Tensor::<B, 4, Bool>::from_data(TensorData::new(band, [1, 1, q, kv]), &self.mask.device())
                 .expand([b, 1, q, kv])
         };
-        Self {
-            mask: self.mask.clone().bool_or(band),
-            positions: self.positions.clone(),
-            batch: b,
-            q_len: q,
-            kv_len: kv,
-            tokens: self.tokens.clone(),
-            branched: self.branched,
-            picked: self.picked.clone(),
-            memo: RefCell::new(Vec::new()),
-        }
+        self.like(self.mask.clone().bool_or(band), self.picked.clone(), Vec::new())
     }
 
-    /// The same context on `device` (for the layers a device map put there), its memoised
-    /// tensors left to be built again there.
-    pub fn to_device(&self, device: &B::Device) -> Self {
+    /// This context's layout with `mask`, `picked` rows and `memo`ised tensors.
+    fn like(&self, mask: Tensor<B, 4, Bool>, picked: Option<Vec<usize>>, memo: Vec<(Memo, Memoised<B>)>) -> Self {
         Self {
-            mask: self.mask.clone().to_device(device),
+            mask,
             positions: self.positions.clone(),
             batch: self.batch,
             q_len: self.q_len,
             kv_len: self.kv_len,
             tokens: self.tokens.clone(),
             branched: self.branched,
-            picked: self.picked.clone(),
-            memo: RefCell::new(Vec::new()),
+            picked,
+            memo: RefCell::new(memo),
         }
+    }
+
+    /// The same context on `device` (for the layers a device map put there), its memoised
+    /// tensors left to be built again there.
+    pub fn to_device(&self, device: &B::Device) -> Self {
+        self.like(self.mask.clone().to_device(device), self.picked.clone(), Vec::new())
     }
 
     /// The padding-free layout of an uncached batch: activations hold only the tokens where
@@ -373,17 +368,7 @@ impl<B: Backend> Context<B> {
         let kept =
             |k: &Memo| matches!(k, Memo::ToHeads { .. } | Memo::FromHeads { .. } | Memo::Mask { .. } | Memo::Tokens);
         let memo = self.memo.borrow().iter().filter(|(k, _)| kept(k)).cloned().collect();
-        Self {
-            mask: self.mask.clone(),
-            positions: self.positions.clone(),
-            batch: self.batch,
-            q_len: self.q_len,
-            kv_len: self.kv_len,
-            tokens: self.tokens.clone(),
-            branched: self.branched,
-            picked: Some(rows.to_vec()),
-            memo: RefCell::new(memo),
-        }
+        self.like(self.mask.clone(), Some(rows.to_vec()), memo)
     }
 
     /// The rows [`Context::picking`] keeps, if any.
