@@ -76,7 +76,7 @@ pub(super) fn sgemm(m: usize, k: usize, n: usize, a: &[View], b: &[View]) -> Opt
     {
         let mut c: Vec<f32> = Vec::with_capacity(len);
         let threads = rayon::current_num_threads();
-        let large = m * n * k >= SERIAL && threads > 1;
+        let large = size.saturating_mul(k) >= SERIAL && threads > 1;
         let out = Out(c.as_mut_ptr());
         let one = |i: usize, parallel: bool| {
             // SAFETY: `available` checked AVX2 and FMA; the views hold their matrices (checked
@@ -88,7 +88,10 @@ pub(super) fn sgemm(m: usize, k: usize, n: usize, a: &[View], b: &[View]) -> Opt
         if large || a.len() == 1 {
             (0..a.len()).for_each(|i| one(i, large));
         } else {
-            (0..a.len()).into_par_iter().with_min_len((SERIAL / (m * n * k)).max(1)).for_each(|i| one(i, false));
+            (0..a.len())
+                .into_par_iter()
+                .with_min_len((SERIAL / size.saturating_mul(k)).max(1))
+                .for_each(|i| one(i, false));
         }
         // SAFETY: every element was written above.
         unsafe { c.set_len(len) };
