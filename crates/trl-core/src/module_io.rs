@@ -356,9 +356,8 @@ pub fn set_require_grad_where<B: Backend, M: Module<B>>(module: M, trainable: im
 }
 
 /// Holds each float parameter for which `which(key, requires_grad)` holds contiguously in its
-/// logical layout
-/// (a weight read from a checkpoint may be a view, such as a `[out, in]` matrix read as
-/// `[in, out]`): as a freshly initialised or trained one is held, so that a matmul sums in the
+/// logical layout (a weight read from a checkpoint may be a view, such as a `[out, in]` matrix
+/// read as `[in, out]`): as a freshly initialised or trained one is held, so that a matmul sums in the
 /// same order for both. Ids and `require_grad` are kept.
 pub fn contiguous_where<B: Backend, M: Module<B>>(module: M, which: impl Fn(&str, bool) -> bool) -> M {
     struct Lay<'a>(Vec<(String, String)>, &'a dyn Fn(&str, bool) -> bool);

@@ -167,27 +167,17 @@ pub fn decode<B: Backend, M: Backbone<B>>(
             let t = model.tables(&c);
             moved = Some((d.clone(), c, t));
         }
-        // the last block computes only the picked rows past attention
-        let picking = |c: &Context<B>| picks.filter(|_| i + 1 == model.num_layers()).map(|rows| c.picking(rows));
-        x = match (here, &moved) {
-            (Some(d), Some((_, c, t))) => {
-                let p = picking(c);
-                model.block(i, x.to_device(d), p.as_ref().unwrap_or(c), t, slot)
-            }
-            (None, Some(_)) => {
-                let p = picking(ctx);
-                model.block(i, x.to_device(&home), p.as_ref().unwrap_or(ctx), &tables, slot)
-            }
-            _ => {
-                let p = picking(ctx);
-                model.block(i, x, p.as_ref().unwrap_or(ctx), &tables, slot)
-            }
+        let (input, c, t) = match (here, &moved) {
+            (Some(d), Some((_, c, t))) => (x.to_device(d), c, t),
+            (None, Some(_)) => (x.to_device(&home), ctx, &tables),
+            _ => (x, ctx, &tables),
         };
+        // the last block computes only the picked rows past attention
+        let picking = picks.filter(|_| i + 1 == model.num_layers()).map(|rows| c.picking(rows));
+        x = model.block(i, input, picking.as_ref().unwrap_or(c), t, slot);
     }
     if let Some(rows) = picks.filter(|_| model.num_layers() == 0) {
-        let n = rows.len();
-        let rows = rows.iter().map(|&r| r as i64).collect();
-        x = x.clone().select(0, Tensor::from_data(TensorData::new(rows, [n]), &x.device()));
+        x = ctx.picking(rows).kept(x);
     }
     let out = model.final_norm(x);
     if let Some(all) = hidden_states {

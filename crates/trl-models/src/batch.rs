@@ -510,21 +510,22 @@ impl<B: Backend> Context<B> {
     /// For each place `(batch, per_row)` of the picked queries' layout, the pick there: its index
     /// among the picks, or for an empty place another pick of that batch row, or the first
     /// (whose output is dropped), and its query slot (a row with no pick reads slot 0, whose own
-    /// key is always visible).
-    fn picked_places(&self) -> Vec<(usize, usize)> {
+    /// key is always visible); and `per_row`.
+    fn picked_places(&self) -> (Vec<(usize, usize)>, usize) {
         let (layout, per_row) = self.picked_layout();
         let mut at = vec![None; self.batch * per_row];
         for (p, &(b, t, j)) in layout.iter().enumerate() {
             at[b * per_row + j] = Some((p, t));
         }
-        (0..self.batch * per_row).map(|i| at[i].or(at[i - i % per_row]).unwrap_or((0, 0))).collect()
+        let places = (0..self.batch * per_row).map(|i| at[i].or(at[i - i % per_row]).unwrap_or((0, 0))).collect();
+        (places, per_row)
     }
 
     /// Rows of the picked queries, flat `[picks * heads, head_dim]`, laid out head-major
     /// `(batch, heads, per_row)`.
     pub fn picked_to_heads_index(&self, heads: usize) -> Tensor<B, 1, Int> {
         self.index(Memo::PickedToHeads { heads }, || {
-            let (places, per_row) = (self.picked_places(), self.picked_per_row());
+            let (places, per_row) = self.picked_places();
             let mut idx = Vec::with_capacity(places.len() * heads);
             for b in 0..self.batch {
                 for h in 0..heads {
@@ -550,7 +551,7 @@ impl<B: Backend> Context<B> {
     pub fn picked_mask(&self) -> Tensor<B, 4, Bool> {
         let Memoised::Mask(m) = self.memoised(Memo::PickedMask, || {
             let [b, _, q, k] = self.mask.dims();
-            let (places, per_row) = (self.picked_places(), self.picked_per_row());
+            let (places, per_row) = self.picked_places();
             let rows: Vec<i64> = places.iter().enumerate().map(|(i, &(_, t))| ((i / per_row) * q + t) as i64).collect();
             let rows = Tensor::from_data(TensorData::new(rows, [b * per_row]), &self.mask.device());
             Memoised::Mask(self.mask.clone().reshape([b * q, k]).select(0, rows).reshape([b, 1, per_row, k]))

@@ -285,7 +285,7 @@ impl<B: Backend> GemmaDecoderLayer<B> {
             k = per_head(kn, k, a.num_kv_heads);
         }
         let heads = (a.num_heads, a.num_kv_heads);
-        let q = rope.kept(ctx).as_ref().unwrap_or(rope).apply(q);
+        let q = rope.kept(ctx).apply(q);
         let out = attend_capped(q, rope.apply(k), v, heads, ctx, cache, s.scale, s.attn_softcap);
         let x = ctx.kept(x) + self.post_attention_layernorm.forward(a.o_proj.forward(out));
         let h = self.pre_feedforward_layernorm.forward(x.clone());

@@ -147,7 +147,7 @@ impl<B: Backend> GptNeoXLayer<B> {
         let v = part(2);
         let scale = 1.0 / (hd as f64).sqrt();
         // a block that keeps only some rows (`Context::picking`) needs only their queries
-        let q = rope.kept(ctx).as_ref().unwrap_or(rope).apply_partial(ctx.kept(part(0)), heads, rot);
+        let q = rope.kept(ctx).apply_partial(ctx.kept(part(0)), heads, rot);
         let out = attend(q, rotate(part(1)), v, (heads, heads), ctx, cache, scale);
         let (attn, x) = (a.dense.forward(out), ctx.kept(x));
         let mlp = |h: Tensor<B, 2>| self.mlp.dense_4h_to_h.forward(self.mlp.act.apply(self.mlp.dense_h_to_4h.forward(h)));

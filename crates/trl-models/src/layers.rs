@@ -4,6 +4,7 @@
 //!
 //! Field names follow PyTorch (`weight`, `bias`), so checkpoint keys load without a table.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 
 use burn::module::{Module, Param};
@@ -146,6 +147,7 @@ pub struct Rope {
 /// into `sin`).
 /// RoPE tables of one forward pass: `cos` and `sin` (with `−sin` in its first half, so that
 /// `rotate_half` is a plain permutation) `[tokens, head_dim]`, shared by every head and layer.
+#[derive(Clone)]
 pub struct RopeTables<B: Backend> {
     cos: Tensor<B, 2>,
     sin: Tensor<B, 2>,
@@ -213,11 +215,17 @@ impl<B: Backend> RopeTables<B> {
         })
     }
 
-    /// The tables of the rows a block keeps ([`Context::picking`]), for the picked queries;
-    /// `None` where the block keeps every row.
-    pub fn kept(&self, ctx: &Context<B>) -> Option<Self> {
-        ctx.picked()?;
-        Some(Self { cos: ctx.kept(self.cos.clone()), sin: ctx.kept(self.sin.clone()), wide: RefCell::new(Vec::new()) })
+    /// The tables of the rows a block keeps ([`Context::picking`]), for the picked queries:
+    /// these tables where the block keeps every row.
+    pub fn kept(&self, ctx: &Context<B>) -> Cow<'_, Self> {
+        match ctx.picked() {
+            Some(_) => Cow::Owned(Self {
+                cos: ctx.kept(self.cos.clone()),
+                sin: ctx.kept(self.sin.clone()),
+                wide: RefCell::new(Vec::new()),
+            }),
+            None => Cow::Borrowed(self),
+        }
     }
 
     fn widened(&self, width: usize) -> RopeWidth<B> {
@@ -336,17 +344,14 @@ pub fn attend_capped<B: Backend>(
     // a block that keeps only the picked rows projects only their queries
     let picked = ctx.picked().filter(|_| cache.is_none());
     debug_assert!(picked.is_none_or(|rows| q.dims()[0] == rows.len()), "a picking block passes the picked queries");
-    let (q, q_len) = match picked {
+    // queries in the head-major layout, their mask, and the gather back to activation rows
+    let (q, q_len, mask, back) = match picked {
         Some(rows) => {
             let per_row = ctx.picked_per_row();
             let q = q.reshape([rows.len() * heads, d]).select(0, ctx.picked_to_heads_index(heads));
-            (q.reshape([b, heads, per_row, d]), per_row)
+            (q.reshape([b, heads, per_row, d]), per_row, ctx.picked_mask(), ctx.picked_from_heads_index(heads))
         }
-        None => (to_heads(q, heads, 1), t),
-    };
-    let mask = match picked {
-        Some(_) => ctx.picked_mask(),
-        None => ctx.mask.clone(),
+        None => (to_heads(q, heads, 1), t, ctx.mask.clone(), ctx.from_heads_index(heads)),
     };
     let (k, v) = match cache {
         None => (to_heads(k, kv_heads, groups), to_heads(v, kv_heads, groups)),
@@ -388,10 +393,6 @@ pub fn attend_capped<B: Backend>(
     } else {
         let options = AttentionModuleOptions { scale: Some(scale), softcap, is_causal: false };
         attention(q, k, v, Some(mask), None, options)
-    };
-    let back = match picked {
-        Some(_) => ctx.picked_from_heads_index(heads),
-        None => ctx.from_heads_index(heads),
     };
     out.reshape([b * heads * q_len, d]).select(0, back).reshape([ctx.output_rows(), heads * d])
 }

@@ -290,7 +290,7 @@ impl<B: Backend> LlamaDecoderLayer<B> {
         }
         let head_dim = q.dims()[1] / a.num_heads;
         let scale = 1.0 / (head_dim as f64).sqrt();
-        let q = rope.kept(ctx).as_ref().unwrap_or(rope).apply(q);
+        let q = rope.kept(ctx).apply(q);
         let out = attend(q, rope.apply(k), v, (a.num_heads, a.num_kv_heads), ctx, cache, scale);
         let x = ctx.kept(x) + a.o_proj.forward(out);
         let h = self.post_attention_layernorm.forward(x.clone());

@@ -177,7 +177,7 @@ impl<B: Backend> Phi3DecoderLayer<B> {
         let (q_end, k_end) = (a.num_heads * hd, (a.num_heads + a.num_kv_heads) * hd);
         // a block that keeps only some rows (`Context::picking`) needs only their queries
         let q = ctx.kept(qkv.clone().slice([0..n, 0..q_end]));
-        let q = rope.kept(ctx).as_ref().unwrap_or(rope).apply_partial(q, a.num_heads, a.rotary_ndims);
+        let q = rope.kept(ctx).apply_partial(q, a.num_heads, a.rotary_ndims);
         let k = rope.apply_partial(qkv.clone().slice([0..n, q_end..k_end]), a.num_kv_heads, a.rotary_ndims);
         let v = qkv.slice([0..n, k_end..width]);
         let scale = 1.0 / (hd as f64).sqrt();
