@@ -87,7 +87,7 @@ pub trait Backbone<B: Backend>: Module<B> + Sized {
                 let [b, t, h] = hidden.dims();
                 let weight = in_dtype(self.embedding(), hidden.dtype());
                 let vocab = weight.dims()[0];
-                crate::kernels::matmul(hidden.reshape([b * t, h]), weight.transpose()).reshape([b, t, vocab])
+                crate::kernels::matmul_bt(hidden.reshape([b * t, h]), weight).reshape([b, t, vocab])
             }
         };
         match self.final_logit_softcap() {

@@ -378,7 +378,7 @@ pub fn attend_capped<B: Backend>(
         // so plain softmax is exact and takes fewer ops on `[batch, heads, q_len, kv_len]`. On
         // flex, two batched matmuls around the fused masked softmax beat flex's attention, whose
         // softmax is scalar (docs/performance.md).
-        let mut scores = crate::kernels::matmul(q * scale, k.swap_dims(2, 3));
+        let mut scores = crate::kernels::matmul_bt(q * scale, k);
         if let Some(cap) = softcap {
             scores = (scores / cap).tanh() * cap;
         }

@@ -127,14 +127,17 @@ pub(super) fn rms_norm<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 1>, eps: f32) -
     })
 }
 
-/// `a · b` (batched over equal leading dimensions) through [`super::gemm`]: `Err` gives the
-/// operands back for burn's matmul (another backend, or a layout the kernel does not take).
+/// `a · b`, or `a · bᵀ` where `bt` (its last two dimensions swapped; batched over equal leading
+/// dimensions), through [`super::gemm`]: `Err` gives the operands back for burn's matmul
+/// (another backend, or a layout the kernel does not take). With `bt`, b's gradient comes out
+/// in b's own layout, where a swapped view's gradient would be a strided copy.
 /// Under autodiff the operands are kept as burn's matmul keeps them, through the checkpointer
 /// (so balanced checkpointing recomputes them where it would).
 #[allow(clippy::type_complexity)]
 pub(super) fn matmul<B: Backend, const D: usize>(
     a: Tensor<B, D>,
     b: Tensor<B, D>,
+    bt: bool,
 ) -> Result<Tensor<B, D>, (Tensor<B, D>, Tensor<B, D>)> {
     let fits = |t: &FloatTensor<B>| match kind::<B>() {
         Some(Kind::Plain) => cast::<_, FlexTensor>(t.clone()).is_ok_and(|t| views(&t, false).is_some()),
@@ -151,22 +154,25 @@ pub(super) fn matmul<B: Backend, const D: usize>(
     Ok(match kind::<B>() {
         Some(Kind::Plain) => {
             let [a, b] = plain::<B, 2>(inputs);
-            back(product((&a, false), (&b, false)))
+            back(product((&a, false), (&b, bt)))
         }
-        Some(Kind::Autodiff { balanced: true }) => back(matmul_node::<BalancedCheckpointing>(tracked::<B, 2>(inputs))),
-        _ => back(matmul_node::<NoCheckpointing>(tracked::<B, 2>(inputs))),
+        Some(Kind::Autodiff { balanced: true }) => {
+            back(matmul_node::<BalancedCheckpointing>(tracked::<B, 2>(inputs), bt))
+        }
+        _ => back(matmul_node::<NoCheckpointing>(tracked::<B, 2>(inputs), bt)),
     })
 }
 
-/// The autodiff node of `a · b`: each operand checkpointed where the other takes a gradient.
-fn matmul_node<C: CheckpointStrategy>([a, b]: [AdTensor; 2]) -> AdTensor {
+/// The autodiff node of `a · b` (`a · bᵀ` where `bt`): each operand checkpointed where the
+/// other takes a gradient.
+fn matmul_node<C: CheckpointStrategy>([a, b]: [AdTensor; 2], bt: bool) -> AdTensor {
     let (a_grad, b_grad) = (a.is_tracked(), b.is_tracked());
-    match Matmul.prepare::<C>([a.node.clone(), b.node.clone()]).compute_bound().stateful() {
+    match (Matmul { bt }).prepare::<C>([a.node.clone(), b.node.clone()]).compute_bound().stateful() {
         OpsKind::Tracked(mut prep) => {
             let state = (b_grad.then(|| prep.checkpoint(&a)), a_grad.then(|| prep.checkpoint(&b)));
-            prep.finish(state, product((&a.primitive, false), (&b.primitive, false)))
+            prep.finish(state, product((&a.primitive, false), (&b.primitive, bt)))
         }
-        OpsKind::UnTracked(prep) => prep.finish(product((&a.primitive, false), (&b.primitive, false))),
+        OpsKind::UnTracked(prep) => prep.finish(product((&a.primitive, false), (&b.primitive, bt))),
     }
 }
 
@@ -508,8 +514,11 @@ impl Backward<Flex, 2> for RmsNorm {
     }
 }
 
+/// `c = a · b`, or `a · bᵀ` where `bt`.
 #[derive(Debug)]
-struct Matmul;
+struct Matmul {
+    bt: bool,
+}
 
 impl Backward<Flex, 2> for Matmul {
     /// `a`, kept where `b` takes a gradient, and `b`, where `a` does.
@@ -521,11 +530,16 @@ impl Backward<Flex, 2> for Matmul {
         let b = b.map(|id| checkpointer.retrieve_node_output::<FlexTensor>(id));
         let dc = grads.consume::<Flex>(&ops.node);
         let [a_node, b_node] = ops.parents;
+        // da = dc · bᵀ (dc · b where `bt`); db = aᵀ · dc (dcᵀ · a where `bt`, in b's layout)
         if let (Some(node), Some(b)) = (a_node, b) {
-            grads.register::<Flex>(node.id, product((&dc, false), (&b, true)));
+            grads.register::<Flex>(node.id, product((&dc, false), (&b, !self.bt)));
         }
         if let (Some(node), Some(a)) = (b_node, a) {
-            grads.register::<Flex>(node.id, product((&a, true), (&dc, false)));
+            let db = match self.bt {
+                true => product((&dc, true), (&a, false)),
+                false => product((&a, true), (&dc, false)),
+            };
+            grads.register::<Flex>(node.id, db);
         }
     }
 }

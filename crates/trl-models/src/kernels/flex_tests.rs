@@ -250,8 +250,12 @@ fn product_equals_burns_matmul() {
     );
 }
 
-/// Batched, as attention runs it: `q · kᵀ` with `kᵀ` a view of the keys, values and both
-/// gradients against burn's matmul.
+/// Batched, as attention runs it: `q · kᵀ`, with `kᵀ` a view of the keys ([`matmul`]) or the keys
+/// themselves ([`matmul_bt`]), values and both gradients against burn's matmul; `matmul_bt` hands
+/// the keys' gradient back in their own (contiguous) layout.
+///
+/// [`matmul`]: crate::kernels::matmul
+/// [`matmul_bt`]: crate::kernels::matmul_bt
 #[test]
 fn batched_product_equals_burns_matmul() {
     let device = Default::default();
@@ -259,16 +263,35 @@ fn batched_product_equals_burns_matmul() {
     let qs = Tensor::<Ad, 4>::random([b, h, q, d], Distribution::Normal(0.0, 1.0), &device);
     let ks = Tensor::<Ad, 4>::random([b, h, t, d], Distribution::Normal(0.0, 1.0), &device);
     let upstream = Tensor::<Ad, 4>::random([b, h, q, t], Distribution::Normal(0.0, 1.0), &device);
-    let run = |ours: bool| {
+    // 0: burn's matmul, 1: ours on the swapped view, 2: ours on the keys as they are
+    let run = |way: usize| {
         let (x, k) = (qs.clone().detach().require_grad(), ks.clone().detach().require_grad());
-        let kt = k.clone().swap_dims(2, 3);
-        let y = if ours { crate::kernels::matmul(x.clone(), kt) } else { x.clone().matmul(kt) };
+        let y = match way {
+            0 => x.clone().matmul(k.clone().swap_dims(2, 3)),
+            1 => crate::kernels::matmul(x.clone(), k.clone().swap_dims(2, 3)),
+            _ => crate::kernels::matmul_bt(x.clone(), k.clone()),
+        };
         let grads = (y.clone() * upstream.clone()).sum().backward();
-        (values(y), values(x.grad(&grads).expect("q requires grad")), values(k.grad(&grads).expect("k requires grad")))
+        let dk = k.grad(&grads).expect("k requires grad");
+        let [dk_plain] = plain::<Flex, 1>([unwrap(dk.clone())]);
+        (values(y), values(x.grad(&grads).expect("q requires grad")), values(dk), dk_plain.is_contiguous())
     };
-    let ((y, dq, dk), (y_ref, dq_ref, dk_ref)) = (run(true), run(false));
+    let (y_ref, dq_ref, dk_ref, _) = run(0);
     let eps = f32::EPSILON;
-    assert_close(&y, &y_ref, d as f32 * 16.0 * eps);
-    assert_close(&dq, &dq_ref, t as f32 * 16.0 * eps);
-    assert_close(&dk, &dk_ref, q as f32 * 16.0 * eps);
+    for way in [1, 2] {
+        let (y, dq, dk, contiguous) = run(way);
+        assert_close(&y, &y_ref, d as f32 * 16.0 * eps);
+        assert_close(&dq, &dq_ref, t as f32 * 16.0 * eps);
+        assert_close(&dk, &dk_ref, q as f32 * 16.0 * eps);
+        if way == 2 && crate::kernels::gemm::available() {
+            assert!(contiguous, "the keys' gradient comes back in their layout");
+        }
+    }
+    let (pq, pk) =
+        (Tensor::<Flex, 4>::from_data(qs.to_data(), &device), Tensor::<Flex, 4>::from_data(ks.to_data(), &device));
+    assert_close(
+        &values(crate::kernels::matmul_bt(pq.clone(), pk.clone())),
+        &values(pq.matmul(pk.swap_dims(2, 3))),
+        d as f32 * 16.0 * eps,
+    );
 }

@@ -130,10 +130,25 @@ fn pack_b(b: &View, p0: usize, kc: usize, j0: usize, w: usize, dst: &mut [f32]) 
             row.copy_from_slice(&b.data[s..s + NR]);
         }
     } else if b.rs == 1 {
-        // columns are runs in memory (a weight held `[out, in]`): interleave them
+        // columns are runs in memory (a weight held `[out, in]`): interleave them, eight steps of
+        // eight columns at a time as 8×8 transposes
         let start = |j: usize| b.offset + p0 + (j0 + j) * b.cs;
         let cols: [&[f32]; NR] = std::array::from_fn(|j| if j < w { &b.data[start(j)..start(j) + kc] } else { &[] });
-        for (p, row) in dst.chunks_exact_mut(NR).take(kc).enumerate() {
+        #[allow(unused_mut)]
+        let mut done = 0;
+        #[cfg(target_arch = "x86_64")]
+        if w == NR && available() {
+            for (p, rows) in dst.chunks_exact_mut(8 * NR).take(kc / 8).enumerate() {
+                for half in 0..NR / 8 {
+                    let src: [&[f32; 8]; 8] =
+                        std::array::from_fn(|j| cols[half * 8 + j][8 * p..].first_chunk().expect("8 steps"));
+                    // SAFETY: `available` checked AVX2.
+                    unsafe { transpose8(src, &mut rows[half * 8..]) };
+                }
+                done += 8;
+            }
+        }
+        for (p, row) in dst.chunks_exact_mut(NR).take(kc).enumerate().skip(done) {
             for (j, x) in row.iter_mut().enumerate() {
                 *x = cols[j].get(p).copied().unwrap_or(0.0);
             }
@@ -143,6 +158,47 @@ fn pack_b(b: &View, p0: usize, kc: usize, j0: usize, w: usize, dst: &mut [f32]) 
             for (j, x) in row.iter_mut().enumerate() {
                 *x = if j < w { at(p, j) } else { 0.0 };
             }
+        }
+    }
+}
+
+/// Writes the transpose of the 8×8 block whose rows are `src` into `dst`, row `c` (column `c` of
+/// the block) at `dst[c · NR..][..8]`.
+///
+/// # Safety
+/// AVX2 is present.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn transpose8(src: [&[f32; 8]; 8], dst: &mut [f32]) {
+    assert!(dst.len() >= 7 * NR + 8, "eight rows of the packed strip");
+    let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src[i].as_ptr()));
+    // pairs of rows interleaved, then pairs of pairs, then the 128-bit halves swapped in
+    let t = [
+        _mm256_unpacklo_ps(r[0], r[1]),
+        _mm256_unpackhi_ps(r[0], r[1]),
+        _mm256_unpacklo_ps(r[2], r[3]),
+        _mm256_unpackhi_ps(r[2], r[3]),
+        _mm256_unpacklo_ps(r[4], r[5]),
+        _mm256_unpackhi_ps(r[4], r[5]),
+        _mm256_unpacklo_ps(r[6], r[7]),
+        _mm256_unpackhi_ps(r[6], r[7]),
+    ];
+    let q = [
+        _mm256_shuffle_ps::<0x44>(t[0], t[2]),
+        _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
+        _mm256_shuffle_ps::<0x44>(t[1], t[3]),
+        _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
+        _mm256_shuffle_ps::<0x44>(t[4], t[6]),
+        _mm256_shuffle_ps::<0xEE>(t[4], t[6]),
+        _mm256_shuffle_ps::<0x44>(t[5], t[7]),
+        _mm256_shuffle_ps::<0xEE>(t[5], t[7]),
+    ];
+    for c in 0..4 {
+        let d = dst.as_mut_ptr();
+        // SAFETY: rows `c` and `c + 4` of `dst` hold 8 elements each (asserted above).
+        unsafe {
+            _mm256_storeu_ps(d.add(c * NR), _mm256_permute2f128_ps::<0x20>(q[c], q[c + 4]));
+            _mm256_storeu_ps(d.add((c + 4) * NR), _mm256_permute2f128_ps::<0x31>(q[c], q[c + 4]));
         }
     }
 }
@@ -283,18 +339,14 @@ unsafe fn blocks(m: usize, k: usize, n: usize, a: View, packed_b: &[f32], out: O
                     let w = NR.min(n - s * NR);
                     for t in 0..rows.div_ceil(MR) {
                         let h = MR.min(rows - t * MR);
-                        // the strip's rows of A (the last one repeated past `h`) and their step
+                        // the strip's rows of A: packed, or in place (the last one repeated past `h`)
                         let lhs = match direct {
                             true => {
                                 let first = a.offset + (i0 + t * MR) * a.rs + pc * KC * a.cs;
                                 let at = |i: usize| a.data[first + i.min(h - 1) * a.rs..].as_ptr();
-                                (std::array::from_fn(at), a.cs)
+                                Lhs::Rows(std::array::from_fn(at), a.cs)
                             }
-                            false => {
-                                let strip = packed_a[t * MR * kc..].as_ptr();
-                                // SAFETY: the strip holds `kc · MR` elements.
-                                (std::array::from_fn(|i| unsafe { strip.add(i) }), MR)
-                            }
+                            false => Lhs::Packed(packed_a[t * MR * kc..].as_ptr()),
                         };
                         // SAFETY: the tile `(i0 + t·MR, s·NR)`, `h × w`, lies inside `c`; each
                         // row of `lhs` holds `kc` steps (the views hold their matrices), and the
@@ -314,50 +366,67 @@ unsafe fn blocks(m: usize, k: usize, n: usize, a: View, packed_b: &[f32], out: O
     }
 }
 
+/// Where a tile reads its rows of A.
+#[derive(Clone, Copy)]
+enum Lhs {
+    /// A strip packed by [`pack_a`]: step `p` of row `i` at `p · MR + i`.
+    Packed(*const f32),
+    /// Rows read in place: row `i` from `rows[i]`, each step `step` elements on.
+    Rows([*const f32; MR], usize),
+}
+
 /// One `h × w` tile of C (`h <= MR`, `w <= NR`, row stride `ldc`) from `kc` steps of A's rows
-/// (`rows[i]`, each step `step_a` elements on) and packed B: stored, or added to what is there
-/// when `add`.
+/// and packed B: stored, or added to what is there when `add`.
+///
+/// The packed loop addresses A and B from one pointer each at fixed offsets, so the four
+/// unrolled steps need no more registers than one (with six row pointers and a runtime step,
+/// the compiler kept 24 addresses and reloaded 18 of them from the stack every four steps;
+/// docs/performance.md has what the change bought).
 ///
 /// # Safety
-/// AVX2 and FMA are present; each row holds `kc` steps and `bp` `kc · NR` elements; the tile
-/// lies in C.
+/// AVX2 and FMA are present; each row of A holds `kc` steps and `bp` `kc · NR` elements; the
+/// tile lies in C.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile(
-    kc: usize,
-    (rows, step_a): ([*const f32; MR], usize),
-    bp: *const f32,
-    c: *mut f32,
-    ldc: usize,
-    (h, w): (usize, usize),
-    add: bool,
-) {
+unsafe fn tile(kc: usize, lhs: Lhs, bp: *const f32, c: *mut f32, ldc: usize, (h, w): (usize, usize), add: bool) {
     for i in 0..h {
         _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc) as *const i8);
         _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc + w - 1) as *const i8);
     }
     let mut r = [[_mm256_setzero_ps(); 2]; MR];
-    let step = |p: usize, r: &mut [[__m256; 2]; MR]| {
-        let b0 = _mm256_loadu_ps(bp.add(p * NR));
-        let b1 = _mm256_loadu_ps(bp.add(p * NR + 8));
-        for (i, acc) in r.iter_mut().enumerate() {
-            let a = _mm256_broadcast_ss(&*rows[i].add(p * step_a));
-            acc[0] = _mm256_fmadd_ps(a, b0, acc[0]);
-            acc[1] = _mm256_fmadd_ps(a, b1, acc[1]);
-        }
-    };
-    let mut p = 0;
-    while p + 4 <= kc {
-        step(p, &mut r);
-        step(p + 1, &mut r);
-        step(p + 2, &mut r);
-        step(p + 3, &mut r);
-        p += 4;
+    // one step: B's row at `b`, A's element of row `i` at `$a(i)`
+    macro_rules! step {
+        ($b:expr, $a:expr) => {{
+            let b0 = _mm256_loadu_ps($b);
+            let b1 = _mm256_loadu_ps($b.add(8));
+            for (i, acc) in r.iter_mut().enumerate() {
+                let a = _mm256_broadcast_ss(&*$a(i));
+                acc[0] = _mm256_fmadd_ps(a, b0, acc[0]);
+                acc[1] = _mm256_fmadd_ps(a, b1, acc[1]);
+            }
+        }};
     }
-    while p < kc {
-        step(p, &mut r);
-        p += 1;
+    match lhs {
+        Lhs::Packed(ap) => {
+            let (mut a, mut b, mut p) = (ap, bp, 0);
+            while p + 4 <= kc {
+                for u in 0..4 {
+                    step!(b.add(u * NR), |i| a.add(u * MR + i));
+                }
+                (a, b, p) = (a.add(4 * MR), b.add(4 * NR), p + 4);
+            }
+            while p < kc {
+                step!(b, |i| a.add(i));
+                (a, b, p) = (a.add(MR), b.add(NR), p + 1);
+            }
+        }
+        Lhs::Rows(rows, step_a) => {
+            let (mut off, mut b) = (0, bp);
+            for _ in 0..kc {
+                step!(b, |i: usize| rows[i].add(off));
+                (off, b) = (off + step_a, b.add(NR));
+            }
+        }
     }
     if h == MR && w == NR {
         for (i, acc) in r.iter_mut().enumerate() {

@@ -62,6 +62,17 @@ pub fn swiglu<B: Backend>(gate: Tensor<B, 2>, up: Tensor<B, 2>) -> Tensor<B, 2> 
 /// f32 with AVX2 and no AVX-512 kernels, the AVX2 product of [`gemm`] (forward and backward),
 /// read straight from strided views such as transposed weights or keys; burn's matmul elsewhere.
 pub fn matmul<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> Tensor<B, D> {
+    product(a, b, false)
+}
+
+/// `a · bᵀ` (b's last two dimensions swapped) for `a` `[.., m, k]` and `b` `[.., n, k]`, as
+/// [`matmul`] with `b.swap_dims(D - 2, D - 1)`; under autodiff on flex, b's gradient comes out in
+/// b's layout instead of as a swapped view (which the ops before it would copy, element by element).
+pub fn matmul_bt<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> Tensor<B, D> {
+    product(a, b, true)
+}
+
+fn product<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>, bt: bool) -> Tensor<B, D> {
     #[cfg(feature = "flex")]
     let (a, b) = match D >= 2
         && fused::<B>(a.dtype())
@@ -69,13 +80,16 @@ pub fn matmul<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> T
         && a.dims()[..D - 2] == b.dims()[..D - 2]
         && gemm::available()
     {
-        true => match flex::matmul(a, b) {
+        true => match flex::matmul(a, b, bt) {
             Ok(c) => return c,
             Err(back) => back,
         },
         false => (a, b),
     };
-    a.matmul(b)
+    match bt {
+        true => a.matmul(b.swap_dims(D - 2, D - 1)),
+        false => a.matmul(b),
+    }
 }
 
 /// `x · w + bias` over the last dimension of `x` (`w` `[in, out]`, as burn's `linear`), through
